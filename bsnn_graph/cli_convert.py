@@ -1,0 +1,3 @@
+"""bsnn CLI commands (see bsnn_graph.cli)."""
+
+COMMANDS = []

@@ -1,0 +1,36 @@
+"""Safe output files: write to a temporary name beside the target, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import BsnnError
+
+__all__ = ["atomic_output"]
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = True):
+    """Yield a temporary path in the target's folder; on success rename it to ``path``.
+
+    If the body raises, the temporary file is removed and an existing ``path``
+    is left untouched. With ``overwrite=False`` an existing ``path`` is an error.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise BsnnError(f"{path}: file exists (use --overwrite to replace it)")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise BsnnError(f"{path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
