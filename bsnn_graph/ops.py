@@ -554,11 +554,12 @@ class SynchronousNeuron(Population):
 
 @dataclass(eq=False)
 class MaxGate(Op):
-    """Spiking max pool. In ``bsnn`` and ``phase`` modes, at the first phase of each
+    """Spiking max pool. In ``bsnn`` and ``bsnn-nosn`` modes, at the first phase of each
     fire period all window members are candidates; at phase k the output spikes
-    iff a candidate spikes, and candidates that did not spike drop out. In
-    ``if-rate`` and ``phase`` modes outside BSNN periods the gate passes on the
-    member with the largest emitted value so far (ties to the lowest index).
+    iff a candidate spikes, and candidates that did not spike drop out (exact,
+    since phase coding sends values MSB first). In ``phase`` and ``if-rate``
+    modes the gate passes on the spikes of the member whose emitted value so
+    far is largest (ties to the lowest index; Rueckauer et al. 2017).
     As an ANN op it is MaxPool."""
 
     op_type: ClassVar[str] = "MaxGate"
