@@ -1,0 +1,676 @@
+"""Spike traces: HDF5 files written while a simulation runs, and their reader.
+
+The schema is documented in ``docs/trace-format.md``. In short: root
+attributes describe the run (``format``, ``format_version``, model, mode,
+K, T, how many samples the file holds and whether the run completed); root
+datasets hold per-sample results (``predictions``, ``logits``, ``labels``,
+``sops``); ``populations/NNN`` groups hold, per spiking population, the
+spike count of every neuron for every sample, the SOPs its spikes caused
+and, for recorded populations, the spike events.
+
+Writing (:class:`TraceWriter`) streams: every dataset is chunked,
+gzip + shuffle compressed and resizable along the sample (or event) axis;
+each :meth:`TraceWriter.append` grows the datasets by one batch, then
+updates the ``samples_written`` attribute and flushes. The file is written
+under a temporary name beside the target (``.NAME.XXXX.tmp``) and renamed
+to the target when the writer is closed:
+
+- run completed: the file (``complete = True``) is renamed to the target;
+- run interrupted (an exception or ``KeyboardInterrupt`` inside the
+  ``with`` block) after at least one batch: the partial file
+  (``complete = False``, ``samples_written`` = samples it holds) is renamed
+  to the target all the same, so the user has it;
+- interrupted before any batch was written: the temporary file is deleted
+  and the target is not touched;
+- an existing target is an error when the writer is created unless
+  ``overwrite=True``; without ``overwrite`` the final rename never replaces
+  a file (one that appeared during the run makes the writer keep its
+  temporary file and say so).
+
+Reading: :func:`open_trace` returns a :class:`Trace` whose arrays are read
+on access and cut to the ``samples_written`` samples the file holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bsnn_graph.errors import TraceError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = [
+    "E_AC_PJ",
+    "E_MAC_PJ",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PopulationTrace",
+    "Trace",
+    "TraceWriter",
+    "file_sha256",
+    "open_trace",
+    "write_trace",
+]
+
+FORMAT = "bsnn-trace"
+FORMAT_VERSION = 1
+#: energy per synaptic operation (accumulate), pJ, 45 nm (Horowitz 2014)
+E_AC_PJ = 0.9
+#: energy per multiply-accumulate of the ANN, pJ, 45 nm (Horowitz 2014)
+E_MAC_PJ = 4.6
+
+_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+_CHUNK_BYTES = 1 << 18  # target chunk size, 256 KiB
+_EVENT_CHUNK_ROWS = 16384
+
+
+def _h5py():
+    import h5py  # deferred: h5py is only needed by traces
+
+    return h5py
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bsnn-graph")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        import bsnn_graph
+
+        return bsnn_graph.__version__
+
+
+def _utc_now() -> str:
+    # datetime.UTC needs Python 3.11; the package supports 3.10
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 digest of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int) -> int:
+    row_bytes = max(1, math.prod(row_shape) * itemsize)
+    return int(min(1024, max(1, _CHUNK_BYTES // row_bytes)))
+
+
+def _growing(group, name: str, row_shape: tuple[int, ...], dtype, rows: int | None = None):
+    """A dataset of shape (0, *row_shape) resizable along axis 0, chunked and compressed."""
+    dtype = np.dtype(dtype)
+    rows = rows or _rows_per_chunk(row_shape, dtype.itemsize)
+    return group.create_dataset(
+        name,
+        shape=(0,) + row_shape,
+        maxshape=(None,) + row_shape,
+        dtype=dtype,
+        chunks=(rows,) + tuple(max(1, d) for d in row_shape),
+        **_COMPRESSION,
+    )
+
+
+def _extend(dataset, values: np.ndarray) -> None:
+    old = dataset.shape[0]
+    if len(values) == 0:
+        return
+    dataset.resize(old + len(values), axis=0)
+    dataset[old:] = values
+
+
+def _spike_count_dtype(timesteps: int) -> np.dtype:
+    # a neuron emits at most one spike per step, so T bounds every count
+    return np.dtype(np.uint16) if timesteps <= np.iinfo(np.uint16).max else np.dtype(np.int32)
+
+
+def _prediction_dtype(classes: int) -> np.dtype:
+    return np.dtype(np.int16) if classes <= np.iinfo(np.int16).max else np.dtype(np.int32)
+
+
+class TraceWriter:
+    """Stream a simulation into an HDF5 trace file.
+
+    Use as a context manager; call :meth:`append` once per batch, in sample
+    order (``runtime.simulate``'s ``on_batch`` callback fits it directly).
+    What happens to the file on success, interruption and name clashes is
+    described in the module docstring.
+
+    Parameters
+    ----------
+    path : the trace file to produce.
+    populations : ordered list of dicts with keys ``name``, ``op_type``,
+        ``shape``, ``stage``, ``scale`` (``SimulationResult.populations``).
+    timesteps, phases, mode : T, K and the neuron mode of the run.
+    classes : number of output classes (logits per sample).
+    samples_total : how many samples the run will simulate.
+    model_path : the model file (its name and sha256 are stored).
+    input_path : the data file (its name is stored).
+    labels : int labels of all ``samples_total`` samples, or None.
+    ann_macs : multiply-accumulates per sample of the ANN the SNN encodes
+        (for the energy estimate), or None if unknown.
+    record : names of populations whose spike events are stored.
+    record_samples : indices of the samples whose events are stored
+        (None: all samples).
+    overwrite : replace an existing ``path``.
+    attributes : extra root attributes (str -> str, int, float or bool).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        populations: Sequence[Mapping[str, Any]],
+        timesteps: int,
+        phases: int,
+        mode: str,
+        classes: int,
+        samples_total: int,
+        model_path: str | os.PathLike | None = None,
+        input_path: str | os.PathLike | None = None,
+        labels: np.ndarray | None = None,
+        ann_macs: int | None = None,
+        record: Iterable[str] = (),
+        record_samples: Iterable[int] | None = None,
+        overwrite: bool = False,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.final_path: Path | None = None
+        self.samples_total = int(samples_total)
+        self.samples_written = 0
+        self._file = None
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if self.path.is_dir():
+            raise TraceError(f"{self.path}: is a folder, not a trace file name")
+        if self.path.exists() and not overwrite:
+            raise TraceError(f"{self.path}: file exists (use --overwrite to replace it)")
+        if not folder.is_dir():
+            raise TraceError(f"{self.path}: folder {folder} does not exist")
+        names = [str(p["name"]) for p in populations]
+        if len(set(names)) != len(names):
+            raise TraceError(f"{self.path}: population names are not unique: {names}")
+        self.record = [str(r) for r in record]
+        unknown = [r for r in self.record if r not in names]
+        if unknown:
+            raise TraceError(
+                f"cannot record {', '.join(unknown)}: no such population (have {', '.join(names) or 'none'})"
+            )
+        if labels is not None:
+            labels = np.asarray(labels).reshape(-1)
+            if len(labels) != self.samples_total:
+                raise TraceError(f"{self.path}: {len(labels)} labels for {self.samples_total} samples")
+        model_sha = file_sha256(model_path) if model_path is not None else ""
+
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        try:
+            self._create(
+                populations=populations,
+                timesteps=int(timesteps),
+                phases=int(phases),
+                mode=str(mode),
+                classes=int(classes),
+                model_path=model_path,
+                model_sha=model_sha,
+                input_path=input_path,
+                labels=labels,
+                ann_macs=ann_macs,
+                record_samples=record_samples,
+                attributes=attributes or {},
+            )
+        except BaseException:
+            self._discard()
+            raise
+
+    # ------------------------------------------------------------------ layout
+
+    def _create(
+        self,
+        *,
+        populations,
+        timesteps,
+        phases,
+        mode,
+        classes,
+        model_path,
+        model_sha,
+        input_path,
+        labels,
+        ann_macs,
+        record_samples,
+        attributes,
+    ) -> None:
+        h5py = _h5py()
+        f = self._file = h5py.File(self._tmp, "w")
+        periods = -(-timesteps // phases)
+        root = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "generated_by": f"bsnn-graph {_version()}",
+            "created": _utc_now(),
+            "model_sha256": model_sha,
+            "model_file": Path(model_path).name if model_path is not None else "",
+            "input_file": Path(input_path).name if input_path is not None else "",
+            "mode": mode,
+            "phases": phases,
+            "timesteps": timesteps,
+            "periods": periods,
+            "classes": classes,
+            "samples_total": self.samples_total,
+            "samples_written": 0,
+            "complete": False,
+            "ann_macs": int(ann_macs) if ann_macs is not None else -1,
+            "e_ac_pj": E_AC_PJ,
+            "e_mac_pj": E_MAC_PJ,
+        }
+        for key, value in attributes.items():
+            if key in root:
+                raise TraceError(f"{self.path}: extra attribute {key!r} clashes with a format attribute")
+            root[key] = value
+        f.attrs.update(root)
+
+        self._predictions = _growing(f, "predictions", (timesteps,), _prediction_dtype(classes))
+        self._predictions.attrs["description"] = "argmax of the output potential after every step"
+        self._logits = _growing(f, "logits", (periods, classes), np.float32)
+        self._logits.attrs["description"] = "output potential at the end of every period"
+        self._sops = _growing(f, "sops", (), np.int64, rows=4096)
+        self._sops.attrs["description"] = "synaptic operations per sample"
+        if labels is not None:
+            dset = f.create_dataset("labels", data=labels.astype(np.int32), chunks=True, **_COMPRESSION)
+            dset.attrs["description"] = "true class of every sample (all samples_total of them)"
+
+        if record_samples is None:
+            self._record_filter = None
+        else:
+            chosen = np.unique(np.asarray(list(record_samples), dtype=np.int64))
+            self._record_filter = chosen
+        f.attrs["record_populations"] = np.array(self.record, dtype=h5py.string_dtype())
+        if self.record:
+            if self._record_filter is None:
+                f.attrs["record_all_samples"] = True
+            else:
+                f.attrs["record_all_samples"] = False
+                f.create_dataset("recorded_samples", data=self._record_filter.astype(np.int32))
+
+        groups = f.create_group("populations")
+        self._groups = {}
+        count_dtype = _spike_count_dtype(timesteps)
+        for index, pop in enumerate(populations):
+            name = str(pop["name"])
+            shape = tuple(int(d) for d in pop["shape"])
+            group = groups.create_group(f"{index:03d}")
+            group.attrs.update(
+                name=name,
+                index=index,
+                op_type=str(pop.get("op_type", "")),
+                shape=np.asarray(shape, dtype=np.int64),
+                stage=int(pop.get("stage", -1)),
+                scale=np.asarray(pop.get("scale", 1.0), dtype=np.float32),
+            )
+            counts = _growing(group, "spike_counts", (math.prod(shape),), count_dtype)
+            counts.attrs["description"] = "spikes of every neuron (flat C-order index) per sample"
+            sops = _growing(group, "sops", (), np.int64, rows=4096)
+            sops.attrs["description"] = "synaptic operations caused by this population's spikes, per sample"
+            entry = {"shape": shape, "counts": counts, "sops": sops, "events": None}
+            if name in self.record:
+                events = _growing(group, "events", (3,), np.int32, rows=_EVENT_CHUNK_ROWS)
+                events.attrs["columns"] = np.array(["sample", "step", "neuron"], dtype=h5py.string_dtype())
+                entry["events"] = events
+            self._groups[name] = entry
+        f.flush()
+
+    # ------------------------------------------------------------------ streaming
+
+    def append(self, start: int, stop: int, result: Any) -> None:
+        """Add the samples ``start:stop`` of a run.
+
+        ``result`` holds that batch only, with the fields of
+        ``runtime.SimulationResult``: ``predictions`` (T, n), ``logits``
+        (P, n, classes), ``spike_counts`` (name -> (n, *shape)), ``sops`` (n,),
+        ``sops_per_population`` (name -> (n,)) and ``events`` (name -> (E, 3)
+        rows of global sample index, step, flat neuron index).
+        """
+        if self._file is None:
+            raise TraceError(f"{self.path}: trace writer is closed")
+        if start != self.samples_written or stop < start or stop > self.samples_total:
+            raise TraceError(
+                f"{self.path}: batch {start}:{stop} does not follow the {self.samples_written} samples written "
+                f"(of {self.samples_total})"
+            )
+        n = stop - start
+        predictions = np.asarray(result.predictions)
+        logits = np.asarray(result.logits)
+        if predictions.shape != (self._predictions.shape[1], n):
+            raise TraceError(f"{self.path}: predictions of shape {predictions.shape} for a batch of {n}")
+        if logits.shape != (self._logits.shape[1], n, self._logits.shape[2]):
+            raise TraceError(f"{self.path}: logits of shape {logits.shape} for a batch of {n}")
+        _extend(self._predictions, predictions.T)
+        _extend(self._logits, np.ascontiguousarray(logits.transpose(1, 0, 2), dtype=np.float32))
+        _extend(self._sops, np.asarray(result.sops, dtype=np.int64).reshape(n))
+        sops_per_population = getattr(result, "sops_per_population", None) or {}
+        events = getattr(result, "events", None) or {}
+        for name, entry in self._groups.items():
+            counts = result.spike_counts.get(name) if result.spike_counts is not None else None
+            if counts is None:
+                raise TraceError(f"{self.path}: batch {start}:{stop} has no spike counts for population {name!r}")
+            counts = np.asarray(counts).reshape(n, -1)
+            _extend(entry["counts"], counts.astype(entry["counts"].dtype))
+            sops = sops_per_population.get(name)
+            _extend(entry["sops"], np.full(n, -1, np.int64) if sops is None else np.asarray(sops, np.int64))
+            if entry["events"] is not None:
+                rows = np.asarray(events.get(name, np.zeros((0, 3), np.int32)), dtype=np.int32).reshape(-1, 3)
+                if self._record_filter is not None and len(rows):
+                    rows = rows[np.isin(rows[:, 0], self._record_filter)]
+                _extend(entry["events"], rows)
+        self.samples_written = stop
+        self._file.attrs["samples_written"] = stop
+        self._file.flush()
+
+    def on_batch(self, start: int, stop: int, result: Any) -> None:
+        """Alias of :meth:`append` with ``runtime.simulate``'s ``on_batch`` signature."""
+        self.append(start, stop, result)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, interrupted: bool = False) -> Path | None:
+        """Finish the file and move it into place; return where it is (None if discarded).
+
+        ``complete`` is True when every sample was written and the run was
+        not interrupted.
+        """
+        if self._file is None:
+            return self.final_path
+        if self.samples_written == 0 and interrupted:
+            self._discard()
+            return None
+        complete = (not interrupted) and self.samples_written == self.samples_total
+        try:
+            self._file.attrs["complete"] = complete
+            self._file.attrs["samples_written"] = self.samples_written
+        finally:
+            self._file.close()
+            self._file = None
+        self.final_path = self._publish(raise_on_clash=not interrupted)
+        return self.final_path
+
+    def _publish(self, raise_on_clash: bool) -> Path:
+        if self.overwrite:
+            os.replace(self._tmp, self.path)
+            return self.path
+        try:
+            os.link(self._tmp, self.path)  # fails if the target exists: never clobbers
+        except FileExistsError:
+            if raise_on_clash:
+                raise TraceError(f"{self.path}: a file appeared there during the run; trace kept as {self._tmp}")
+            return self._tmp
+        except OSError:  # no hard links on this file system
+            if self.path.exists():
+                if raise_on_clash:
+                    raise TraceError(f"{self.path}: a file appeared there during the run; trace kept as {self._tmp}")
+                return self._tmp
+            os.replace(self._tmp, self.path)
+            return self.path
+        os.unlink(self._tmp)
+        return self.path
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(interrupted=exc_type is not None)
+
+
+def write_trace(path: str | os.PathLike, result: Any, **kwargs: Any) -> Path:
+    """Write a whole :class:`runtime.SimulationResult` to ``path`` in one go.
+
+    ``kwargs`` are those of :class:`TraceWriter` except ``populations``,
+    ``timesteps``, ``phases``, ``mode``, ``classes`` and ``samples_total``,
+    which are taken from ``result``. Returns the path written.
+    """
+    logits = np.asarray(result.logits)
+    writer = TraceWriter(
+        path,
+        populations=result.populations,
+        timesteps=int(result.timesteps),
+        phases=int(result.phases),
+        mode=str(result.mode),
+        classes=int(logits.shape[2]),
+        samples_total=int(logits.shape[1]),
+        **kwargs,
+    )
+    with writer:
+        writer.append(0, int(logits.shape[1]), result)
+    return writer.final_path
+
+
+# ====================================================================== reading
+
+
+@dataclass
+class PopulationTrace:
+    """One population of a trace; arrays are read from the file on access."""
+
+    name: str
+    index: int
+    op_type: str
+    shape: tuple[int, ...]
+    stage: int
+    scale: np.ndarray  # lambda: () or (C,)
+    _group: Any
+    _samples: int
+    _recorded_samples: np.ndarray | None
+
+    @property
+    def neurons(self) -> int:
+        """Number of neurons."""
+        return int(math.prod(self.shape))
+
+    @property
+    def spike_counts(self) -> np.ndarray:
+        """int32 (N, neurons): spikes of every neuron in every sample."""
+        return self._group["spike_counts"][: self._samples].astype(np.int32)
+
+    def iterate_spike_counts(self, block: int = 256):
+        """Yield int32 blocks (n, neurons) of :attr:`spike_counts`, in bounded memory."""
+        dset = self._group["spike_counts"]
+        for start in range(0, self._samples, block):
+            yield dset[start : min(start + block, self._samples)].astype(np.int32)
+
+    @property
+    def sops(self) -> np.ndarray | None:
+        """int64 (N,) SOPs caused by this population's spikes, or None if the run did not report them."""
+        values = self._group["sops"][: self._samples]
+        return None if len(values) and (values < 0).any() else values
+
+    @property
+    def recorded(self) -> bool:
+        """True if spike events were recorded for this population."""
+        return "events" in self._group
+
+    @property
+    def events(self) -> np.ndarray | None:
+        """int32 (E, 3) rows (sample, step, neuron) of the recorded samples held, or None."""
+        if not self.recorded:
+            return None
+        rows = self._group["events"][:]
+        return rows[rows[:, 0] < self._samples]
+
+    @property
+    def recorded_samples(self) -> np.ndarray | None:
+        """Indices of the samples whose events are stored (None if not recorded)."""
+        if not self.recorded:
+            return None
+        if self._recorded_samples is None:
+            return np.arange(self._samples)
+        return self._recorded_samples[self._recorded_samples < self._samples]
+
+
+class Trace:
+    """An open trace file (see :func:`open_trace`). Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: Path, file: Any) -> None:
+        self.path = path
+        self._file = file
+        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in file.attrs.items()}
+        for key in ("samples_written", "samples_total", "timesteps", "phases", "mode", "complete"):
+            if key not in self.attrs:
+                raise TraceError(f"{path}: malformed trace: root attribute {key!r} is missing")
+        for key in ("predictions", "logits", "sops", "populations"):
+            if key not in file:
+                raise TraceError(f"{path}: malformed trace: {key!r} is missing")
+        self.samples = int(self.attrs["samples_written"])
+        self.samples_total = int(self.attrs["samples_total"])
+        self.complete = bool(self.attrs["complete"])
+        self.timesteps = int(self.attrs["timesteps"])
+        self.phases = int(self.attrs["phases"])
+        self.periods = int(self.attrs.get("periods", -(-self.timesteps // self.phases)))
+        self.mode = str(self.attrs["mode"])
+        self.classes = int(self.attrs.get("classes", file["logits"].shape[2]))
+        macs = int(self.attrs.get("ann_macs", -1))
+        self.ann_macs = macs if macs >= 0 else None
+        if file["predictions"].shape[0] < self.samples or file["logits"].shape[0] < self.samples:
+            raise TraceError(f"{path}: malformed trace: says {self.samples} samples but holds fewer")
+        recorded = file["recorded_samples"][:] if "recorded_samples" in file else None
+        self.populations: list[PopulationTrace] = []
+        for key in sorted(file["populations"]):
+            group = file["populations"][key]
+            try:
+                attrs = group.attrs
+                self.populations.append(
+                    PopulationTrace(
+                        name=str(_plain(attrs["name"])),
+                        index=int(attrs["index"]),
+                        op_type=str(_plain(attrs["op_type"])),
+                        shape=tuple(int(d) for d in attrs["shape"]),
+                        stage=int(attrs["stage"]),
+                        scale=np.asarray(attrs["scale"], dtype=np.float32),
+                        _group=group,
+                        _samples=self.samples,
+                        _recorded_samples=recorded,
+                    )
+                )
+            except KeyError as exc:
+                raise TraceError(f"{path}: malformed trace: population group {key} lacks {exc}") from None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """int32 (N, T): predicted class after every step."""
+        return self._file["predictions"][: self.samples].astype(np.int32)
+
+    @property
+    def logits(self) -> np.ndarray:
+        """float32 (N, P, classes): output potential at the end of every period."""
+        return self._file["logits"][: self.samples]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int32 (N,) labels of the samples held, or None if the data had none."""
+        return self._file["labels"][: self.samples].astype(np.int32) if "labels" in self._file else None
+
+    @property
+    def sops(self) -> np.ndarray:
+        """int64 (N,): synaptic operations per sample."""
+        return self._file["sops"][: self.samples]
+
+    def population(self, name: str) -> PopulationTrace:
+        """The population called ``name``; TraceError naming the known ones if there is none."""
+        for pop in self.populations:
+            if pop.name == name:
+                return pop
+        names = ", ".join(p.name for p in self.populations) or "none"
+        raise TraceError(f"{self.path}: no population {name!r} (has {names})")
+
+    def accuracy(self, step: int | None = None) -> float | None:
+        """Share of samples whose prediction after ``step`` steps (default T) is the label; None without labels."""
+        labels = self.labels
+        if labels is None or self.samples == 0:
+            return None
+        step = self.timesteps if step is None else int(step)
+        if not 1 <= step <= self.timesteps:
+            raise TraceError(f"{self.path}: step {step} is outside 1..{self.timesteps}")
+        column = self._file["predictions"][: self.samples, step - 1].astype(np.int64)
+        return float(np.mean(column == labels))
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
+    return value
+
+
+def open_trace(path: str | os.PathLike) -> Trace:
+    """Open a trace file for reading.
+
+    Raises
+    ------
+    TraceError
+        The file is missing, is not HDF5, is not a bsnn trace, has a format
+        version this code does not read, or lacks required parts.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(f"{path}: no such trace file")
+    if path.is_dir():
+        raise TraceError(f"{path}: is a folder, not a trace file")
+    h5py = _h5py()
+    if not h5py.is_hdf5(path):
+        raise TraceError(f"{path}: not an HDF5 file")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot open HDF5 file ({exc})") from None
+    try:
+        fmt = _plain(file.attrs.get("format"))
+        if fmt != FORMAT:
+            raise TraceError(f"{path}: not a bsnn trace (format attribute is {fmt!r}, expected {FORMAT!r})")
+        version = _plain(file.attrs.get("format_version"))
+        if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+            raise TraceError(
+                f"{path}: trace format version {version!r} is not supported (this bsnn-graph reads 1..{FORMAT_VERSION})"
+            )
+        return Trace(path, file)
+    except BaseException:
+        file.close()
+        raise
