@@ -659,7 +659,25 @@ def _convert_softmax(loader, node, attrs, ins):
     return cls(axis=axis), [x.key]
 
 
+def _convert_reducemean(loader, node, attrs, ins):
+    x = _tensor(ins[0], "ReduceMean input")
+    rank = len(x.shape) + 1
+    axes = attrs.get("axes") if loader.opset < 18 else _optional(ins, 1)
+    if axes is not None:
+        axes = sorted(_axes(np.asarray(_const(axes, "ReduceMean axes")).reshape(-1), rank))
+    if not axes and loader.opset >= 18 and attrs.get("noop_with_empty_axes", 0):
+        return O.Identity(), [x.key]
+    if rank < 3 or axes != list(range(2, rank)):
+        raise _Unsupported("ReduceMean over axes other than all spatial axes")
+    if attrs.get("keepdims", 1):
+        return O.GlobalAveragePool(), [x.key]
+    # keepdims=0: the global average pool, then drop the spatial axes
+    pooled = loader.add_helper(f"{loader.current_key}/pool", O.GlobalAveragePool(), [x.key])
+    return O.Reshape(shape=(x.shape[0],)), [pooled]
+
+
 _CONVERTERS = {
+    "ReduceMean": _convert_reducemean,
     "Conv": _convert_conv,
     "Gemm": _convert_gemm,
     "MatMul": _convert_matmul,
@@ -748,6 +766,14 @@ class _Loader:
     # helpers used by the converters
     def outputs_used(self, node: onnx.NodeProto, first: int) -> bool:
         return any(name and name in self.consumed for name in node.output[first:])
+
+    def add_helper(self, name: str, op: O.Op, inputs: list[str]) -> str:
+        """Add an extra IR node for an ONNX node that maps to two IR nodes; returns its key."""
+        key = ir.unique_name(self.graph, name)
+        try:
+            return ir.add_node(self.graph, key, op, inputs)
+        except BsnnError as exc:
+            raise self.fail(str(exc)) from None
 
     def key_hint(self, node: onnx.NodeProto) -> str:
         return node.name or (node.output[0] if node.output else node.op_type)
@@ -923,6 +949,7 @@ class _Loader:
                     return
                 if node.op_type not in _CONVERTERS:
                     raise _Unsupported(label)
+                self.current_key = keys[id(node)]
                 op, data_inputs = _CONVERTERS[node.op_type](self, node, attrs, ins)
             elif node.domain == O.BSNN_DOMAIN:
                 op, data_inputs = _convert_bsnn(self, node, attrs, ins)
