@@ -1,3 +1,648 @@
-"""bsnn CLI commands (see bsnn_graph.cli)."""
+"""bsnn CLI commands ``run``, ``eval`` and ``inspect`` (see :mod:`bsnn_graph.cli`).
 
-COMMANDS = []
+- ``bsnn run SNN.onnx --data DATA -T N [--trace OUT.h5]``: simulate a
+  converted network, print predictions, accuracy and timing, and stream a
+  spike trace (``docs/trace-format.md``).
+- ``bsnn eval MODEL.onnx --data DATA``: accuracy versus T per neuron mode
+  against the ANN (converting an ANN first with ``--calib``).
+- ``bsnn inspect TRACE.h5``: per-population firing statistics, SOPs and the
+  energy estimate of a trace; ``--plot`` draws a raster and firing rates.
+
+Every command takes ``--json`` and then prints one JSON document on stdout
+(the keys are listed in ``docs/trace-format.md``); progress bars and notes
+go to stderr. The CLI is the top layer: it may import ``passes`` and
+``runtime``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import ops as O
+from .data import fit_to_input, iterate_batches, load_dataset
+from .errors import BsnnError, DataError, ModelError, TraceError
+from .executor import evaluate, macs
+from .ir import op_of
+
+__all__ = ["COMMANDS", "eval_command", "inspect_command", "run_command"]
+
+_SPIKING = (O.Population, O.SynchronousNeuron, O.MaxGate)
+_PERIODIC_MODES = ("bsnn", "bsnn-nosn")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _echo_json(document: dict) -> None:
+    click.echo(json.dumps(document, indent=2, allow_nan=False))
+
+
+def _stderr():
+    return click.get_text_stream("stderr")
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    line = "  ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(header, widths)))
+    click.echo(line)
+    click.echo("  ".join("-" * w for w in widths))
+    for row in rows:
+        click.echo("  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def _parse_int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+    if not values or any(v < 1 for v in values):
+        raise click.BadParameter(f"expected positive integers, got {text!r}", param_hint=option)
+    return values
+
+
+def parse_record_samples(text: str | None, samples: int) -> list[int]:
+    """Sample indices from ``--record-samples``.
+
+    ``N`` (a bare integer) means the first N samples; a comma-separated list
+    of indices and ranges ``a-b`` (inclusive) names them, e.g. ``0,5,10-19``
+    (``5,`` is sample 5 alone). Default (None): the first 10 samples.
+    """
+    if text is None:
+        return list(range(min(samples, 10)))
+    text = text.strip()
+    try:
+        if text.isdigit():
+            return list(range(min(int(text), samples)))
+        chosen: set[int] = set()
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            if "-" in item:
+                first, last = (int(v) for v in item.split("-", 1))
+                chosen.update(range(first, last + 1))
+            else:
+                chosen.add(int(item))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected N (first N samples) or a list like 0,5,10-19, got {text!r}", param_hint="--record-samples"
+        ) from None
+    outside = sorted(i for i in chosen if i < 0 or i >= samples)
+    if outside:
+        raise DataError(f"--record-samples: sample {outside[0]} is outside the data (0..{samples - 1})")
+    return sorted(chosen)
+
+
+def _spiking_nodes(graph) -> list[str]:
+    return [n for n in graph.nodes if isinstance(op_of(graph, n), _SPIKING)]
+
+
+def _is_spiking(graph) -> bool:
+    return any(op_of(graph, n).domain == O.BSNN_DOMAIN for n in graph.nodes)
+
+
+def _output_accumulator(graph) -> O.OutputAccumulator | None:
+    found = [op_of(graph, n) for n in graph.nodes if isinstance(op_of(graph, n), O.OutputAccumulator)]
+    return found[0] if len(found) == 1 else None
+
+
+def _first_output_step(graph) -> int | None:
+    acc = _output_accumulator(graph)
+    if acc is None or acc.mode not in _PERIODIC_MODES:
+        return None
+    return int(acc.stage) * int(acc.phases)
+
+
+def ann_macs(graph) -> int:
+    """Multiply-accumulates per sample of the ANN a graph computes (Conv, Gemm, MatMul)."""
+    return int(sum(macs(graph, n) for n in graph.nodes))
+
+
+def _input_shape(graph) -> tuple[int, ...]:
+    inputs = graph.graph["inputs"]
+    if len(inputs) != 1:
+        raise ModelError(f"{graph.graph.get('name', 'model')}: expected one input, found {len(inputs)}")
+    return tuple(graph.nodes[inputs[0]]["shape"])
+
+
+def _load_data(path: str, graph, input_scale: float | None, limit: int | None):
+    x, y = load_dataset(path, input_scale=input_scale, limit=limit)
+    x = fit_to_input(x, _input_shape(graph), source=str(path))
+    if len(x) == 0:
+        raise DataError(f"{path}: no samples")
+    return x, y
+
+
+def _check_model_file(path: str) -> None:
+    if not Path(path).exists():
+        raise ModelError(f"{path}: no such model file")
+
+
+def _accuracy_per_step(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(T,) share of correct predictions after every step; ``predictions`` is (T, N)."""
+    return (np.asarray(predictions) == np.asarray(labels)[None, :]).mean(axis=1)
+
+
+def _first_step_within(accuracy_per_step: np.ndarray, reference: float, points: float = 1.0) -> int | None:
+    hits = np.flatnonzero(accuracy_per_step >= reference - points / 100.0)
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def _ann_accuracy(graph, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+    correct = 0
+    for part in iterate_batches(len(x), batch_size):
+        out = np.asarray(evaluate(graph, x[part]))
+        correct += int(np.sum(out.reshape(len(out), -1).argmax(axis=1) == y[part]))
+    return correct / len(x)
+
+
+def _simulate_with_progress(runtime, graph, x, timesteps, label, on_batch=None, **kwargs):
+    with click.progressbar(length=len(x), label=label, file=_stderr()) as bar:
+
+        def progress(start, stop, partial):
+            if on_batch is not None:
+                on_batch(start, stop, partial)
+            bar.update(stop - start)
+
+        started = time.perf_counter()
+        result = runtime.simulate(graph, x, timesteps, on_batch=progress, **kwargs)
+        seconds = time.perf_counter() - started
+    return result, seconds
+
+
+# --------------------------------------------------------------------------- run
+
+
+@click.command("run")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Input samples (.npz or IDX)."
+)
+@click.option("-T", "--timesteps", required=True, type=click.IntRange(min=1), help="Time steps to simulate.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Write a spike trace (HDF5) here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing trace file.")
+@click.option(
+    "--record",
+    multiple=True,
+    metavar="POP",
+    help="Store the spike events of population POP in the trace (repeat, or comma-separate; 'all' for every one).",
+)
+@click.option(
+    "--record-samples",
+    metavar="N|LIST",
+    help="Samples whose events are stored: N = the first N, or a list like 0,5,10-19 (default: first 10).",
+)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
+@click.option("--threads", type=click.IntRange(min=1), help="Worker threads (default: all cores).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
+@click.option("--input-scale", type=float, help="Multiply the raw inputs by this (default 1/255 for uint8 data).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+def run_command(
+    model: str,
+    data_path: str,
+    timesteps: int,
+    trace_path: str | None,
+    overwrite: bool,
+    record: tuple[str, ...],
+    record_samples: str | None,
+    batch_size: int,
+    threads: int | None,
+    limit: int | None,
+    input_scale: float | None,
+    as_json: bool,
+) -> None:
+    """Simulate the converted network SNN.onnx on DATA for T time steps."""
+    import runtime
+    from runtime.trace import TraceWriter
+
+    _check_model_file(model)
+    graph = runtime.load(model)
+    x, y = _load_data(data_path, graph, input_scale, limit)
+    n = len(x)
+
+    names = _spiking_nodes(graph)
+    chosen = [r.strip() for item in record for r in item.split(",") if r.strip()]
+    if "all" in chosen and "all" not in names:
+        chosen = list(names)
+    unknown = [r for r in chosen if r not in names]
+    if unknown:
+        raise BsnnError(f"{model}: --record {unknown[0]!r}: no such population (have {', '.join(names)})")
+    if chosen and trace_path is None:
+        raise click.UsageError("--record needs --trace (events are stored in the trace file)")
+    sample_indices = parse_record_samples(record_samples, n) if chosen else None
+    if trace_path is not None:
+        target = Path(trace_path)
+        if target.exists() and not overwrite:
+            raise TraceError(f"{target}: file exists (use --overwrite to replace it)")
+        if not (target.parent if str(target.parent) else Path(".")).is_dir():
+            raise TraceError(f"{target}: folder {target.parent} does not exist")
+
+    first_output = _first_output_step(graph)
+    accumulator = _output_accumulator(graph)
+    writer: list[TraceWriter] = []
+    written = [0]
+
+    def stream(start: int, stop: int, partial) -> None:
+        if trace_path is not None:
+            if not writer:
+                writer.append(
+                    TraceWriter(
+                        trace_path,
+                        populations=partial.populations,
+                        timesteps=timesteps,
+                        phases=int(partial.phases),
+                        mode=str(partial.mode),
+                        classes=int(np.asarray(partial.logits).shape[2]),
+                        samples_total=n,
+                        model_path=model,
+                        input_path=data_path,
+                        labels=y,
+                        ann_macs=ann_macs(graph),
+                        output_stage=int(accumulator.stage) if accumulator is not None else None,
+                        record=chosen,
+                        record_samples=sample_indices,
+                        overwrite=overwrite,
+                        attributes={
+                            "batch_size": batch_size,
+                            "input_scale": -1.0 if input_scale is None else input_scale,
+                        },
+                    )
+                )
+            writer[0].append(start, stop, partial)
+        written[0] = stop
+
+    try:
+        result, seconds = _simulate_with_progress(
+            runtime,
+            graph,
+            x,
+            timesteps,
+            label=f"simulating {n} samples, T = {timesteps}",
+            on_batch=stream,
+            batch_size=batch_size,
+            threads=threads,
+            record=chosen,
+            record_samples=sample_indices,
+        )
+    except BaseException as exc:
+        where = writer[0].close(interrupted=True) if writer else None
+        note = f"partial trace in {where} (complete = false)" if where else "no trace written"
+        if isinstance(exc, KeyboardInterrupt):
+            click.echo(f"interrupted after {written[0]} of {n} samples; {note}", err=True)
+            sys.exit(130)
+        if trace_path is not None:
+            click.echo(f"run failed after {written[0]} of {n} samples; {note}", err=True)
+        raise
+    trace_written = writer[0].close() if writer else None
+
+    predictions = np.asarray(result.predictions)
+    sops = np.asarray(result.sops, dtype=np.int64)
+    accuracy_per_step = _accuracy_per_step(predictions, y) if y is not None else None
+    accuracy = float(accuracy_per_step[-1]) if accuracy_per_step is not None else None
+    accuracy_first = None
+    if accuracy_per_step is not None and first_output is not None and first_output <= timesteps:
+        accuracy_first = float(accuracy_per_step[first_output - 1])
+    document = {
+        "model": str(model),
+        "data": str(data_path),
+        "mode": str(result.mode),
+        "phases": int(result.phases),
+        "timesteps": timesteps,
+        "samples": n,
+        "first_output_step": first_output,
+        "accuracy": accuracy,
+        "accuracy_first_output": accuracy_first,
+        "accuracy_per_step": accuracy_per_step.tolist() if accuracy_per_step is not None else None,
+        "predictions": predictions[-1].astype(int).tolist(),
+        "labels": y.astype(int).tolist() if y is not None else None,
+        "sops_per_sample": float(sops.mean()),
+        "seconds": seconds,
+        "seconds_per_sample": seconds / n,
+        "batch_size": batch_size,
+        "threads": threads,
+        "trace": str(trace_written) if trace_written is not None else None,
+    }
+    if as_json:
+        _echo_json(document)
+        return
+    click.echo(f"model      {model} (mode {result.mode}, K = {result.phases})")
+    click.echo(f"data       {data_path}: {n} samples" + ("" if y is not None else " (no labels)"))
+    shown = f"T = {timesteps}" + (f" (first full output at T = {first_output})" if first_output else "")
+    click.echo(f"steps      {shown}")
+    if accuracy is not None:
+        line = f"accuracy   {_percent(accuracy)} at T = {timesteps}"
+        if accuracy_first is not None:
+            line += f", {_percent(accuracy_first)} at the first full output (T = {first_output})"
+        click.echo(line)
+    counts = np.bincount(predictions[-1].astype(np.int64), minlength=int(np.asarray(result.logits).shape[2]))
+    click.echo(f"predicted  per class: {' '.join(str(int(c)) for c in counts)}")
+    click.echo(f"SOPs       {sops.mean():,.0f} per sample")
+    click.echo(f"time       {seconds:.2f} s ({1000 * seconds / n:.2f} ms per sample)")
+    if trace_written is not None:
+        click.echo(f"trace      {trace_written}")
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Labelled test samples.")
+@click.option("--calib", "calib_path", type=click.Path(dir_okay=False), help="Calibration samples (ANN models).")
+@click.option(
+    "--modes", default="bsnn", show_default=True, help="Neuron modes to compare (bsnn, bsnn-nosn, phase, if-rate)."
+)
+@click.option("-T", "--timesteps", "timesteps_text", default="16,32,64,128", show_default=True, help="Steps to report.")
+@click.option("--phases", type=click.IntRange(1, 16), help="K, phases per period (ANN models; default 8).")
+@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), help="Normalisation percentile.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
+@click.option("--threads", type=click.IntRange(min=1), help="Worker threads (default: all cores).")
+@click.option("--input-scale", type=float, help="Multiply the raw inputs by this (default 1/255 for uint8 data).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+def eval_command(
+    model: str,
+    data_path: str,
+    calib_path: str | None,
+    modes: str,
+    timesteps_text: str,
+    phases: int | None,
+    percentile: float | None,
+    limit: int | None,
+    batch_size: int,
+    threads: int | None,
+    input_scale: float | None,
+    as_json: bool,
+) -> None:
+    """Accuracy versus time steps per neuron mode, against the ANN.
+
+    MODEL may be an ANN (it is converted once per mode with the calibration
+    data --calib) or an already converted SNN (evaluated in its own mode,
+    against the normalised ANN it encodes).
+    """
+    import runtime
+
+    from . import load_onnx
+
+    steps = sorted(set(_parse_int_list(timesteps_text, "-T")))
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    bad = [m for m in wanted if m not in O.MODES]
+    if bad or not wanted:
+        raise click.BadParameter(
+            f"unknown mode {bad[0] if bad else modes!r} (use {', '.join(O.MODES)})", param_hint="--modes"
+        )
+    _check_model_file(model)
+    graph = load_onnx(model)
+    x, y = _load_data(data_path, graph, input_scale, limit)
+    if y is None:
+        raise DataError(f"{data_path}: eval needs labels (npz array 'y' or an IDX labels file beside the images)")
+
+    if _is_spiking(graph):
+        accumulator = _output_accumulator(graph)
+        own_mode = accumulator.mode if accumulator is not None else "bsnn"
+        own_phases = int(accumulator.phases) if accumulator is not None else None
+        if wanted != [own_mode] and modes != "bsnn":
+            raise BsnnError(f"{model}: already converted (mode {own_mode}); --modes applies to ANN models only")
+        if phases is not None and phases != own_phases:
+            raise BsnnError(f"{model}: already converted with K = {own_phases}; --phases applies to ANN models only")
+        if calib_path is not None:
+            click.echo(f"note: {model} is already converted; --calib is not used", err=True)
+        snns = {own_mode: runtime.load(model)}
+        reference = "normalised ANN encoded by the SNN"
+    else:
+        if calib_path is None:
+            raise BsnnError(f"{model}: is an ANN; converting it needs calibration data (--calib DATA)")
+        import passes
+
+        calib, _ = _load_data(calib_path, graph, input_scale, None)
+        options = {}
+        if phases is not None:
+            options["phases"] = phases
+        if percentile is not None:
+            options["percentile"] = percentile
+        snns = {mode: passes.convert(graph, calib, mode=mode, **options) for mode in wanted}
+        reference = "ANN"
+    ann_accuracy = _ann_accuracy(graph, x, y, batch_size)
+
+    results = {}
+    for mode, snn in snns.items():
+        result, seconds = _simulate_with_progress(
+            runtime,
+            snn,
+            x,
+            steps[-1],
+            label=f"{mode}: {len(x)} samples, T = {steps[-1]}",
+            batch_size=batch_size,
+            threads=threads,
+        )
+        per_step = _accuracy_per_step(result.predictions, y)
+        results[mode] = {
+            "phases": int(result.phases),
+            "first_output_step": _first_output_step(snn),
+            "accuracy": [float(per_step[t - 1]) for t in steps],
+            "accuracy_per_step": per_step.tolist(),
+            "first_step_within_1_point": _first_step_within(per_step, ann_accuracy),
+            "sops_per_sample": float(np.mean(result.sops)),
+            "seconds": seconds,
+        }
+    document = {
+        "model": str(model),
+        "data": str(data_path),
+        "calib": str(calib_path) if calib_path is not None else None,
+        "samples": len(x),
+        "reference": reference,
+        "ann_accuracy": ann_accuracy,
+        "ann_macs_per_sample": ann_macs(graph),
+        "timesteps": steps,
+        "modes": results,
+    }
+    if as_json:
+        _echo_json(document)
+        return
+    click.echo(f"{reference} accuracy: {_percent(ann_accuracy)} on {len(x)} samples of {data_path}")
+    header = ["T"] + [f"{m} (K={r['phases']})" for m, r in results.items()]
+    rows = [[str(t)] + [_percent(r["accuracy"][i]) for r in results.values()] for i, t in enumerate(steps)]
+    rows.append(["first full output"] + [str(r["first_output_step"] or "-") for r in results.values()])
+    rows.append(["first T within 1 pt"] + [str(r["first_step_within_1_point"] or "-") for r in results.values()])
+    rows.append([f"SOPs/sample (T={steps[-1]})"] + [f"{r['sops_per_sample']:,.0f}" for r in results.values()])
+    _print_table(header, rows)
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def _population_summary(trace, pop) -> dict:
+    samples, steps, periods = trace.samples, trace.timesteps, trace.periods
+    total = 0
+    silent = 0.0
+    for block in pop.iterate_spike_counts():
+        total += int(block.sum(dtype=np.int64))
+        silent += float((block == 0).mean(axis=1).sum()) if pop.neurons else 0.0
+    neurons = pop.neurons
+    denominator = max(samples * neurons, 1)
+    sops = pop.sops
+    return {
+        "name": pop.name,
+        "op_type": pop.op_type,
+        "stage": pop.stage,
+        "neurons": neurons,
+        "spikes_per_sample": total / max(samples, 1),
+        "firing_rate": total / denominator / steps,
+        "spikes_per_neuron_per_period": total / denominator / periods,
+        "sops_per_sample": float(sops.mean()) if sops is not None and samples else None,
+        "silent_share": silent / max(samples, 1),
+        "recorded": pop.recorded,
+    }
+
+
+def inspect_trace(trace) -> dict:
+    """The summary ``bsnn inspect`` prints, as a dict (the JSON document without ``plot``)."""
+    from runtime.trace import E_AC_PJ, E_MAC_PJ
+
+    populations = [_population_summary(trace, pop) for pop in trace.populations]
+    samples = trace.samples
+    sops_per_sample = float(trace.sops.mean()) if samples else None
+    first = trace.first_output_step
+    labels = trace.labels
+    energy = {
+        "estimate": True,
+        "e_ac_pj": E_AC_PJ,
+        "e_mac_pj": E_MAC_PJ,
+        "snn_pj_per_sample": sops_per_sample * E_AC_PJ if sops_per_sample is not None else None,
+        "ann_macs_per_sample": trace.ann_macs,
+        "ann_pj_per_sample": trace.ann_macs * E_MAC_PJ if trace.ann_macs is not None else None,
+    }
+    energy["snn_over_ann"] = (
+        energy["snn_pj_per_sample"] / energy["ann_pj_per_sample"]
+        if energy["snn_pj_per_sample"] is not None and energy["ann_pj_per_sample"]
+        else None
+    )
+    neurons = sum(p["neurons"] for p in populations)
+    spikes = sum(p["spikes_per_sample"] for p in populations)
+    attrs = trace.attrs
+    return {
+        "trace": str(trace.path),
+        "format_version": int(attrs["format_version"]),
+        "generated_by": attrs.get("generated_by"),
+        "created": attrs.get("created"),
+        "model_file": attrs.get("model_file"),
+        "model_sha256": attrs.get("model_sha256"),
+        "input_file": attrs.get("input_file"),
+        "mode": trace.mode,
+        "phases": trace.phases,
+        "timesteps": trace.timesteps,
+        "samples": samples,
+        "samples_total": trace.samples_total,
+        "complete": trace.complete,
+        "first_output_step": first,
+        "accuracy": trace.accuracy() if labels is not None and samples else None,
+        "accuracy_first_output": (
+            trace.accuracy(first)
+            if labels is not None and samples and first is not None and first <= trace.timesteps
+            else None
+        ),
+        "neurons": neurons,
+        "spikes_per_sample": spikes,
+        "firing_rate": spikes / max(neurons, 1) / trace.timesteps,
+        "sops_per_sample": sops_per_sample,
+        "energy": energy,
+        "populations": populations,
+    }
+
+
+@click.command("inspect")
+@click.argument("trace_path", metavar="TRACE.h5", type=click.Path(dir_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw a raster and firing rates here.")
+@click.option("--population", help="Only this population in the table; its events form the raster.")
+@click.option("--sample", type=click.IntRange(min=0), help="Sample shown in the raster (default: first recorded).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plot file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+def inspect_command(
+    trace_path: str,
+    plot_path: str | None,
+    population: str | None,
+    sample: int | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Firing statistics, SOPs and the energy estimate of a spike trace."""
+    from runtime.trace import open_trace
+
+    with open_trace(trace_path) as trace:
+        if population is not None:
+            trace.population(population)  # a clear error if there is none
+        document = inspect_trace(trace)
+        plot = None
+        if plot_path is not None:
+            from .plot import plot_trace
+
+            rates = [(p["name"], p["firing_rate"]) for p in document["populations"]]
+            plot = plot_trace(trace, plot_path, rates, population=population, sample=sample, overwrite=overwrite)
+    document["plot"] = plot
+    shown = [p for p in document["populations"] if population is None or p["name"] == population]
+    if as_json:
+        _echo_json(document)
+        return
+    status = "complete" if document["complete"] else "INCOMPLETE (interrupted run)"
+    click.echo(f"trace      {trace_path}: {document['samples']} of {document['samples_total']} samples, {status}")
+    click.echo(f"model      {document['model_file']} (sha256 {str(document['model_sha256'])[:12]}...)")
+    click.echo(f"run        mode {document['mode']}, K = {document['phases']}, T = {document['timesteps']}")
+    if document["accuracy"] is not None:
+        line = f"accuracy   {_percent(document['accuracy'])} at T = {document['timesteps']}"
+        if document["accuracy_first_output"] is not None:
+            line += f", {_percent(document['accuracy_first_output'])} at T = {document['first_output_step']}"
+        click.echo(line)
+    click.echo("")
+    header = ["population", "op", "stage", "neurons", "rate/step", "spikes/period", "SOPs/sample", "silent"]
+    rows = [
+        [
+            p["name"],
+            p["op_type"],
+            str(p["stage"]),
+            f"{p['neurons']:,}",
+            f"{p['firing_rate']:.4f}",
+            f"{p['spikes_per_neuron_per_period']:.3f}",
+            "-" if p["sops_per_sample"] is None else f"{p['sops_per_sample']:,.0f}",
+            f"{100 * p['silent_share']:.1f} %",
+        ]
+        for p in shown
+    ]
+    rows.append(
+        [
+            "total",
+            "",
+            "",
+            f"{document['neurons']:,}",
+            f"{document['firing_rate']:.4f}",
+            "",
+            "-" if document["sops_per_sample"] is None else f"{document['sops_per_sample']:,.0f}",
+            "",
+        ]
+    )
+    _print_table(header, rows)
+    energy = document["energy"]
+    click.echo("")
+    if energy["snn_pj_per_sample"] is not None:
+        line = (
+            f"energy (estimate, {energy['e_ac_pj']} pJ/SOP): SNN {energy['snn_pj_per_sample'] / 1e6:.3f} uJ per sample"
+        )
+        if energy["ann_pj_per_sample"] is not None:
+            line += (
+                f"; ANN ({energy['ann_macs_per_sample']:,} MACs x {energy['e_mac_pj']} pJ) "
+                f"{energy['ann_pj_per_sample'] / 1e6:.3f} uJ; ratio SNN/ANN {energy['snn_over_ann']:.3f}"
+            )
+        click.echo(line)
+    if plot is not None:
+        click.echo(f"plot       {plot['path']}")
+
+
+COMMANDS = [run_command, eval_command, inspect_command]

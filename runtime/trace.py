@@ -164,6 +164,8 @@ class TraceWriter:
     labels : int labels of all ``samples_total`` samples, or None.
     ann_macs : multiply-accumulates per sample of the ANN the SNN encodes
         (for the energy estimate), or None if unknown.
+    output_stage : stage L + 1 of the output accumulator, or None if unknown
+        (the first full output of the ``bsnn`` modes is at step (L + 1) K).
     record : names of populations whose spike events are stored.
     record_samples : indices of the samples whose events are stored
         (None: all samples).
@@ -185,6 +187,7 @@ class TraceWriter:
         input_path: str | os.PathLike | None = None,
         labels: np.ndarray | None = None,
         ann_macs: int | None = None,
+        output_stage: int | None = None,
         record: Iterable[str] = (),
         record_samples: Iterable[int] | None = None,
         overwrite: bool = False,
@@ -233,6 +236,7 @@ class TraceWriter:
                 input_path=input_path,
                 labels=labels,
                 ann_macs=ann_macs,
+                output_stage=output_stage,
                 record_samples=record_samples,
                 attributes=attributes or {},
             )
@@ -255,6 +259,7 @@ class TraceWriter:
         input_path,
         labels,
         ann_macs,
+        output_stage,
         record_samples,
         attributes,
     ) -> None:
@@ -278,6 +283,7 @@ class TraceWriter:
             "samples_written": 0,
             "complete": False,
             "ann_macs": int(ann_macs) if ann_macs is not None else -1,
+            "output_stage": int(output_stage) if output_stage is not None else -1,
             "e_ac_pj": E_AC_PJ,
             "e_mac_pj": E_MAC_PJ,
         }
@@ -554,6 +560,8 @@ class Trace:
         self.classes = int(self.attrs.get("classes", file["logits"].shape[2]))
         macs = int(self.attrs.get("ann_macs", -1))
         self.ann_macs = macs if macs >= 0 else None
+        stage = int(self.attrs.get("output_stage", -1))
+        self.output_stage = stage if stage >= 0 else None
         if file["predictions"].shape[0] < self.samples or file["logits"].shape[0] < self.samples:
             raise TraceError(f"{path}: malformed trace: says {self.samples} samples but holds fewer")
         recorded = file["recorded_samples"][:] if "recorded_samples" in file else None
@@ -577,6 +585,13 @@ class Trace:
                 )
             except KeyError as exc:
                 raise TraceError(f"{path}: malformed trace: population group {key} lacks {exc}") from None
+
+    @property
+    def first_output_step(self) -> int | None:
+        """Step (L + 1) K of the first full output in the ``bsnn`` modes; None for other modes or if unknown."""
+        if self.output_stage is None or self.mode not in ("bsnn", "bsnn-nosn"):
+            return None
+        return self.output_stage * self.phases
 
     @property
     def predictions(self) -> np.ndarray:

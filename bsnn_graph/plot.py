@@ -1,0 +1,129 @@
+"""Figures of a spike trace (``bsnn inspect --plot``): a raster and firing rates per layer.
+
+Needs matplotlib (the ``plot`` extra: ``pip install 'bsnn-graph[plot]'``).
+The figure is drawn with matplotlib's object API (no pyplot, no global
+backend state) and written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BsnnError, TraceError
+from .fileutil import atomic_output
+
+__all__ = ["plot_trace"]
+
+
+def _figure_class():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise BsnnError("--plot needs matplotlib: pip install 'bsnn-graph[plot]'") from None
+    return Figure, FigureCanvasAgg
+
+
+def plot_trace(
+    trace,
+    path: str | os.PathLike,
+    rates: Sequence[tuple[str, float]],
+    population: str | None = None,
+    sample: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Draw a raster of one recorded population and the firing rate of every population.
+
+    Parameters
+    ----------
+    trace : an open :class:`runtime.trace.Trace`.
+    path : the image file (format from its suffix: png, pdf, svg ...).
+    rates : (population name, spikes per neuron per step) for the bar chart.
+    population : the population whose events form the raster; default the
+        first recorded one. Without recorded events only the rates are drawn.
+    sample : the sample shown in the raster; default the first recorded one.
+    overwrite : replace an existing ``path``.
+
+    Returns
+    -------
+    dict with ``path``, ``raster_population``, ``raster_sample`` and
+    ``raster_spikes`` (None for the raster keys when no raster was drawn).
+    """
+    Figure, FigureCanvasAgg = _figure_class()
+    path = Path(path)
+    raster_pop = None
+    if population is not None:
+        raster_pop = trace.population(population)
+        if not raster_pop.recorded:
+            recorded = ", ".join(p.name for p in trace.populations if p.recorded) or "none"
+            raise TraceError(
+                f"{trace.path}: population {population!r} has no recorded events (recorded: {recorded}; "
+                "use bsnn run --record POP)"
+            )
+    else:
+        raster_pop = next((p for p in trace.populations if p.recorded), None)
+
+    events = None
+    if raster_pop is not None:
+        held = raster_pop.recorded_samples
+        if sample is None:
+            if len(held) == 0:
+                raise TraceError(f"{trace.path}: population {raster_pop.name!r} has no recorded sample in the file")
+            sample = int(held[0])
+        elif sample not in {int(s) for s in held}:
+            raise TraceError(
+                f"{trace.path}: sample {sample} of population {raster_pop.name!r} was not recorded "
+                f"(recorded: {', '.join(str(int(s)) for s in held[:10])}{' ...' if len(held) > 10 else ''})"
+            )
+        rows = raster_pop.events
+        events = rows[rows[:, 0] == sample]
+
+    suffix = path.suffix.lstrip(".").lower() or "png"
+    figure = Figure(figsize=(9, 7 if events is not None else 4), layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    if suffix not in canvas.get_supported_filetypes():
+        known = ", ".join(sorted(canvas.get_supported_filetypes()))
+        raise BsnnError(f"{path}: cannot write images of type {suffix!r} (use one of {known})")
+    if events is not None:
+        raster, bars = figure.subplots(2, 1, height_ratios=(3, 2))
+        raster.scatter(events[:, 1], events[:, 2], s=2, marker="|", color="black", linewidths=0.8)
+        raster.set_xlim(-0.5, trace.timesteps - 0.5)
+        raster.set_ylim(-0.5, raster_pop.neurons - 0.5)
+        for boundary in range(trace.phases, trace.timesteps, trace.phases):
+            raster.axvline(boundary - 0.5, color="0.85", linewidth=0.6, zorder=0)
+        raster.set_xlabel("time step")
+        raster.set_ylabel("neuron (flat index)")
+        raster.set_title(
+            f"{raster_pop.name} ({raster_pop.op_type}, stage {raster_pop.stage}), sample {sample}: "
+            f"{len(events)} spikes; period boundaries every K = {trace.phases} steps",
+            fontsize=9,
+        )
+    else:
+        bars = figure.subplots(1, 1)
+    names = [name for name, _ in rates]
+    values = np.array([rate for _, rate in rates], dtype=np.float64)
+    positions = np.arange(len(names))
+    bars.bar(positions, values, color="tab:blue")
+    bars.set_xticks(positions, [_short(n) for n in names], rotation=60, ha="right", fontsize=7)
+    bars.set_ylabel("spikes per neuron per step")
+    bars.set_title(
+        f"firing rate per population ({trace.mode}, K = {trace.phases}, T = {trace.timesteps}, "
+        f"{trace.samples} samples)",
+        fontsize=9,
+    )
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        figure.savefig(tmp, format=suffix, dpi=120)
+    return {
+        "path": str(path),
+        "raster_population": raster_pop.name if events is not None else None,
+        "raster_sample": sample if events is not None else None,
+        "raster_spikes": len(events) if events is not None else None,
+    }
+
+
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
