@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_trace import CLASSES, POPULATIONS, K, T, batch_of, make_result
 
 from bsnn_graph.cli import main
 from runtime.trace import TraceWriter, write_trace
-from test_trace import CLASSES, POPULATIONS, K, T, batch_of, make_result
 
 
 def invoke(*args: str):
@@ -108,12 +108,14 @@ def test_inspect_partial_trace_says_so(tmp_path):
     n = 10
     result = make_result(n)
     path = tmp_path / "partial.h5"
-    with pytest.raises(KeyboardInterrupt):
-        with TraceWriter(
+    with (
+        pytest.raises(KeyboardInterrupt),
+        TraceWriter(
             path, populations=POPULATIONS, timesteps=T, phases=K, mode="bsnn", classes=CLASSES, samples_total=n
-        ) as writer:
-            writer.append(0, 4, batch_of(result, 0, 4))
-            raise KeyboardInterrupt
+        ) as writer,
+    ):
+        writer.append(0, 4, batch_of(result, 0, 4))
+        raise KeyboardInterrupt
     out = invoke("inspect", path)
     assert out.exit_code == 0 and "4 of 10 samples, INCOMPLETE" in out.stdout
     doc = json.loads(invoke("inspect", path, "--json").stdout)
