@@ -1,0 +1,120 @@
+"""Conversion passes: the ordered graph rewrites that turn an ANN IR graph into a BSNN spiking graph.
+
+:data:`PIPELINE` lists them in order; each is a :class:`Pass` callable alone
+(``result = passes.fold_batchnorm(graph)``; ``result.graph``,
+``result.modified``); :func:`convert` runs them all (or up to ``until``).
+The output satisfies the spiking graph contract of ``docs/design.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+
+from ._infra import NodeRefusal, Pass, PassError, PassResult, passes_applied
+from .canonicalise import canonicalise
+from .fold_batchnorm import fold_batchnorm
+from .normalise import normalise
+from .percentile import StreamingPercentile
+from .synchronise import synchronise
+from .to_spiking import check_convertible, to_spiking
+
+__all__ = [
+    "PIPELINE",
+    "Pass",
+    "PassError",
+    "PassResult",
+    "StreamingPercentile",
+    "canonicalise",
+    "convert",
+    "fold_batchnorm",
+    "normalise",
+    "pass_names",
+    "synchronise",
+    "to_spiking",
+]
+
+#: the conversion passes, in the order they run
+PIPELINE: list[Pass] = [canonicalise, fold_batchnorm, normalise, to_spiking, synchronise]
+
+
+def pass_names() -> list[str]:
+    """Names of the passes of :data:`PIPELINE`, in order."""
+    return [p.name for p in PIPELINE]
+
+
+def convert(
+    graph: nx.DiGraph,
+    calibration,
+    mode: str = "bsnn",
+    phases: int = 8,
+    percentile: float = 99.99,
+    channelwise: bool = False,
+    until: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 64,
+    input_scale: float | None = None,
+) -> nx.DiGraph:
+    """Convert an ANN IR graph into a BSNN spiking graph (the input graph is not changed).
+
+    Parameters
+    ----------
+    graph : ANN IR graph (e.g. from :func:`bsnn_graph.load_onnx`).
+    calibration : ndarray (N, *input_shape), split into ``batch_size``
+        batches, or an iterable of such batches.
+    mode : ``bsnn`` (default), ``bsnn-nosn``, ``phase`` or ``if-rate``.
+    phases : K, phases per period (1..16).
+    percentile : of the positive activations, for each population's lambda.
+    channelwise : one lambda per channel instead of per population.
+    until : stop after the pass of this name (see :data:`PIPELINE`).
+    progress : called with the number of samples after each calibration batch.
+    batch_size : calibration batch size when ``calibration`` is an array.
+    input_scale : lambda of the analog input (default ``Input.scale``, i.e. 1);
+        the runtime must feed ``x / input_scale``.
+
+    Returns
+    -------
+    The converted graph; metadata ``bsnn.passes`` lists the passes applied.
+
+    Raises
+    ------
+    PassError (a ConversionError) naming the pass, node, op and the passes
+    applied before; DataError for unusable calibration data.
+    """
+    names = pass_names()
+    if until is not None and until not in names:
+        raise PassError(
+            "convert",
+            passes_applied(graph),
+            NodeRefusal(None, None, f"unknown pass {until!r} (passes: {', '.join(names)})"),
+        )
+    options = {
+        "calibration": calibration,
+        "mode": mode,
+        "phases": phases,
+        "percentile": percentile,
+        "channelwise": channelwise,
+        "progress": progress,
+        "batch_size": batch_size,
+        "input_scale": input_scale,
+    }
+    for pass_ in PIPELINE:
+        if pass_ is normalise and (until is None or names.index(until) >= names.index("to_spiking")):
+            _preflight(graph, mode, phases)
+        graph = pass_(graph, **options).graph
+        if pass_.name == until:
+            break
+    return graph
+
+
+def _preflight(graph: nx.DiGraph, mode: str, phases: int) -> None:
+    """Refuse what to_spiking would refuse before spending time on calibration."""
+    try:
+        if mode not in ("bsnn", "bsnn-nosn", "phase", "if-rate"):
+            raise NodeRefusal(None, None, f"mode {mode!r} is not one of bsnn, bsnn-nosn, phase, if-rate")
+        if not (isinstance(phases, int) and 1 <= phases <= 16):
+            raise NodeRefusal(None, None, f"phases (K) must be an integer in 1..16, got {phases!r}")
+        check_convertible(graph)
+    except NodeRefusal as exc:
+        raise PassError("to_spiking", passes_applied(graph), exc) from None

@@ -1,0 +1,229 @@
+"""canonicalise: rewrite an imported ANN into the small op vocabulary the later passes expect.
+
+Rewrites, applied until none matches (each is exact, or argmax-invariant
+where stated):
+
+- ``Dropout(x)``, ``Identity(x)``, ``Sum(x)`` -> ``x`` (identities at inference).
+- trailing ``Softmax`` / ``LogSoftmax`` over the class axis of a graph
+  output -> removed (monotone per sample, so the argmax is unchanged);
+  recorded in metadata ``bsnn.removed_output_op``. A softmax anywhere else
+  is left for to_spiking to refuse.
+- ``Add(MatMul(x, W), c)`` -> ``Gemm(x, W^T, c)`` and a lone ``MatMul`` ->
+  ``Gemm`` (bias-free), when ``x`` is a (features,) vector per sample and
+  ``c`` broadcasts to (out_features,). ``Add(Conv|Gemm, c)`` with ``c``
+  constant per output channel -> bias of the Conv/Gemm. Refused (left as
+  they are) when the linear op has other consumers.
+- ``Reshape(x, (features,))`` -> ``Flatten(x)`` (same values, the op the
+  spiking contract names); a Reshape to the shape it already has -> ``x``.
+- ``Sum(x, y)`` -> ``Add(x, y)``; a Sum of more inputs -> a chain of Adds.
+- ``Clip(x, 0, None)`` -> ``Relu(x)``; ``Clip(x, None, None)`` -> ``x``.
+  ``Clip(x, 0, 6)`` (ReLU6) is left in place and refused by to_spiking: a
+  bistable population cannot saturate at 6 (its residual carries the excess
+  into the next period), so treating it as a ReLU would silently change the
+  network whenever an activation exceeds 6.
+- constant input normalisation: a chain of ``Sub`` / ``Mul`` / ``Div`` /
+  ``Add`` by constants right after an Input, read (through Flatten/Reshape)
+  by one Conv or Gemm, is folded into that linear op:
+  ``W' = W . a``, ``b' = b + W * beta`` for the chain ``y = a x + beta``
+  (see :mod:`passes._affine`; a padded Conv gets the exact border-aware
+  contribution as an ``Add(constant)`` after it). Refused (left in place;
+  to_spiking then names it) when ``a`` varies within a channel of a Conv
+  input, when a chain node has several consumers, or for ``c / x``.
+- ``Relu(MaxPool(x))`` -> ``MaxPool(Relu(x))``: max is monotone, so the two
+  are equal (every window holds at least one real element); the spec wants
+  every max pool to read spikes. ``Relu(Relu(x))`` -> ``Relu(x)``.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from bsnn_graph import ir
+from bsnn_graph import ops as O
+
+from ._affine import find_linear_reader, fold_affine_into, per_sample
+from ._infra import Pass, bypass, single_consumer
+
+__all__ = ["canonicalise"]
+
+
+def _drop_identities(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if isinstance(op, (O.Dropout, O.Identity)) or (isinstance(op, O.Sum) and len(ir.inputs_of(graph, name)) == 1):
+        bypass(graph, name)
+        return True
+    if isinstance(op, O.Clip) and op.min is None and op.max is None:
+        bypass(graph, name)
+        return True
+    if isinstance(op, O.Reshape) and tuple(op.shape) == ir.shape_of(graph, ir.inputs_of(graph, name)[0]):
+        bypass(graph, name)
+        return True
+    return False
+
+
+def _drop_output_softmax(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if not isinstance(op, O.Softmax) or name not in graph.graph["outputs"] or ir.consumers(graph, name):
+        return False
+    shape = ir.shape_of(graph, name)
+    if len(shape) != 1 or op.axis not in (1, -1):
+        return False
+    bypass(graph, name)
+    removed = graph.graph["metadata"].get("bsnn.removed_output_op")
+    graph.graph["metadata"]["bsnn.removed_output_op"] = f"{removed},{op.op_type}" if removed else op.op_type
+    return True
+
+
+def _bias_of(graph: nx.DiGraph, linear: str, add: str) -> np.ndarray | None:
+    """The Add constant as a (out_channels,) bias, or None when it is not one."""
+    constant = ir.op_of(graph, add).constant
+    shape = ir.shape_of(graph, linear)
+    if constant is None or ir.shape_of(graph, add) != shape:
+        return None
+    full = per_sample(constant, shape).reshape(shape[0], -1)
+    if not np.all(full == full[:, :1]):
+        return None
+    return full[:, 0]
+
+
+def _to_gemm(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if isinstance(op, O.MatMul):
+        if len(ir.shape_of(graph, ir.inputs_of(graph, name)[0])) != 1:
+            return False
+        graph.nodes[name]["op"] = O.Gemm(weight=np.ascontiguousarray(op.weight.T), bias=None)
+        return True
+    if isinstance(op, (O.Conv, O.Gemm)):
+        add = single_consumer(graph, name)
+        if add is None or not isinstance(ir.op_of(graph, add), O.Add):
+            return False
+        bias = _bias_of(graph, name, add)
+        if bias is None:
+            return False
+        old = op.bias.astype(np.float64) if op.bias is not None else 0.0
+        op.bias = (old + bias).astype(np.float32)
+        bypass(graph, add)
+        return True
+    return False
+
+
+def _reshape_to_flatten(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if isinstance(op, O.Reshape) and len(op.shape) == 1:
+        graph.nodes[name]["op"] = O.Flatten(axis=1)
+        return True
+    return False
+
+
+def _sum_to_add(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if not isinstance(op, O.Sum):
+        return False
+    inputs = ir.inputs_of(graph, name)
+    if len(inputs) < 2 or len({ir.shape_of(graph, s) for s in inputs}) != 1:
+        return False
+    running = inputs[0]
+    for src in inputs[1:-1]:
+        running = ir.add_node(graph, ir.unique_name(graph, f"{name}_partial"), O.Add(), [running, src])
+    graph.nodes[name]["op"] = O.Add()
+    ir.set_inputs(graph, name, [running, inputs[-1]])
+    return True
+
+
+def _clip_to_relu(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if isinstance(op, O.Clip) and op.min == 0 and op.max is None:
+        graph.nodes[name]["op"] = O.Relu()
+        return True
+    return False
+
+
+def _relu_before_maxpool(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if not isinstance(op, O.Relu):
+        return False
+    (src,) = ir.inputs_of(graph, name)
+    src_op = ir.op_of(graph, src)
+    if isinstance(src_op, O.Relu):
+        bypass(graph, name)
+        return True
+    if not isinstance(src_op, O.MaxPool) or single_consumer(graph, src) != name:
+        return False
+    (x,) = ir.inputs_of(graph, src)
+    ir.set_inputs(graph, name, [x])
+    ir.replace_uses(graph, name, src)
+    ir.set_inputs(graph, src, [name])
+    graph.nodes[name]["shape"] = ir.shape_of(graph, x)
+    return True
+
+
+_AFFINE = (O.Sub, O.Mul, O.Div, O.Add)
+
+
+def _fold_input_normalisation(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if not isinstance(op, O.Input):
+        return False
+    shape = ir.shape_of(graph, name)
+    a, b = np.ones(shape), np.zeros(shape)
+    chain = []
+    node = single_consumer(graph, name) if len(ir.consumers(graph, name)) == 1 else None
+    while node is not None:
+        nop = ir.op_of(graph, node)
+        if not isinstance(nop, _AFFINE) or nop.constant is None or ir.shape_of(graph, node) != shape:
+            break
+        c = per_sample(nop.constant, shape)
+        if isinstance(nop, O.Sub):
+            a, b = (-a, c - b) if nop.constant_first else (a, b - c)
+        elif isinstance(nop, O.Add):
+            b = b + c
+        elif isinstance(nop, O.Mul):
+            a, b = a * c, b * c
+        elif nop.constant_first:  # c / x is not affine
+            break
+        else:
+            a, b = a / c, b / c
+        chain.append(node)
+        node = single_consumer(graph, node)
+    if not chain:
+        return False
+    found = find_linear_reader(graph, chain[-1])
+    if found is None:
+        return False
+    linear, _reshapes = found
+    target = ir.shape_of(graph, ir.inputs_of(graph, linear)[0])
+    fold_affine_into(graph, linear, a.reshape(target), b.reshape(target), culprit=chain[0])
+    for node in chain:
+        bypass(graph, node)
+    return True
+
+
+_RULES = (
+    _drop_identities,
+    _drop_output_softmax,
+    _to_gemm,
+    _reshape_to_flatten,
+    _sum_to_add,
+    _clip_to_relu,
+    _relu_before_maxpool,
+    _fold_input_normalisation,
+)
+
+
+def _canonicalise(graph: nx.DiGraph) -> bool:
+    modified = False
+    changed = True
+    while changed:
+        changed = False
+        for name in ir.topological_order(graph):
+            if name not in graph:
+                continue
+            op = ir.op_of(graph, name)
+            for rule in _RULES:
+                if rule(graph, name, op):
+                    changed = modified = True
+                    break
+            if changed:
+                break  # the graph changed under the iteration: start over
+    ir.infer_shapes(graph)
+    return modified
+
+
+canonicalise = Pass(
+    name="canonicalise",
+    description="drop Dropout/Identity/output Softmax, MatMul+Add->Gemm, fold input normalisation, ReLU before MaxPool",
+    rewrite=_canonicalise,
+)

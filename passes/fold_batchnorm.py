@@ -1,0 +1,107 @@
+"""fold_batchnorm: fold every inference BatchNormalization into a neighbouring Conv or Gemm.
+
+With ``s = scale / sqrt(var + epsilon)`` and ``t = bias - mean * s``,
+``BN(y) = s * y + t`` per channel (axis 1).
+
+Before / After (into the preceding linear op, the usual Conv -> BN):
+    ``BN(Conv(x, W, c))`` -> ``Conv(x, W', c')`` with
+    ``W'[o] = s[o] W[o]`` and ``c' = s (c - mean) + bias`` (``c = 0`` when the
+    Conv has no bias). Grouped and depthwise convs fold the same way (the
+    output channel is axis 0 of the weight); a Gemm over (features,) too.
+    Refused when the linear op has other consumers (they need the unfolded
+    output) or is a graph output.
+
+Before / After (into the following linear op, e.g. Add -> BN -> Conv):
+    ``Conv(BN(x))`` -> ``Conv'(x)``, the per-channel affine map folded into
+    the Conv's input side (see :mod:`passes._affine`): exact, including a
+    padded Conv, whose border windows get an exact ``Add(constant)``
+    correction (the padding zeros are *after* BN, so they are not ``t``).
+    A Flatten/Reshape between BN and a Gemm is allowed.
+
+Refusal: a BN that can go neither way (e.g. Add -> BN -> ReLU in a
+pre-activation ResNet) stops the conversion with a ConversionError naming
+it: no spiking population can apply a per-channel affine map after a sum.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from bsnn_graph import ir
+from bsnn_graph import ops as O
+
+from ._affine import find_linear_reader, fold_affine_into
+from ._infra import Pass, bypass, refuse, single_consumer
+
+__all__ = ["batchnorm_affine", "fold_batchnorm"]
+
+
+def batchnorm_affine(op: O.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(s, t)`` with ``BN(y) = s y + t`` (float64, shape (C,))."""
+    s = op.scale.astype(np.float64) / np.sqrt(op.var.astype(np.float64) + op.epsilon)
+    t = op.bias.astype(np.float64) - op.mean.astype(np.float64) * s
+    return s, t
+
+
+def _fold_into_previous(graph: nx.DiGraph, bn: str) -> bool:
+    (src,) = ir.inputs_of(graph, bn)
+    src_op = ir.op_of(graph, src)
+    if not isinstance(src_op, (O.Conv, O.Gemm)) or single_consumer(graph, src) != bn:
+        return False
+    s, t = batchnorm_affine(ir.op_of(graph, bn))
+    weight = src_op.weight.astype(np.float64)
+    src_op.weight = (weight * s.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(np.float32)
+    bias = src_op.bias.astype(np.float64) if src_op.bias is not None else 0.0
+    src_op.bias = (bias * s + t).astype(np.float32)
+    bypass(graph, bn)
+    return True
+
+
+def _fold_into_next(graph: nx.DiGraph, bn: str) -> bool:
+    found = find_linear_reader(graph, bn)
+    if found is None:
+        return False
+    linear, _ = found
+    shape = ir.shape_of(graph, bn)
+    s, t = batchnorm_affine(ir.op_of(graph, bn))
+    channel_shape = (-1,) + (1,) * (len(shape) - 1)
+    a = np.broadcast_to(s.reshape(channel_shape), shape)
+    b = np.broadcast_to(t.reshape(channel_shape), shape)
+    target = ir.shape_of(graph, ir.inputs_of(graph, linear)[0])
+    fold_affine_into(graph, linear, a.reshape(target), b.reshape(target), culprit=bn)
+    bypass(graph, bn)
+    return True
+
+
+def _fold_batchnorm(graph: nx.DiGraph) -> bool:
+    modified = False
+    for bn in ir.topological_order(graph):
+        if not isinstance(ir.op_of(graph, bn), O.BatchNormalization):
+            continue
+        if _fold_into_previous(graph, bn) or _fold_into_next(graph, bn):
+            modified = True
+            continue
+        (src,) = ir.inputs_of(graph, bn)
+        readers = ", ".join(f"{r!r} ({ir.op_of(graph, r).op_type})" for r in ir.consumers(graph, bn)) or "the output"
+        refuse(
+            graph,
+            bn,
+            f"cannot fold: it follows {src!r} ({ir.op_of(graph, src).op_type}), not a Conv/Gemm used only by it, "
+            f"and feeds {readers}, not one Conv/Gemm",
+        )
+    return modified
+
+
+def _no_batchnorm_left(graph: nx.DiGraph) -> None:
+    for name in graph.nodes:
+        if isinstance(ir.op_of(graph, name), O.BatchNormalization):
+            refuse(graph, name, "BatchNormalization left after folding")
+
+
+fold_batchnorm = Pass(
+    name="fold_batchnorm",
+    description="fold BatchNormalization into the preceding (or else the following) Conv/Gemm",
+    rewrite=_fold_batchnorm,
+    ensures=_no_batchnorm_left,
+)

@@ -1,0 +1,384 @@
+"""normalise: data-based (percentile) weight normalisation, threshold 1 for every population.
+
+Populations (in the folded ANN): every ReLU; a ReLU that alone reads a
+two-tensor Add is one residual *merge* population whose branches are the
+Add's inputs.
+
+1. Calibrate: run the ANN (:func:`bsnn_graph.executor.iterate_activations`)
+   on the calibration batches and feed every population's activation to a
+   :class:`~passes.percentile.StreamingPercentile` (bounded memory, relative
+   error <= 0.27 %); ``lambda`` = the p-th percentile (default 99.99) of the
+   positive activations, per population or, with ``channelwise``, per
+   channel (axis 1). A population (channel) with no positive activation gets
+   1 (the population's lambda).
+2. Rescale. Every tensor gets a *unit* ``u`` (ANN value = ``u`` x value in
+   the normalised graph): the Input ``Input.scale`` (1 unless configured),
+   a population its ``lambda``. A Conv / Gemm turns input unit ``u_in`` into
+   the unit ``u_out`` its output is read in:
+
+       W' = W * u_in / u_out     b' = b / u_out
+
+   ``u_out`` is the lambda of the population it feeds (looked up through
+   scale-transparent ops: AveragePool, GlobalAveragePool, Flatten, Reshape,
+   Pad with 0, Add with a constant, the Add of a merge); the last linear
+   layer (graph output, no ReLU) keeps ANN units, ``u_out = 1``, so
+   ``W' = W * u_in``, ``b' = b``. Per-channel units follow the channels
+   through Flatten into Gemm columns. Constants added to a tensor are
+   divided by its unit. Where a tensor reaches a population (or a merge Add)
+   in a unit other than the one required (an identity shortcut from a
+   population of another lambda, a pooling between two populations) a
+   ``Mul`` by the constant ``u_src / u_required`` (scalar or (1, C, 1, 1))
+   is inserted on that edge.
+
+After: ``evaluate(normalised)[p] * lambda_p == evaluate(ann)[p]`` for every
+population p and the outputs are unchanged (float32 rounding aside). The
+lambdas are kept in metadata ``bsnn.scales`` (JSON: population name ->
+number or per-channel list) until to_spiking moves them into
+``Population.scale``; ``bsnn.input_scale``, ``bsnn.percentile``,
+``bsnn.channelwise`` and ``bsnn.calibration_samples`` are recorded too.
+
+Refusal: an op with no linear meaning between populations (Softmax,
+Clip with a maximum, BatchNormalization, MatMul on a >1-d input, Div of a
+constant by a tensor), a Conv whose input unit varies within a channel,
+a graph without exactly one Input, and calibration data that yields no
+sample.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+
+import networkx as nx
+import numpy as np
+
+from bsnn_graph import ir
+from bsnn_graph import ops as O
+from bsnn_graph.data import fit_to_input
+from bsnn_graph.errors import DataError
+from bsnn_graph.executor import iterate_activations
+
+from ._infra import Pass, insert_after, insert_on_edge, refuse
+from .percentile import StreamingPercentile
+
+__all__ = ["calibration_batches", "normalise", "population_scales", "read_scales"]
+
+_TRANSPARENT = (O.MaxPool, O.AveragePool, O.GlobalAveragePool, O.Dropout, O.Identity, O.Pad)
+
+
+def calibration_batches(calibration, batch_size: int = 64) -> Iterable[np.ndarray]:
+    """Batches of calibration inputs: an ndarray is split into ``batch_size`` slices,
+    any other iterable is taken as a sequence of batches (arrays)."""
+    if isinstance(calibration, np.ndarray):
+        for start in range(0, len(calibration), batch_size):
+            yield calibration[start : start + batch_size]
+        return
+    if isinstance(calibration, (str, bytes)) or not isinstance(calibration, Iterable):
+        raise DataError(f"calibration data must be an array or an iterable of arrays, not {type(calibration).__name__}")
+    yield from calibration
+
+
+def population_scales(
+    graph: nx.DiGraph,
+    calibration,
+    percentile: float = 99.99,
+    channelwise: bool = False,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Percentile lambdas of every ReLU of the ANN ``graph`` over the calibration data.
+
+    Returns ``(lambdas, samples)``: name -> float64 array of shape () or
+    (C,) and the number of calibration samples seen. ``progress(n)`` is
+    called after each batch of ``n`` samples.
+    """
+    if not 0 < percentile <= 100:
+        raise DataError(f"percentile {percentile} is not in (0, 100]")
+    if len(graph.graph["inputs"]) != 1:
+        refuse(graph, None, f"calibration needs exactly one graph input, found {graph.graph['inputs']}")
+    shape = ir.shape_of(graph, graph.graph["inputs"][0])
+    relus = [n for n in ir.topological_order(graph) if isinstance(ir.op_of(graph, n), O.Relu)]
+    estimators = {
+        r: StreamingPercentile(ir.shape_of(graph, r)[0] if channelwise and ir.shape_of(graph, r) else None)
+        for r in relus
+    }
+    samples = 0
+    for batch in calibration_batches(calibration, batch_size):
+        x = fit_to_input(np.asarray(batch, np.float32), shape, "calibration data")
+        if len(x) == 0:
+            continue
+        for name, value in iterate_activations(graph, x):
+            if name in estimators:
+                estimators[name].update(value)
+        samples += len(x)
+        if progress is not None:
+            progress(len(x))
+    if samples == 0:
+        raise DataError("calibration data holds no samples")
+    lambdas = {}
+    for name, estimator in estimators.items():
+        value = estimator.percentile(percentile)
+        if channelwise:
+            overall = StreamingPercentile(None, estimator.bins_per_octave, estimator.min_exponent)
+            overall.counts = estimator.counts.sum(axis=0, keepdims=True)
+            overall.minimum = estimator.minimum.min(keepdims=True)
+            overall.maximum = estimator.maximum.max(keepdims=True)
+            layer = overall.percentile(percentile)
+            value = np.where(np.isnan(value), 1.0 if np.isnan(layer) else layer, value)
+        elif np.isnan(value):
+            value = np.array(1.0)
+        lambdas[name] = np.asarray(value, np.float64)
+    return lambdas, samples
+
+
+def read_scales(graph: nx.DiGraph) -> dict[str, np.ndarray]:
+    """The lambdas normalise stored in metadata ``bsnn.scales`` (name -> () or (C,) float32)."""
+    text = graph.graph["metadata"].get("bsnn.scales")
+    if text is None:
+        return {}
+    return {k: np.asarray(v, np.float32) for k, v in json.loads(text).items()}
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _compact(unit: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The smallest form of ``unit`` over ``shape``: scalar, per channel (C, 1, ...), or full."""
+    full = np.broadcast_to(np.asarray(unit, np.float64), shape)
+    flat = full.reshape(-1)
+    if flat.size == 0 or np.all(flat == flat[0]):
+        return np.array(flat[0] if flat.size else 1.0)
+    per_channel = full.reshape(shape[0], -1)
+    if np.all(per_channel == per_channel[:, :1]):
+        return per_channel[:, 0].reshape((shape[0],) + (1,) * (len(shape) - 1))
+    return np.array(full)
+
+
+def _same(a: np.ndarray, b: np.ndarray, shape) -> bool:
+    return bool(np.allclose(np.broadcast_to(a, shape), np.broadcast_to(b, shape), rtol=1e-12, atol=0))
+
+
+def _channel_unit(graph, node, unit, shape) -> np.ndarray:
+    """``unit`` as a vector over axis 0 of ``shape``; refuse if it varies within a channel."""
+    unit = _compact(unit, shape)
+    if unit.ndim and unit.shape != (shape[0],) + (1,) * (len(shape) - 1):
+        refuse(graph, node, "its input unit varies within a channel; it cannot be normalised")
+    return np.broadcast_to(unit.reshape(-1), (shape[0],)).astype(np.float64)
+
+
+def _onnx_constant(unit: np.ndarray) -> np.ndarray:
+    """A per-sample unit as an ONNX-layout float32 constant (batch axis added)."""
+    unit = np.asarray(unit, np.float64)
+    return (unit[None] if unit.ndim else unit).astype(np.float32)
+
+
+class _Normaliser:
+    def __init__(self, graph: nx.DiGraph, lambdas: dict[str, np.ndarray], input_scale: float):
+        self.graph = graph
+        self.lambdas = {
+            n: _compact(
+                lam.reshape((-1,) + (1,) * (len(ir.shape_of(graph, n)) - 1)) if lam.ndim else lam, ir.shape_of(graph, n)
+            )
+            for n, lam in lambdas.items()
+        }
+        self.input_scale = float(input_scale)
+        self.unit: dict[str, np.ndarray] = {}
+        self._targets: dict[str, np.ndarray | None] = {}
+
+    # ----- backward: the unit a tensor is read in
+    def target(self, name: str) -> np.ndarray | None:
+        if name not in self._targets:
+            self._targets[name] = self._find_target(name)
+        return self._targets[name]
+
+    def _find_target(self, name: str) -> np.ndarray | None:
+        g = self.graph
+        if name in g.graph["outputs"]:
+            return np.array(1.0)
+        for reader in ir.consumers(g, name):
+            required = self._required_by(reader, name)
+            if required is not None:
+                return required
+        return None
+
+    def _required_by(self, reader: str, name: str) -> np.ndarray | None:
+        g = self.graph
+        op = ir.op_of(g, reader)
+        shape, reader_shape = ir.shape_of(g, name), ir.shape_of(g, reader)
+        if isinstance(op, O.Relu):
+            return self.lambdas[reader]
+        if isinstance(
+            op,
+            (
+                O.Add,
+                O.Sum,
+                O.Sub,
+                O.Mul,
+                O.Div,
+                O.AveragePool,
+                O.GlobalAveragePool,
+                O.MaxPool,
+                O.Pad,
+                O.Dropout,
+                O.Identity,
+            ),
+        ):
+            target = self.target(reader)
+            if target is None or target.ndim == 0:
+                return target
+            if len(shape) == len(reader_shape) and target.shape == (reader_shape[0],) + (1,) * (len(shape) - 1):
+                return target if shape[0] == reader_shape[0] else None
+            return None
+        if isinstance(op, (O.Flatten, O.Reshape)):
+            target = self.target(reader)
+            if target is None or target.ndim == 0:
+                return target
+            return _compact(np.broadcast_to(target, reader_shape).reshape(shape), shape)
+        if isinstance(op, O.Concat):
+            target = self.target(reader)
+            if target is None or target.ndim == 0:
+                return target
+            axis = (op.axis if op.axis >= 0 else op.axis + len(reader_shape) + 1) - 1
+            start = 0
+            for src in ir.inputs_of(g, reader):
+                if src == name:
+                    break
+                start += ir.shape_of(g, src)[axis]
+            full = np.broadcast_to(target, reader_shape)
+            return _compact(np.take(full, range(start, start + shape[axis]), axis=axis), shape)
+        return None
+
+    # ----- forward: rescale
+    def require(self, src: str, dst: str, unit: np.ndarray) -> None:
+        """Make ``dst`` read ``src`` in ``unit``, inserting a Mul on the edge if needed."""
+        shape = ir.shape_of(self.graph, src)
+        if _same(self.unit[src], unit, shape):
+            return
+        ratio = _compact(np.broadcast_to(self.unit[src], shape) / np.broadcast_to(unit, shape), shape)
+        mul = ir.unique_name(self.graph, f"{src}_rescale")
+        insert_on_edge(self.graph, src, dst, mul, O.Mul(constant=_onnx_constant(ratio)))
+        self.unit[mul] = _compact(unit, shape)
+
+    def run(self) -> None:
+        g = self.graph
+        for name in ir.topological_order(g):
+            op = ir.op_of(g, name)
+            srcs = ir.inputs_of(g, name)
+            shape = ir.shape_of(g, name)
+            if isinstance(op, O.Input):
+                op.scale = self.input_scale
+                self.unit[name] = np.array(self.input_scale)
+            elif isinstance(op, O.Relu):
+                self.require(srcs[0], name, self.lambdas[name])
+                self.unit[name] = self.lambdas[name]
+            elif isinstance(op, (O.Conv, O.Gemm)):
+                self._linear(name, op, srcs[0], shape)
+            elif (isinstance(op, O.Add) and op.constant is None) or isinstance(op, O.Sum):
+                target = self.target(name)
+                unit = _compact(target if target is not None else self.unit[srcs[0]], shape)
+                for src in srcs:
+                    if ir.shape_of(g, src) != shape and not _same(self.unit[src], unit, ir.shape_of(g, src)):
+                        refuse(g, name, "adds tensors of different shapes in different units")
+                    self.require(src, name, unit)
+                self.unit[name] = unit
+            elif isinstance(op, (O.Add, O.Sub)):  # x + c, x - c or c - x: c is divided by x's unit
+                unit = self.unit[srcs[0]]
+                op.constant = (op.constant.astype(np.float64) / _onnx_constant(unit).astype(np.float64)).astype(
+                    np.float32
+                )
+                self.unit[name] = _compact(unit, shape)
+            elif isinstance(op, (O.Mul, O.Div)):
+                if op.constant_first and isinstance(op, O.Div):
+                    refuse(g, name, "constant / tensor has no linear meaning between populations")
+                self.unit[name] = self.unit[srcs[0]]
+            elif isinstance(op, _TRANSPARENT):
+                unit = self.unit[srcs[0]]
+                _channel_unit(g, name, unit, ir.shape_of(g, srcs[0]))
+                if isinstance(op, O.Pad) and op.mode == "constant" and op.value != 0:
+                    if unit.ndim:
+                        refuse(g, name, "pads with a non-zero value in a per-channel unit")
+                    op.value = float(op.value / unit)
+                self.unit[name] = unit
+            elif isinstance(op, (O.Flatten, O.Reshape)):
+                in_shape = ir.shape_of(g, srcs[0])
+                self.unit[name] = _compact(np.broadcast_to(self.unit[srcs[0]], in_shape).reshape(shape), shape)
+            elif isinstance(op, O.Concat):
+                axis = (op.axis if op.axis >= 0 else op.axis + len(shape) + 1) - 1
+                parts = [np.broadcast_to(self.unit[s], ir.shape_of(g, s)) for s in srcs]
+                self.unit[name] = _compact(np.concatenate(parts, axis=axis), shape)
+            elif isinstance(op, O.MatMul):
+                refuse(g, name, f"MatMul on a {ir.shape_of(g, srcs[0])} input per sample is not supported")
+            else:
+                refuse(g, name, f"{op.op_type} has no place between spiking populations")
+        for out in list(g.graph["outputs"]):
+            shape = ir.shape_of(g, out)
+            if not _same(self.unit[out], np.array(1.0), shape):
+                mul = ir.unique_name(g, f"{out}_rescale")
+                insert_after(g, out, mul, O.Mul(constant=_onnx_constant(_compact(self.unit[out], shape))))
+                self.unit[mul] = np.array(1.0)
+
+    def _linear(self, name: str, op, src: str, shape) -> None:
+        g = self.graph
+        in_shape = ir.shape_of(g, src)
+        target = self.target(name)
+        target = np.array(1.0) if target is None else _compact(target, shape)
+        if target.ndim and target.shape != (shape[0],) + (1,) * (len(shape) - 1):
+            target = np.array(1.0)  # varies within a channel: a Mul downstream fixes the unit
+        out_unit = np.broadcast_to(target.reshape(-1), (shape[0],)).astype(np.float64)
+        weight = op.weight.astype(np.float64)
+        if isinstance(op, O.Gemm):
+            in_unit = np.broadcast_to(self.unit[src], in_shape).astype(np.float64)
+            weight = weight * in_unit[None, :]
+        else:
+            channel_unit = _channel_unit(g, name, self.unit[src], in_shape)
+            out_channels, group = weight.shape[0], op.group
+            in_per_group, out_per_group = in_shape[0] // group, out_channels // group
+            channel_of = (np.arange(out_channels)[:, None] // out_per_group) * in_per_group + np.arange(in_per_group)
+            weight = weight * channel_unit[channel_of].reshape(weight.shape[:2] + (1,) * (weight.ndim - 2))
+        op.weight = (weight / out_unit.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(np.float32)
+        if op.bias is not None:
+            op.bias = (op.bias.astype(np.float64) / out_unit).astype(np.float32)
+        self.unit[name] = target
+
+
+def _normalise(
+    graph: nx.DiGraph,
+    calibration=None,
+    percentile: float = 99.99,
+    channelwise: bool = False,
+    batch_size: int = 64,
+    input_scale: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> bool:
+    if calibration is None:
+        raise DataError("normalise needs calibration data")
+    lambdas, samples = population_scales(graph, calibration, percentile, channelwise, batch_size, progress)
+    if input_scale is None:
+        (name,) = graph.graph["inputs"]
+        input_scale = ir.op_of(graph, name).scale
+    if not input_scale > 0:
+        raise DataError(f"input scale {input_scale} must be positive")
+    _Normaliser(graph, lambdas, input_scale).run()
+    meta = graph.graph["metadata"]
+    meta["bsnn.scales"] = json.dumps({n: lam.tolist() for n, lam in lambdas.items()})
+    meta["bsnn.input_scale"] = repr(float(input_scale))
+    meta["bsnn.percentile"] = repr(float(percentile))
+    meta["bsnn.channelwise"] = "true" if channelwise else "false"
+    meta["bsnn.calibration_samples"] = str(samples)
+    return True
+
+
+def _requires_folded(graph: nx.DiGraph) -> None:
+    for name in graph.nodes:
+        if isinstance(ir.op_of(graph, name), O.BatchNormalization):
+            refuse(graph, name, "BatchNormalization must be folded first (run fold_batchnorm)")
+    if "bsnn.scales" in graph.graph["metadata"]:
+        refuse(graph, None, "the graph is already normalised")
+
+
+normalise = Pass(
+    name="normalise",
+    description="percentile lambda per population from calibration data; W' = W lambda_in / lambda_out",
+    rewrite=_normalise,
+    requires=_requires_folded,
+)
