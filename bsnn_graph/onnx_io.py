@@ -481,13 +481,15 @@ def _convert_add(loader, node, attrs, ins):
 def _convert_sum(loader, node, attrs, ins):
     tensors = [v for v in ins if isinstance(v, _Tensor)]
     constants = [_float32(v, "Sum constant") for v in ins if v is not None and not isinstance(v, _Tensor)]
-    if constants:
-        if len(tensors) != 1:
-            raise _Unsupported("Sum of several tensors and a constant")
-        constant = _check_constant("Sum", tensors[0], np.asarray(sum(constants), dtype=np.float32))
-        return O.Add(constant=constant), [tensors[0].key]
     _same_rank(tensors, "Sum")
-    return O.Sum(), [t.key for t in tensors]
+    if not constants:
+        return O.Sum(), [t.key for t in tensors]
+    constant = _check_constant("Sum", tensors[0], np.asarray(sum(constants), dtype=np.float32))
+    if len(tensors) == 1:
+        return O.Add(constant=constant), [tensors[0].key]
+    # the sum of the tensors, then the constant
+    total = loader.add_helper(f"{loader.current_key}/tensors", O.Sum(), [t.key for t in tensors])
+    return O.Add(constant=constant), [total]
 
 
 def _convert_constant_binary(loader, node, attrs, ins):
@@ -762,6 +764,10 @@ class _Loader:
         self.consumed |= {o.name for o in model.graph.output}
         self.tensor_of_key: dict[str, str] = {}
         self.batch_value = BATCH
+        # onnx shape inference before opset 22 counts a ceil-mode pooling window
+        # that starts in the end padding (onnxruntime and the spec drop it): no
+        # cross-check for such pools and what follows them
+        self.unchecked: set[str] = set()
 
     # helpers used by the converters
     def outputs_used(self, node: onnx.NodeProto, first: int) -> bool:
@@ -921,6 +927,8 @@ class _Loader:
         self.values[tensor] = _Tensor(key, shape)
         self.tensor_of_key[key] = tensor
         expected = self.inferred.get(tensor)
+        if tensor in self.unchecked:
+            expected = None
         if expected is not None and op_type != "Input":
             ours = [None] + list(shape)
             if len(expected) != len(ours) or any(
@@ -939,6 +947,9 @@ class _Loader:
             return
         ins = [self.values[i] if i else None for i in node.input]
         attrs = _attributes(node)
+        ceil_pool = node.op_type in ("MaxPool", "AveragePool") and attrs.get("ceil_mode", 0) and self.opset < 22
+        if ceil_pool or any(i in self.unchecked for i in node.input):
+            self.unchecked.update(o for o in node.output if o)
         try:
             if node.domain in ("", "ai.onnx"):
                 if node.op_type in _FOLDABLE and not any(isinstance(v, _Tensor) for v in ins):
