@@ -57,8 +57,9 @@ def make_model(tmp_path):
     counter = itertools.count()
 
     def make(nodes, inputs, outputs, initializers=(), opset=17, name="model", **kwargs):
-        return build_model(tmp_path / f"{name}_{next(counter)}.onnx", nodes, inputs, outputs, initializers, opset,
-                           **kwargs)  # fmt: skip
+        return build_model(
+            tmp_path / f"{name}_{next(counter)}.onnx", nodes, inputs, outputs, initializers, opset, **kwargs
+        )
 
     return make
 

@@ -138,7 +138,7 @@ CASES = {
             )
         ],
         (2, 8, 8),
-    ),  # fmt: skip
+    ),
     "avgpool_same_upper": Case(
         [node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")], (2, 7, 7)
     ),
@@ -147,7 +147,7 @@ CASES = {
     "reducemean_keepdims": Case([node("ReduceMean", ["x"], axes=[2, 3])], (3, 5, 4), opset=13),
     "reducemean_dropdims": Case(
         [node("ReduceMean", ["x", "axes"], keepdims=0)], (3, 5, 4), [I64("axes", [-1, -2])], opset=18
-    ),  # fmt: skip
+    ),
     # element-wise
     "add_two_tensors": Case([node("Relu", ["x"], ["r"]), node("Add", ["x", "r"])], (3, 4)),
     "add_constant": Case([node("Add", ["x", "c"])], (3, 2, 2), [W("c", 3, 1, 1)]),
@@ -158,7 +158,7 @@ CASES = {
         (3, 4),
         [W("c", 3, 4)],
         out_ops=["Add"],
-    ),  # fmt: skip
+    ),
     "sub_constant": Case([node("Sub", ["x", "c"])], (3, 4), [W("c", 4)]),
     "sub_from_constant": Case([node("Sub", ["c", "x"])], (3, 4), [W("c", 3, 1)]),
     "mul_constant": Case([node("Mul", ["x", "c"])], (3, 4), [W("c", 1)]),
@@ -226,23 +226,21 @@ CASES = {
     "concat_last_axis": Case([node("Relu", ["x"], ["r"]), node("Concat", ["r", "x", "r"], axis=-1)], (2, 3, 3)),
     # Pad
     "pad_constant_opset9": Case([node("Pad", ["x"], pads=[0, 0, 1, 2, 0, 0, 2, 1], value=0.5)], (2, 3, 3), opset=9),
-    "pad_reflect_opset9": Case(
-        [node("Pad", ["x"], pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="reflect")], (2, 4, 4), opset=9
-    ),  # fmt: skip
+    "pad_reflect_opset9": Case([node("Pad", ["x"], pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="reflect")], (2, 4, 4), opset=9),
     "pad_edge_opset9": Case([node("Pad", ["x"], pads=[0, 0, 1, 0, 0, 0, 0, 2], mode="edge")], (2, 3, 3), opset=9),
     "pad_constant_inputs": Case(
         [node("Pad", ["x", "p", "v"])], (2, 3, 3), [I64("p", [0, 0, 1, 1, 0, 0, 1, 1]), F32("v", -1.0)]
-    ),  # fmt: skip
+    ),
     "pad_reflect_inputs": Case(
         [node("Pad", ["x", "p"], mode="reflect")], (2, 4, 4), [I64("p", [0, 1, 0, 2, 0, 1, 2, 0])], opset=13
-    ),  # fmt: skip
+    ),
     "pad_negative": Case([node("Pad", ["x", "p"])], (2, 4, 4), [I64("p", [0, 0, -1, 1, 0, 0, 1, -2])]),
     "pad_axes_opset18": Case(
         [node("Pad", ["x", "p", "", "ax"], mode="edge")],
         (2, 3, 3),
         [I64("p", [1, 2, 2, 0]), I64("ax", [2, 3])],
         opset=18,
-    ),  # fmt: skip
+    ),
     # Dropout, Identity
     "dropout_opset9_mask_unused": Case([node("Dropout", ["x"], ["y", "mask"], ratio=0.3)], (3, 4), opset=9),
     "dropout_opset7": Case([node("Dropout", ["x"])], (3, 4), opset=7),
@@ -259,7 +257,7 @@ CASES = {
     # graph-level idioms
     "initializer_as_input": Case(
         [node("Conv", ["x", "w", "b"])], (2, 4, 4), [W("w", 2, 2, 3, 3), W("b", 2)], opset=9, extra_inputs=("w", "b")
-    ),  # fmt: skip
+    ),
     "weights_from_constant_nodes": Case(
         [
             helper.make_node("Constant", [], ["w"], value=W("wv", 3, 2, 1, 1)),

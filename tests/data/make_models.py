@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TinyVGG", "TinyResNet", "main"]
+__all__ = ["TinyResNet", "TinyVGG", "main"]
 
 HERE = Path(__file__).resolve().parent
 
