@@ -54,7 +54,7 @@ def convert(
     until: str | None = None,
     progress: Callable[[int], None] | None = None,
     batch_size: int = 64,
-    input_scale: float | None = None,
+    input_lambda: float | None = None,
 ) -> nx.DiGraph:
     """Convert an ANN IR graph into a BSNN spiking graph (the input graph is not changed).
 
@@ -70,8 +70,8 @@ def convert(
     until : stop after the pass of this name (see :data:`PIPELINE`).
     progress : called with the number of samples after each calibration batch.
     batch_size : calibration batch size when ``calibration`` is an array.
-    input_scale : lambda of the analog input (default ``Input.scale``, i.e. 1);
-        the runtime must feed ``x / input_scale``.
+    input_lambda : lambda of the analog input (default ``Input.scale``, i.e. 1);
+        the runtime must feed ``x / input_lambda``.
 
     Returns
     -------
@@ -97,7 +97,7 @@ def convert(
         "channelwise": channelwise,
         "progress": progress,
         "batch_size": batch_size,
-        "input_scale": input_scale,
+        "input_lambda": input_lambda,
     }
     for pass_ in PIPELINE:
         if pass_ is normalise and (until is None or names.index(until) >= names.index("to_spiking")):

@@ -43,7 +43,7 @@ from bsnn_graph import ir
 from bsnn_graph import ops as O
 
 from ._affine import find_linear_reader, fold_affine_into, per_sample
-from ._infra import Pass, bypass, single_consumer
+from ._infra import NodeRefusal, Pass, bypass, single_consumer
 
 __all__ = ["canonicalise"]
 
@@ -185,7 +185,10 @@ def _fold_input_normalisation(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
         return False
     linear, _reshapes = found
     target = ir.shape_of(graph, ir.inputs_of(graph, linear)[0])
-    fold_affine_into(graph, linear, a.reshape(target), b.reshape(target), culprit=chain[0])
+    try:
+        fold_affine_into(graph, linear, a.reshape(target), b.reshape(target), culprit=chain[0])
+    except NodeRefusal:  # a varies within a Conv input channel: leave the chain for to_spiking to name
+        return False
     for node in chain:
         bypass(graph, node)
     return True

@@ -347,21 +347,21 @@ def _normalise(
     percentile: float = 99.99,
     channelwise: bool = False,
     batch_size: int = 64,
-    input_scale: float | None = None,
+    input_lambda: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> bool:
     if calibration is None:
         raise DataError("normalise needs calibration data")
     lambdas, samples = population_scales(graph, calibration, percentile, channelwise, batch_size, progress)
-    if input_scale is None:
+    if input_lambda is None:
         (name,) = graph.graph["inputs"]
-        input_scale = ir.op_of(graph, name).scale
-    if not input_scale > 0:
-        raise DataError(f"input scale {input_scale} must be positive")
-    _Normaliser(graph, lambdas, input_scale).run()
+        input_lambda = ir.op_of(graph, name).scale
+    if not input_lambda > 0:
+        raise DataError(f"input lambda {input_lambda} must be positive")
+    _Normaliser(graph, lambdas, input_lambda).run()
     meta = graph.graph["metadata"]
     meta["bsnn.scales"] = json.dumps({n: lam.tolist() for n, lam in lambdas.items()})
-    meta["bsnn.input_scale"] = repr(float(input_scale))
+    meta["bsnn.input_scale"] = repr(float(input_lambda))
     meta["bsnn.percentile"] = repr(float(percentile))
     meta["bsnn.channelwise"] = "true" if channelwise else "false"
     meta["bsnn.calibration_samples"] = str(samples)

@@ -7,7 +7,7 @@ import numpy as np
 from bsnn_graph import evaluate, ir
 from bsnn_graph import ops as O
 
-__all__ = ["Builder", "random_input", "resnet", "vgg"]
+__all__ = ["Builder", "assert_same_outputs", "op_types", "random_input", "resnet", "vgg"]
 
 
 class Builder:
@@ -129,3 +129,13 @@ def test_resnet_has_one_shortcut_per_block():
     graph = resnet(blocks=("identity", "projection", "identity", "projection"))
     adds = [n for n in graph.nodes if isinstance(ir.op_of(graph, n), O.Add)]
     assert len(adds) == 4
+
+
+def assert_same_outputs(before, after, x, rtol=1e-4, atol=1e-5):
+    """The two graphs give the same outputs on ``x`` (rtol 1e-4, atol 1e-5)."""
+    np.testing.assert_allclose(evaluate(after, x), evaluate(before, x), rtol=rtol, atol=atol)
+
+
+def op_types(graph) -> list[str]:
+    """Op kinds of the graph in topological order."""
+    return [ir.op_of(graph, n).op_type for n in ir.topological_order(graph)]
