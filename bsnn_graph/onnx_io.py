@@ -943,6 +943,13 @@ class _Loader:
         label = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
         name = self.key_hint(node)
         if any(i in self.poisoned for i in node.input if i):
+            # behind an unsupported op: still list this op if its type is unsupported
+            if node.domain in ("", "ai.onnx"):
+                known = node.op_type in _CONVERTERS or node.op_type in _FOLDABLE
+            else:
+                known = (node.domain, node.op_type) in O.OP_CLASSES
+            if not known:
+                self.unsupported[label].append(name)
             self.poisoned.update(o for o in node.output if o)
             return
         ins = [self.values[i] if i else None for i in node.input]
