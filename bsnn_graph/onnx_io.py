@@ -106,10 +106,17 @@ def _wire_problem(data: bytes) -> str | None:
         while pos < len(data):
             tag, pos = _read_varint(data, pos)
             number, wire = tag >> 3, tag & 7
-            if wire_types.get(number, -1) != wire:
+            expected = wire_types.get(number)
+            if expected is None and 0 < number < 64 and wire in (0, 1, 2, 5):
+                expected = wire  # a field of a newer ModelProto
+            if expected != wire:
                 return "not an ONNX model"
             if wire == 0:
                 _, pos = _read_varint(data, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+                if pos > len(data):
+                    raise EOFError
             else:
                 length, pos = _read_varint(data, pos)
                 if pos + length > len(data):

@@ -195,6 +195,18 @@ CASES = {
         (2, 3, 4),
         [I64("zero", 0), I64("axes", [0]), I64("minus1", [-1])],
     ),
+    "reshape_shape_chain_fixed_batch": Case(
+        [
+            node("Shape", ["x"], ["shape"]),
+            node("Gather", ["shape", "zero"], ["n"], axis=0),
+            node("Unsqueeze", ["n", "axes"], ["n1"]),
+            node("Concat", ["n1", "minus1"], ["target"], axis=0),
+            node("Reshape", ["x", "target"]),
+        ],
+        (2, 3, 4),
+        [I64("zero", 0), I64("axes", [0]), I64("minus1", [-1])],
+        batch=2,
+    ),
     "reshape_shape_chain_opset9": Case(
         [
             node("Shape", ["x"], ["shape"]),

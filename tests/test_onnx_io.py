@@ -358,3 +358,51 @@ def test_save_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         save_onnx(_spiking_graph(), tmp_path / "no" / "folder.onnx")
     assert os.listdir(tmp_path) == ["existing.onnx"]
+
+
+def test_newest_opset_loads(make_model, rng):
+    newest = onnx.defs.onnx_opset_version()
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Softmax", ["f"], ["y"]),
+    ]
+    w = initializer("w", rng.standard_normal((2, 1, 3, 3)).astype(np.float32))
+    graphs = [
+        load_onnx(make_model(nodes, [tensor_info("x", ["N", 1, 4, 4])], [tensor_info("y", None)], [w], opset=opset))
+        for opset in (17, newest)
+    ]
+    assert graphs[1].graph["opset"] == newest
+    assert ir.graphs_equal(*graphs)
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(evaluate(graphs[0], x), evaluate(graphs[1], x))
+
+
+@pytest.mark.parametrize("opset, message", [(5, "unsupported opset 5"), (None, "newer than onnx")])
+def test_opset_out_of_range(make_model, opset, message):
+    opset = opset or onnx.defs.onnx_opset_version() + 1
+    path = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [tensor_info("x", ["N", 2])],
+        [tensor_info("y", None)],
+        opset=min(opset, onnx.defs.onnx_opset_version()),
+    )
+    model = onnx.load(path)
+    model.opset_import[0].version = opset
+    onnx.save(model, path)
+    with pytest.raises(ModelError, match=message):
+        load_onnx(path)
+
+
+def test_weights_converted_to_float32(make_model, rng):
+    w64 = rng.standard_normal((3, 2))
+    path = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        [tensor_info("x", ["N", 3])],
+        [tensor_info("y", None)],
+        [initializer("w", w64.astype(np.float16))],
+    )
+    op = ir.op_of(load_onnx(path), "mm")
+    assert op.weight.dtype == np.float32
+    np.testing.assert_array_equal(op.weight, w64.astype(np.float16).astype(np.float32))
