@@ -1,3 +1,216 @@
-"""bsnn CLI commands (see bsnn_graph.cli)."""
+"""bsnn CLI commands ``convert`` and ``passes`` (see :mod:`bsnn_graph.cli`).
 
-COMMANDS = []
+- ``bsnn convert MODEL.onnx --calib DATA -o OUT.onnx``: load an ANN, run the
+  conversion passes (:func:`passes.convert`) with a progress bar over the
+  calibration batches (stderr), and write the spiking network atomically.
+  On any error nothing is written and an existing OUT is left untouched; an
+  existing OUT is replaced only with ``--overwrite``.
+- ``bsnn passes``: the conversion pipeline, one pass per line.
+
+``--json`` prints one JSON document on stdout (keys in :func:`conversion_summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import networkx as nx
+import numpy as np
+
+from . import ops as O
+from .data import fit_to_input, load_dataset
+from .errors import BsnnError, DataError, ModelError
+from .ir import inputs_of, op_of, shape_of, topological_order
+
+__all__ = ["COMMANDS", "conversion_summary", "convert_command", "passes_command"]
+
+
+def _scale_value(scale) -> float | list[float]:
+    scale = np.asarray(scale, dtype=np.float64)
+    return float(scale) if scale.ndim == 0 else [float(v) for v in scale.reshape(-1)]
+
+
+def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: float) -> dict:
+    """The ``bsnn convert --json`` document.
+
+    Keys: ``model`` and ``output`` (paths), ``passes`` (names applied, in
+    order), ``mode`` / ``phases`` (null before to_spiking), ``percentile``,
+    ``channelwise``, ``input_lambda`` and ``calibration_samples`` (null
+    before normalise), ``removed_output_op`` (e.g. "Softmax" or null),
+    ``synchronise`` ("applied", "skipped" or null), ``synchronous_neurons``
+    (int), ``populations`` (spiking nodes in topological order, each
+    ``name``, ``op`` (Population, SynchronousNeuron, MaxGate), ``inputs``,
+    ``shape``, ``stage``, ``scale`` (lambda: number, per-channel list, or
+    null for a max gate)), ``max_stage`` (L), ``output_stage`` (L + 1),
+    ``first_output_step`` ((L + 1) K in bsnn modes, else null), ``nodes``
+    (count) and ``seconds`` (wall-clock time of the conversion).
+    """
+    meta = graph.graph.get("metadata", {})
+    populations = []
+    output_stage = None
+    for name in topological_order(graph):
+        op = op_of(graph, name)
+        if isinstance(op, (O.Population, O.MaxGate)):
+            populations.append(
+                {
+                    "name": name,
+                    "op": op.op_type,
+                    "inputs": inputs_of(graph, name),
+                    "shape": list(shape_of(graph, name)),
+                    "stage": int(op.stage),
+                    "scale": _scale_value(op.scale) if isinstance(op, O.Population) else None,
+                }
+            )
+        elif isinstance(op, O.OutputAccumulator):
+            output_stage = int(op.stage)
+    stages = [p["stage"] for p in populations if p["op"] != "MaxGate"]
+    max_stage = max(stages, default=0) if output_stage is not None else None
+    mode = meta.get("bsnn.mode")
+    phases = int(meta["bsnn.phases"]) if "bsnn.phases" in meta else None
+    first = (max_stage + 1) * phases if mode in ("bsnn", "bsnn-nosn") and max_stage is not None else None
+    return {
+        "model": model,
+        "output": output,
+        "passes": [p for p in meta.get("bsnn.passes", "").split(",") if p],
+        "mode": mode,
+        "phases": phases,
+        "percentile": float(meta["bsnn.percentile"]) if "bsnn.percentile" in meta else None,
+        "channelwise": meta["bsnn.channelwise"] == "true" if "bsnn.channelwise" in meta else None,
+        "input_lambda": float(meta["bsnn.input_scale"]) if "bsnn.input_scale" in meta else None,
+        "calibration_samples": int(meta["bsnn.calibration_samples"]) if "bsnn.calibration_samples" in meta else None,
+        "removed_output_op": meta.get("bsnn.removed_output_op"),
+        "synchronise": meta.get("bsnn.synchronise"),
+        "synchronous_neurons": int(meta.get("bsnn.synchronous_neurons", 0)),
+        "populations": populations,
+        "max_stage": max_stage,
+        "output_stage": output_stage,
+        "first_output_step": first,
+        "nodes": graph.number_of_nodes(),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _refuse_existing(output: str, overwrite: bool) -> None:
+    if Path(output).exists() and not overwrite:
+        raise BsnnError(f"{output}: file exists (use --overwrite to replace it)")
+
+
+def _pass_names() -> list[str]:
+    import passes
+
+    return passes.pass_names()
+
+
+@click.command("convert")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", "calib_path", required=True, type=click.Path(dir_okay=False), help="Calibration data.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The converted .onnx file.")
+@click.option(
+    "--mode",
+    default="bsnn",
+    show_default=True,
+    type=click.Choice(list(O.MODES)),
+    help="Neuron model written on every spiking op.",
+)
+@click.option("--phases", "-K", default=8, show_default=True, type=click.IntRange(1, 16), help="Phases per period.")
+@click.option(
+    "--percentile",
+    default=99.99,
+    show_default=True,
+    type=click.FloatRange(0, 100, min_open=True),
+    help="Percentile of the positive activations taken as each lambda.",
+)
+@click.option("--channelwise", is_flag=True, help="One lambda per channel instead of per population.")
+@click.option("--until", type=click.Choice(_pass_names()), help="Stop after this pass (writes an intermediate graph).")
+@click.option("--input-scale", type=float, help="Multiply the raw inputs by this (default 1/255 for uint8 data).")
+@click.option("--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Calibration batch.")
+@click.option("--calib-limit", type=click.IntRange(min=1), help="Calibrate on the first N samples only.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the summary.")
+def convert_command(
+    model: str,
+    calib_path: str,
+    output: str,
+    mode: str,
+    phases: int,
+    percentile: float,
+    channelwise: bool,
+    until: str | None,
+    input_scale: float | None,
+    input_lambda: float | None,
+    batch_size: int,
+    calib_limit: int | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Convert the ANN MODEL.onnx into a BSNN spiking network written to OUT."""
+    import passes
+
+    from .onnx_io import load_onnx, save_onnx
+
+    _refuse_existing(output, overwrite)
+    if not Path(model).exists():
+        raise ModelError(f"{model}: no such model file")
+    graph = load_onnx(model)
+    if len(graph.graph["inputs"]) != 1:
+        raise ModelError(f"{model}: expected one input, found {len(graph.graph['inputs'])}")
+    x, _ = load_dataset(calib_path, input_scale=input_scale, limit=calib_limit)
+    x = fit_to_input(x, shape_of(graph, graph.graph["inputs"][0]), source=str(calib_path))
+    if len(x) == 0:
+        raise DataError(f"{calib_path}: no samples")
+    started = time.perf_counter()
+    with click.progressbar(length=len(x), label="calibrating", file=sys.stderr) as bar:
+        converted = passes.convert(
+            graph,
+            x,
+            mode=mode,
+            phases=phases,
+            percentile=percentile,
+            channelwise=channelwise,
+            until=until,
+            progress=bar.update,
+            batch_size=batch_size,
+            input_lambda=input_lambda,
+        )
+    seconds = time.perf_counter() - started
+    _refuse_existing(output, overwrite)
+    save_onnx(converted, output)
+    summary = conversion_summary(converted, model, output, seconds)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, allow_nan=False))
+        return
+    spiking = [p for p in summary["populations"] if p["op"] != "MaxGate"]
+    sns = summary["synchronous_neurons"]
+    click.echo(f"wrote {output} after passes: {', '.join(summary['passes'])}")
+    if summary["mode"] is not None:
+        click.echo(
+            f"mode {summary['mode']}, K = {summary['phases']}, {len(spiking)} populations ({sns} synchronous), "
+            f"L = {summary['max_stage']}, output stage {summary['output_stage']}"
+        )
+    if summary["first_output_step"] is not None:
+        click.echo(f"first full output at T = {summary['first_output_step']}")
+    if summary["removed_output_op"]:
+        click.echo(f"removed output {summary['removed_output_op']} (argmax unchanged)")
+
+
+@click.command("passes")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, description}.")
+def passes_command(as_json: bool) -> None:
+    """List the conversion passes in the order they run."""
+    import passes
+
+    rows = [{"name": p.name, "description": p.description} for p in passes.PIPELINE]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for i, row in enumerate(rows, 1):
+        click.echo(f"{i}. {row['name']:<{width}}  {row['description']}")
+
+
+COMMANDS = [convert_command, passes_command]
