@@ -1,0 +1,505 @@
+"""Numba kernels of the event-driven simulation.
+
+They take only flat typed arrays (float32 state and weights, int32 tables,
+see :mod:`runtime.lowering` for the column layout) and are private; the public
+entry point is :func:`runtime.simulate`. Synaptic work is done only for the
+spikes that occur: a spike of a source neuron adds ``value * row`` to the
+membrane potentials of the neurons it reaches, through its projections
+(convolution scatter, dense row, sparse row, optionally chained through a
+sparse prefix such as average pooling).
+
+Time: step ``t``, period ``p = t // K``, phase ``k = t % K``, phase weight
+``2^-(k+1)``. Within a step the nodes run in topological order; a node
+first receives its current (its sources already delivered this step's
+spikes into its V), adds its own constant current if it integrates in this
+period, then fires if it fires in this period, then delivers its spikes.
+
+Schedules (stage s): ``bsnn`` / ``bsnn-nosn`` integrate the constant
+current (bias, analog input) in periods ``p >= s-1`` with ``p-s+1`` even and
+fire in periods ``p >= s`` with ``p-s`` even; spike currents are added when
+they arrive (in ``bsnn`` only during integrate periods, by construction of
+the stages; in ``bsnn-nosn`` also during fire periods). ``phase`` and
+``if-rate`` integrate and fire every step.
+
+Threshold comparisons are exact (no fastmath anywhere): a neuron fires at
+phase k iff ``V >= threshold * 2^-(k+1)`` (``V >= threshold`` in ``if-rate``).
+
+Parallelism: :func:`_simulate_batch` runs the samples of a batch in
+``prange`` (each thread owns its samples' state);
+:func:`_simulate_one` runs one sample and splits the output channels of the
+larger convolution and dense scatters over the threads (each thread owns a slice of
+channels, so no two threads write the same V).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .lowering import (
+    CORE_CONV,
+    CORE_CSR,
+    G_C,
+    G_CAND,
+    G_DH,
+    G_DW,
+    G_H,
+    G_KH,
+    G_KW,
+    G_OH,
+    G_OW,
+    G_PL,
+    G_PT,
+    G_SH,
+    G_SW,
+    G_W,
+    KIND_GATE,
+    KIND_OUTPUT,
+    KIND_POPULATION,
+    N_DRIVE,
+    N_EMITTED,
+    N_GATE,
+    N_KIND,
+    N_PROJ_END,
+    N_PROJ_START,
+    N_SIZE,
+    N_SOURCE,
+    N_SPIKE,
+    N_STAGE,
+    N_STATE,
+    P_CIN,
+    P_CORE,
+    P_COUT,
+    P_CSR_ROW,
+    P_DH,
+    P_DW,
+    P_KH,
+    P_KW,
+    P_OH,
+    P_OW,
+    P_PL,
+    P_PREFIX_ROW,
+    P_PT,
+    P_SH,
+    P_SW,
+    P_TARGET,
+    P_W,
+    P_WOFF,
+)
+
+__all__: list[str] = []
+
+#: below this many synaptic updates per projection and step, the one-sample path stays serial
+_SPLIT_MIN_WORK = 16384
+
+
+# --------------------------------------------------------------------------- synaptic cores
+
+
+@njit(cache=True)
+def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
+    """Scatter one spike of conv input neuron ``m`` (internal index) into channels [lo, hi) of the output."""
+    cin = proj[j, P_CIN]
+    width = proj[j, P_W]
+    cout = proj[j, P_COUT]
+    oh = proj[j, P_OH]
+    ow = proj[j, P_OW]
+    kh = proj[j, P_KH]
+    kw = proj[j, P_KW]
+    sh = proj[j, P_SH]
+    sw = proj[j, P_SW]
+    pt = proj[j, P_PT]
+    pl = proj[j, P_PL]
+    dh = proj[j, P_DH]
+    dw = proj[j, P_DW]
+    woff = proj[j, P_WOFF]
+    ci = m % cin
+    pos = m // cin
+    iy = pos // width
+    ix = pos - iy * width
+    for ky in range(kh):
+        ny = iy + pt - ky * dh
+        if ny < 0:
+            break
+        if ny % sh != 0:
+            continue
+        oy = ny // sh
+        if oy >= oh:
+            continue
+        for kx in range(kw):
+            nx = ix + pl - kx * dw
+            if nx < 0:
+                break
+            if nx % sw != 0:
+                continue
+            ox = nx // sw
+            if ox >= ow:
+                continue
+            base = vbase + (oy * ow + ox) * cout
+            row = woff + ((ci * kh + ky) * kw + kx) * cout
+            for co in range(lo, hi):
+                V[base + co] += value * weights[row + co]
+
+
+@njit(cache=True)
+def _dense_add(V, vbase, proj, j, weights, m, value, lo, hi):
+    """Add ``value`` times scatter row ``m`` (the input feature's column of W) to outputs [lo, hi)."""
+    row = proj[j, P_WOFF] + m * proj[j, P_COUT]
+    for o in range(lo, hi):
+        V[vbase + o] += value * weights[row + o]
+
+
+@njit(cache=True)
+def _csr_add(V, vbase, row0, indptr, cols, vals, m, value):
+    for e in range(indptr[row0 + m], indptr[row0 + m + 1]):
+        V[vbase + cols[e]] += value * vals[e]
+
+
+@njit(cache=True)
+def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value):
+    """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``) of value ``value`` through projection j."""
+    target = proj[j, P_TARGET]
+    vbase = node_table[target, N_STATE]
+    core = proj[j, P_CORE]
+    prefix = proj[j, P_PREFIX_ROW]
+    width = proj[j, P_COUT]
+    for s in range(count):
+        m = spikes[soff + s]
+        if core == CORE_CSR:
+            _csr_add(V, vbase, proj[j, P_CSR_ROW], indptr, cols, vals, m, value)
+        elif prefix < 0:
+            if core == CORE_CONV:
+                _conv_add(V, vbase, proj, j, weights, m, value, 0, width)
+            else:
+                _dense_add(V, vbase, proj, j, weights, m, value, 0, width)
+        else:
+            for e in range(indptr[prefix + m], indptr[prefix + m + 1]):
+                if core == CORE_CONV:
+                    _conv_add(V, vbase, proj, j, weights, cols[e], value * vals[e], 0, width)
+                else:
+                    _dense_add(V, vbase, proj, j, weights, cols[e], value * vals[e], 0, width)
+
+
+# --------------------------------------------------------------------------- neurons
+
+
+@njit(cache=True)
+def _fire(V, voff, size, threshold, spikes, soff, flags):
+    """Reset-by-subtraction firing: every neuron with ``V >= threshold`` spikes; returns the count."""
+    count = 0
+    for i in range(size):
+        if V[voff + i] >= threshold:
+            V[voff + i] -= threshold
+            spikes[soff + count] = i
+            flags[soff + i] = 1
+            count += 1
+    return count
+
+
+@njit(cache=True)
+def _gate_touched(gate, g, spikes, ssoff, count, touched, tlist):
+    """Outputs of gate row g whose window holds one of the source's spikes; returns how many."""
+    c = gate[g, G_C]
+    width = gate[g, G_W]
+    oh = gate[g, G_OH]
+    ow = gate[g, G_OW]
+    kh = gate[g, G_KH]
+    kw = gate[g, G_KW]
+    sh = gate[g, G_SH]
+    sw = gate[g, G_SW]
+    pt = gate[g, G_PT]
+    pl = gate[g, G_PL]
+    dh = gate[g, G_DH]
+    dw = gate[g, G_DW]
+    n = 0
+    for s in range(count):
+        m = spikes[ssoff + s]
+        ch = m % c
+        pos = m // c
+        iy = pos // width
+        ix = pos - iy * width
+        for ky in range(kh):
+            ny = iy + pt - ky * dh
+            if ny < 0:
+                break
+            if ny % sh != 0 or ny // sh >= oh:
+                continue
+            oy = ny // sh
+            for kx in range(kw):
+                nx = ix + pl - kx * dw
+                if nx < 0:
+                    break
+                if nx % sw != 0 or nx // sw >= ow:
+                    continue
+                o = (oy * ow + nx // sw) * c + ch
+                if touched[o] == 0:
+                    touched[o] = 1
+                    tlist[n] = o
+                    n += 1
+    return n
+
+
+@njit(cache=True)
+def _gate_step(mode, k, gate, g, spikes, ssoff, scount, sflags, emitted, eoff, candidates, touched, tlist, out_soff,
+               out_flags):
+    """One step of a spiking max gate; writes its spikes at ``spikes[out_soff:]`` and returns their count.
+
+    ``bsnn`` / ``bsnn-nosn``: at phase 0 every window member is a candidate;
+    an output spikes iff a candidate spikes, and then the candidates that did
+    not spike drop out. ``phase`` / ``if-rate``: an output spikes iff the
+    member with the largest emitted value so far (this step included; ties to
+    the lowest index) spikes.
+    """
+    c = gate[g, G_C]
+    height = gate[g, G_H]
+    width = gate[g, G_W]
+    ow = gate[g, G_OW]
+    kh = gate[g, G_KH]
+    kw = gate[g, G_KW]
+    sh = gate[g, G_SH]
+    sw = gate[g, G_SW]
+    pt = gate[g, G_PT]
+    pl = gate[g, G_PL]
+    dh = gate[g, G_DH]
+    dw = gate[g, G_DW]
+    coff = gate[g, G_CAND]
+    area = kh * kw
+    if mode <= 1 and k == 0:
+        total = gate[g, G_OH] * ow * c * area
+        for i in range(total):
+            candidates[coff + i] = 1
+    if scount == 0:
+        return 0
+    n = _gate_touched(gate, g, spikes, ssoff, scount, touched, tlist)
+    out = 0
+    for t in range(n):
+        o = tlist[t]
+        touched[o] = 0
+        ch = o % c
+        pos = o // c
+        oy = pos // ow
+        ox = pos - oy * ow
+        fire = False
+        if mode <= 1:
+            for ky in range(kh):
+                iy = oy * sh - pt + ky * dh
+                for kx in range(kw):
+                    ix = ox * sw - pl + kx * dw
+                    inside = 0 <= iy < height and 0 <= ix < width
+                    if inside and candidates[coff + o * area + ky * kw + kx] == 1:
+                        fire = fire or sflags[ssoff + (iy * width + ix) * c + ch] == 1
+            if fire:
+                for ky in range(kh):
+                    iy = oy * sh - pt + ky * dh
+                    for kx in range(kw):
+                        ix = ox * sw - pl + kx * dw
+                        inside = 0 <= iy < height and 0 <= ix < width
+                        if not inside or sflags[ssoff + (iy * width + ix) * c + ch] == 0:
+                            candidates[coff + o * area + ky * kw + kx] = 0
+        else:
+            best = -1
+            best_value = np.float32(-1.0)
+            for ky in range(kh):
+                iy = oy * sh - pt + ky * dh
+                for kx in range(kw):
+                    ix = ox * sw - pl + kx * dw
+                    if 0 <= iy < height and 0 <= ix < width:
+                        m = (iy * width + ix) * c + ch
+                        if emitted[eoff + m] > best_value:
+                            best_value = emitted[eoff + m]
+                            best = m
+            fire = best >= 0 and sflags[ssoff + best] == 1
+        if fire:
+            spikes[out_soff + out] = o
+            out_flags[out_soff + o] = 1
+            out += 1
+    return out
+
+
+# --------------------------------------------------------------------------- one sample
+
+
+@njit(cache=True)
+def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, node_table, node_threshold, gate, fanout, bias, drive,
+               output_order, output, V, spikes, flags, nspikes, candidates, emitted, touched, tlist, counts, sops,
+               predictions, logits):
+    """Node n at step t of sample b: receive constant current, fire (or gate), do the bookkeeping.
+
+    Returns the node's spike count this step (its spikes are at ``spikes[N_SPIKE:]``)
+    and the value each spike carries.
+    """
+    kind = node_table[n, N_KIND]
+    size = node_table[n, N_SIZE]
+    soff = node_table[n, N_SPIKE]
+    if kind != KIND_OUTPUT:
+        for i in range(nspikes[n]):
+            flags[soff + spikes[soff + i]] = 0
+        nspikes[n] = 0
+    if mode == 3:
+        value = node_threshold[n]
+    else:
+        value = node_threshold[n] * weight
+    if kind == KIND_GATE:
+        src = node_table[n, N_SOURCE]
+        nspikes[n] = _gate_step(mode, k, gate, node_table[n, N_GATE], spikes, node_table[src, N_SPIKE], nspikes[src],
+                                flags, emitted, node_table[src, N_EMITTED], candidates, touched, tlist, soff,
+                                flags)
+    else:
+        stage = node_table[n, N_STAGE]
+        voff = node_table[n, N_STATE]
+        if mode >= 2:
+            integrate = True
+            fire = True
+        else:
+            integrate = p >= stage - 1 and (p - stage + 1) % 2 == 0
+            fire = p >= stage and (p - stage) % 2 == 0
+        if integrate:
+            doff = node_table[n, N_DRIVE]
+            if doff >= 0:
+                for i in range(size):
+                    V[voff + i] += drive[b, doff + i]
+            else:
+                for i in range(size):
+                    V[voff + i] += bias[voff + i]
+        if kind == KIND_POPULATION and fire:
+            nspikes[n] = _fire(V, voff, size, value, spikes, soff, flags)
+        elif kind == KIND_OUTPUT:
+            classes = output_order.size
+            best = 0
+            best_value = V[voff + output_order[0]]
+            for i in range(1, classes):
+                v = V[voff + output_order[i]]
+                if v > best_value:
+                    best_value = v
+                    best = i
+            predictions[t, b] = best
+            if k == phases - 1 or t == timesteps - 1:
+                for i in range(classes):
+                    logits[p, b, i] = V[voff + output_order[i]]
+            return 0, value
+    count = nspikes[n]
+    eoff = node_table[n, N_EMITTED]
+    for i in range(count):
+        m = spikes[soff + i]
+        counts[b, soff + m] += 1
+        sops[b, n] += fanout[soff + m]
+        if eoff >= 0:
+            emitted[eoff + m] += value
+    return count, value
+
+
+@njit(cache=True)
+def _record(events, event, event_end, t, n, spikes, soff, count):
+    for i in range(count):
+        if event < event_end:
+            events[event, 0] = t
+            events[event, 1] = n
+            events[event, 2] = spikes[soff + i]
+            event += 1
+    return event
+
+
+@njit(cache=True)
+def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
+                fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
+                max_gate_out, counts, sops, predictions, logits, events, event_start, record):
+    """Simulate sample ``b`` of the batch for ``timesteps`` steps, writing row b of the outputs."""
+    nodes = node_table.shape[0]
+    V = np.zeros(max(state_size, 1), np.float32)
+    spikes = np.zeros(max(spike_size, 1), np.int32)
+    flags = np.zeros(max(spike_size, 1), np.uint8)
+    nspikes = np.zeros(nodes, np.int32)
+    candidates = np.zeros(max(candidate_size, 1), np.uint8)
+    emitted = np.zeros(max(emitted_size, 1), np.float32)
+    touched = np.zeros(max(max_gate_out, 1), np.uint8)
+    tlist = np.zeros(max(max_gate_out, 1), np.int32)
+    event = event_start[b]
+    event_end = event_start[b + 1]
+    for t in range(timesteps):
+        p = t // phases
+        k = t - p * phases
+        weight = np.float32(1.0) / np.float32(1 << (k + 1))
+        for n in range(nodes):
+            count, value = _node_step(b, n, t, p, k, weight, mode, phases, timesteps, node_table, node_threshold,
+                                      gate, fanout, bias, drive, output_order, output, V, spikes, flags, nspikes,
+                                      candidates, emitted, touched, tlist, counts, sops, predictions,
+                                      logits)
+            if count == 0:
+                continue
+            soff = node_table[n, N_SPIKE]
+            if record[n]:
+                event = _record(events, event, event_end, t, n, spikes, soff, count)
+            for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value)
+
+
+@njit(cache=True, parallel=True)
+def _simulate_batch(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
+                    fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
+                    max_gate_out, counts, sops, predictions, logits, events, event_start, record):
+    """All samples of a batch, one thread per sample at a time."""
+    for b in prange(drive.shape[0]):
+        _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
+                    fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
+                    max_gate_out, counts, sops, predictions, logits, events, event_start, record)
+
+
+@njit(cache=True, parallel=True)
+def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
+                  fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
+                  max_gate_out, counts, sops, predictions, logits, events, event_start, record, threads):
+    """One sample (row 0); the larger conv and dense scatters are split over the threads by output channel.
+
+    Each thread owns a slice ``[lo, hi)`` of the target's channels, so no two
+    threads write the same membrane potential.
+    """
+    nodes = node_table.shape[0]
+    V = np.zeros(max(state_size, 1), np.float32)
+    spikes = np.zeros(max(spike_size, 1), np.int32)
+    flags = np.zeros(max(spike_size, 1), np.uint8)
+    nspikes = np.zeros(nodes, np.int32)
+    candidates = np.zeros(max(candidate_size, 1), np.uint8)
+    emitted = np.zeros(max(emitted_size, 1), np.float32)
+    touched = np.zeros(max(max_gate_out, 1), np.uint8)
+    tlist = np.zeros(max(max_gate_out, 1), np.int32)
+    event = event_start[0]
+    event_end = event_start[1]
+    for t in range(timesteps):
+        p = t // phases
+        k = t - p * phases
+        weight = np.float32(1.0) / np.float32(1 << (k + 1))
+        for n in range(nodes):
+            count, value = _node_step(0, n, t, p, k, weight, mode, phases, timesteps, node_table, node_threshold,
+                                      gate, fanout, bias, drive, output_order, output, V, spikes, flags, nspikes,
+                                      candidates, emitted, touched, tlist, counts, sops, predictions,
+                                      logits)
+            if count == 0:
+                continue
+            soff = node_table[n, N_SPIKE]
+            if record[n]:
+                event = _record(events, event, event_end, t, n, spikes, soff, count)
+            for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+                core = proj[j, P_CORE]
+                width = proj[j, P_COUT]
+                blocks = min(threads, width)
+                if core == CORE_CSR or blocks < 2 or count * fanout[soff + spikes[soff]] < _SPLIT_MIN_WORK:
+                    _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value)
+                    continue
+                vbase = node_table[proj[j, P_TARGET], N_STATE]
+                prefix = proj[j, P_PREFIX_ROW]
+                for blk in prange(blocks):
+                    lo = blk * width // blocks
+                    hi = (blk + 1) * width // blocks
+                    for s in range(count):
+                        m = spikes[soff + s]
+                        if prefix < 0:
+                            if core == CORE_CONV:
+                                _conv_add(V, vbase, proj, j, weights, m, value, lo, hi)
+                            else:
+                                _dense_add(V, vbase, proj, j, weights, m, value, lo, hi)
+                        else:
+                            for e in range(indptr[prefix + m], indptr[prefix + m + 1]):
+                                if core == CORE_CONV:
+                                    _conv_add(V, vbase, proj, j, weights, cols[e], value * vals[e], lo, hi)
+                                else:
+                                    _dense_add(V, vbase, proj, j, weights, cols[e], value * vals[e], lo, hi)

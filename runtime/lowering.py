@@ -1,0 +1,806 @@
+"""Lowering: a spiking graph becomes flat typed arrays the kernels can run.
+
+Before: an IR graph obeying the spiking graph contract (docs/design.md):
+spiking sources (``Input``, ``Population``, ``SynchronousNeuron``,
+``MaxGate``), one ``OutputAccumulator``, and only linear projections
+between them.
+After: a :class:`LoweredGraph` of int32 tables and float32 arrays.
+
+- Every spiking node (population, synchronous neuron, max gate) and the
+  output gets a row of ``node_table``; its neurons are stored
+  *channels-last* (a (C, H, W) tensor as (H, W, C)) so a spike adds a
+  contiguous vector to the next layer's membrane potentials.
+- Every path ``source -> linear ops -> target`` becomes one *projection*
+  (a row of ``proj_table``). By linearity the target's input current is the
+  sum over paths of the path's linear map applied to the source's spikes.
+  A projection is a *core* (a convolution scatter with rows
+  ``W[c_in, ky, kx, :]``, a dense scatter with rows ``W.T[i, :]``, or a
+  general sparse matrix in CSR form) optionally preceded by a sparse
+  *prefix* (the ops before the convolution or Gemm, e.g. average pooling,
+  global average pooling, flatten, composed into one CSR matrix), so a
+  spike is chained through the prefix into the core.
+- Biases: the total bias of a target is its linear subgraph evaluated at
+  zero input. Targets fed by the analog input get a dense current
+  ``W' x + b'`` computed once per sample (:meth:`LoweredGraph.input_drive`).
+
+A path through an op that is not a linear projection of the contract (a
+``Relu``, a ``MaxPool``, a ``Sub``...) is refused with one
+:class:`~bsnn_graph.errors.BsnnError` naming the node and op.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from bsnn_graph import ir
+from bsnn_graph import ops as O
+from bsnn_graph.errors import BsnnError
+from bsnn_graph.executor import _windows, evaluate, macs, pool_nd
+
+__all__ = [
+    "LINEAR_OPS",
+    "MODE_CODES",
+    "LoweredGraph",
+    "LoweringError",
+    "internal_order",
+    "lower",
+]
+
+
+class LoweringError(BsnnError):
+    """The spiking graph breaks the contract the runtime needs (names the node and op)."""
+
+
+MODE_CODES = {"bsnn": 0, "bsnn-nosn": 1, "phase": 2, "if-rate": 3}
+
+#: ops allowed between spiking nodes (Identity and Dropout are harmless no-ops)
+LINEAR_OPS = (
+    O.Conv,
+    O.Gemm,
+    O.MatMul,
+    O.AveragePool,
+    O.GlobalAveragePool,
+    O.Flatten,
+    O.Reshape,
+    O.Add,
+    O.Sum,
+    O.Mul,
+    O.Concat,
+    O.Pad,
+    O.Identity,
+    O.Dropout,
+)
+SOURCE_OPS = (O.Input, O.Population, O.MaxGate)  # SynchronousNeuron is a Population
+
+# node kinds
+KIND_POPULATION = 0
+KIND_GATE = 1
+KIND_OUTPUT = 2
+
+# columns of node_table
+N_KIND = 0
+N_SIZE = 1
+N_STATE = 2  # offset of V in the state vector, -1 for gates
+N_SPIKE = 3  # offset in the spike buffers (lists, flags, counts, fan-out), -1 for the output
+N_STAGE = 4
+N_DRIVE = 5  # offset in the per-sample input drive, -1: constant bias at N_STATE
+N_GATE = 6  # row of gate_table, -1 unless a gate
+N_PROJ_START = 7  # projections whose source is this node: rows [start, end) of proj_table
+N_PROJ_END = 8
+N_EMITTED = 9  # offset of the emitted-value-so-far array (phase / if-rate max gates), -1 if none
+N_SOURCE = 10  # a gate's source node, -1 otherwise
+NODE_FIELDS = 11
+
+# cores of a projection
+CORE_CSR = 0
+CORE_CONV = 1
+CORE_DENSE = 2
+
+# columns of proj_table
+P_SOURCE = 0
+P_TARGET = 1
+P_CORE = 2
+P_PREFIX_ROW = 3  # first row of the prefix CSR in csr_indptr, -1 if none
+P_CSR_ROW = 4  # first row of the core CSR in csr_indptr (CORE_CSR)
+P_CIN = 5  # conv: input channels; dense: input features
+P_H = 6
+P_W = 7
+P_COUT = 8  # conv: output channels; dense: output features
+P_OH = 9
+P_OW = 10
+P_KH = 11
+P_KW = 12
+P_SH = 13
+P_SW = 14
+P_PT = 15
+P_PL = 16
+P_DH = 17
+P_DW = 18
+P_WOFF = 19  # offset of the scatter rows in weights
+PROJ_FIELDS = 20
+
+# columns of gate_table
+G_C = 0
+G_H = 1
+G_W = 2
+G_OH = 3
+G_OW = 4
+G_KH = 5
+G_KW = 6
+G_SH = 7
+G_SW = 8
+G_PT = 9
+G_PL = 10
+G_DH = 11
+G_DW = 12
+G_CAND = 13  # offset of the candidate flags (out * kh * kw)
+GATE_FIELDS = 14
+
+
+def internal_order(shape: tuple[int, ...]) -> np.ndarray:
+    """``order[i]`` = natural (C-order) flat index of the neuron stored at internal position ``i``.
+
+    Tensors of rank >= 2 are stored channels-last: (C, H, W) as (H, W, C).
+    """
+    n = int(math.prod(shape)) if shape else 1
+    natural = np.arange(n, dtype=np.int64).reshape(shape if shape else ())
+    if len(shape) >= 2:
+        natural = np.moveaxis(natural, 0, -1)
+    return np.ascontiguousarray(natural).reshape(-1)
+
+
+def _inverse(order: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.size, dtype=order.dtype)
+    return inv
+
+
+# --------------------------------------------------------------------------- sparse linear maps
+
+
+@dataclass
+class _Sparse:
+    """A linear map as coordinates: ``y[cols] += vals * x[rows]``."""
+
+    rows: np.ndarray  # int64, input (natural or internal) index
+    cols: np.ndarray  # int64, output index
+    vals: np.ndarray  # float64
+    n_in: int
+    n_out: int
+
+    @staticmethod
+    def identity(n: int, scale: np.ndarray | float = 1.0) -> _Sparse:
+        idx = np.arange(n, dtype=np.int64)
+        return _Sparse(idx, idx.copy(), np.broadcast_to(np.asarray(scale, np.float64), (n,)).copy(), n, n)
+
+    def indptr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR form: (indptr int64 (n_in + 1), cols, vals) sorted by row then column."""
+        order = np.lexsort((self.cols, self.rows))
+        rows, cols, vals = self.rows[order], self.cols[order], self.vals[order]
+        indptr = np.zeros(self.n_in + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=self.n_in), out=indptr[1:])
+        return indptr, cols, vals
+
+
+def _compose(a: _Sparse, b: _Sparse) -> _Sparse:
+    """The map ``x -> b(a(x))``, duplicate entries summed."""
+    indptr, bcols, bvals = b.indptr()
+    starts = indptr[a.cols]
+    counts = indptr[a.cols + 1] - starts
+    total = int(counts.sum())
+    rep = np.repeat(np.arange(a.rows.size), counts)
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    pick = starts[rep] + within
+    out = _Sparse(a.rows[rep], bcols[pick], a.vals[rep] * bvals[pick], a.n_in, b.n_out)
+    return _coalesce(out)
+
+
+def _coalesce(s: _Sparse) -> _Sparse:
+    if s.rows.size == 0:
+        return s
+    key = s.rows * s.n_out + s.cols
+    unique, inverse = np.unique(key, return_inverse=True)
+    vals = np.bincount(inverse, weights=s.vals, minlength=unique.size)
+    return _Sparse(unique // s.n_out, unique % s.n_out, vals, s.n_in, s.n_out)
+
+
+def _refuse(node: str, op: O.Op, why: str) -> LoweringError:
+    return LoweringError(f"node {node!r} ({op.op_type}): {why}")
+
+
+def _window_indices(op, in_shape: tuple[int, ...], kernel) -> np.ndarray:
+    """Index of the input neuron at every window position, -1 outside the input: (C, *out, *kernel)."""
+    spatial = len(in_shape) - 1
+    strides = tuple(op.strides) or (1,) * spatial
+    pads = tuple(op.pads) or (0,) * (2 * spatial)
+    dilations = tuple(getattr(op, "dilations", ()) or ()) or (1,) * spatial
+    index = np.arange(math.prod(in_shape), dtype=np.float64).reshape((1,) + tuple(in_shape))
+    win, _, _ = _windows(index, kernel, strides, pads, dilations, bool(getattr(op, "ceil_mode", False)), -1.0)
+    return win[0].astype(np.int64)
+
+
+def _op_map(graph: nx.DiGraph, node: str, position: int) -> _Sparse:
+    """The linear part of ``node`` as a map from its input ``position`` to its output (natural layout)."""
+    op = ir.op_of(graph, node)
+    in_shape = tuple(ir.shape_of(graph, ir.inputs_of(graph, node)[position]))
+    out_shape = tuple(ir.shape_of(graph, node))
+    n_in, n_out = int(math.prod(in_shape)), int(math.prod(out_shape))
+    if isinstance(op, (O.Flatten, O.Reshape, O.Identity, O.Dropout)):
+        return _Sparse.identity(n_in)
+    if isinstance(op, (O.Add, O.Sum)):
+        if in_shape != out_shape:
+            raise _refuse(node, op, f"broadcasting input {position} of shape {in_shape} to {out_shape} is not supported")
+        return _Sparse.identity(n_in)
+    if isinstance(op, O.Mul):
+        if in_shape != out_shape:
+            raise _refuse(node, op, f"constant changes the shape {in_shape} to {out_shape}")
+        scale = np.broadcast_to(op.constant.astype(np.float64), (1,) + out_shape).reshape(-1)
+        return _Sparse.identity(n_in, scale)
+    if isinstance(op, O.Pad):
+        rank = len(in_shape) + 1
+        if op.mode != "constant" or op.value != 0 or any(p < 0 for p in op.pads):
+            raise _refuse(node, op, "only constant-0 padding with non-negative pads is a linear projection")
+        place = np.arange(n_out, dtype=np.int64).reshape(out_shape)
+        crop = tuple(slice(op.pads[i + 1], op.pads[i + 1] + in_shape[i]) for i in range(rank - 1))
+        return _Sparse(np.arange(n_in, dtype=np.int64), place[crop].reshape(-1), np.ones(n_in), n_in, n_out)
+    if isinstance(op, O.Concat):
+        axis = (op.axis if op.axis >= 0 else op.axis + len(out_shape) + 1) - 1
+        srcs = ir.inputs_of(graph, node)
+        begin = sum(ir.shape_of(graph, s)[axis] for s in srcs[:position])
+        place = np.arange(n_out, dtype=np.int64).reshape(out_shape)
+        index = [slice(None)] * len(out_shape)
+        index[axis] = slice(begin, begin + in_shape[axis])
+        return _Sparse(np.arange(n_in, dtype=np.int64), place[tuple(index)].reshape(-1), np.ones(n_in), n_in, n_out)
+    if isinstance(op, O.GlobalAveragePool):
+        per_channel = n_in // in_shape[0]
+        rows = np.arange(n_in, dtype=np.int64)
+        return _Sparse(rows, rows // per_channel, np.full(n_in, 1.0 / per_channel), n_in, n_out)
+    if isinstance(op, O.AveragePool):
+        if len(in_shape) < 2:
+            raise _refuse(node, op, f"input of shape {in_shape} has no spatial axes")
+        win = _window_indices(op, in_shape, op.kernel_shape)  # (C, *out, *kernel)
+        spatial = len(in_shape) - 1
+        kernel_axes = tuple(range(1 + spatial, 1 + 2 * spatial))
+        inside = (win >= 0).sum(axis=kernel_axes)
+        ratio = pool_nd(np.ones((1,) + in_shape, np.float32), op)[0].astype(np.float64)  # inside / divisor
+        weight = np.where(inside > 0, ratio / np.maximum(inside, 1), 0.0)
+        cols = np.broadcast_to(np.arange(n_out).reshape(out_shape).reshape(out_shape + (1,) * spatial), win.shape)
+        vals = np.broadcast_to(weight.reshape(out_shape + (1,) * spatial), win.shape)
+        mask = win >= 0
+        return _coalesce(_Sparse(win[mask], cols[mask].astype(np.int64), vals[mask], n_in, n_out))
+    if isinstance(op, O.Conv):
+        if len(in_shape) < 2:
+            raise _refuse(node, op, f"input of shape {in_shape} has no spatial axes")
+        win = _window_indices(op, in_shape, op.kernel_shape)  # (Cin, *out_spatial, *kernel)
+        spatial = len(in_shape) - 1
+        cin_g = op.weight.shape[1]
+        cout = op.weight.shape[0]
+        cout_g = cout // op.group
+        out_spatial = out_shape[1:]
+        positions = int(math.prod(out_spatial))
+        rows, cols, vals = [], [], []
+        for g in range(op.group):
+            idx = win[g * cin_g : (g + 1) * cin_g]  # (cin_g, *out, *kernel)
+            idx = np.moveaxis(idx, 0, spatial)  # (*out, cin_g, *kernel)
+            w = op.weight[g * cout_g : (g + 1) * cout_g].astype(np.float64)  # (cout_g, cin_g, *kernel)
+            shape = (cout_g,) + idx.shape
+            r = np.broadcast_to(idx[None], shape)
+            v = np.broadcast_to(w.reshape((cout_g,) + (1,) * spatial + w.shape[1:]), shape)
+            co = np.arange(g * cout_g, (g + 1) * cout_g).reshape((cout_g,) + (1,) * (idx.ndim))
+            pos = np.arange(positions).reshape(out_spatial + (1,) * (spatial + 1))
+            c = np.broadcast_to(co * positions + pos[None], shape)
+            mask = r >= 0
+            rows.append(r[mask])
+            cols.append(c[mask])
+            vals.append(v[mask])
+        return _coalesce(_Sparse(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), n_in, n_out))
+    if isinstance(op, O.Gemm):
+        w = op.weight.astype(np.float64)  # (out, in)
+        rows = np.repeat(np.arange(n_in, dtype=np.int64), n_out)
+        cols = np.tile(np.arange(n_out, dtype=np.int64), n_in)
+        return _Sparse(rows, cols, w.T.reshape(-1), n_in, n_out)
+    if isinstance(op, O.MatMul):
+        if len(in_shape) != 1:
+            raise _refuse(node, op, f"MatMul of a {len(in_shape)}-d input is not supported")
+        rows = np.repeat(np.arange(n_in, dtype=np.int64), n_out)
+        cols = np.tile(np.arange(n_out, dtype=np.int64), n_in)
+        return _Sparse(rows, cols, op.weight.astype(np.float64).reshape(-1), n_in, n_out)
+    raise _refuse(node, op, "is not a linear projection")
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _paths(graph: nx.DiGraph, target: str) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Every path from a spiking source to ``target``: (source, [(linear node, input position), ...]).
+
+    The list runs from the source side to the target; the target itself is
+    not in it.
+    """
+    found: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def visit(node: str, chain: list[tuple[str, int]]) -> None:
+        op = ir.op_of(graph, node)
+        if isinstance(op, SOURCE_OPS):
+            found.append((node, chain))
+            return
+        if isinstance(op, O.OutputAccumulator):
+            raise _refuse(node, op, "the output accumulator cannot feed other nodes")
+        if not isinstance(op, LINEAR_OPS):
+            raise _refuse(node, op, f"sits between spiking nodes (feeding {target!r}) but is not a linear projection")
+        if isinstance(op, O.Add) and op.constant is not None:
+            pass  # the constant is bias
+        for position, src in enumerate(ir.inputs_of(graph, node)):
+            visit(src, [(node, position)] + chain)
+
+    target_shape = tuple(ir.shape_of(graph, target))
+    for src in ir.inputs_of(graph, target):
+        if tuple(ir.shape_of(graph, src)) != target_shape:
+            op = ir.op_of(graph, target)
+            raise _refuse(target, op, f"input {src!r} of shape {ir.shape_of(graph, src)} differs from {target_shape}")
+        visit(src, [])
+    return found
+
+
+def _map_of_chain(graph: nx.DiGraph, chain: list[tuple[str, int]], n_in: int) -> _Sparse:
+    result = _Sparse.identity(n_in)
+    for node, position in chain:
+        result = _compose(result, _op_map(graph, node, position))
+    return result
+
+
+def _to_internal(s: _Sparse, in_shape, out_shape) -> _Sparse:
+    """Re-index a natural-layout map to the internal (channels-last) layout of both ends."""
+    inv_in = _inverse(internal_order(tuple(in_shape)))
+    inv_out = _inverse(internal_order(tuple(out_shape)))
+    return _Sparse(inv_in[s.rows], inv_out[s.cols], s.vals, s.n_in, s.n_out)
+
+
+def _conv_core(graph, chain, h):
+    """If ``chain[h]`` is a 2-d, ungrouped Conv, its scatter description (absorbing a Pad right before it)."""
+    node, _ = chain[h]
+    op = ir.op_of(graph, node)
+    if not isinstance(op, O.Conv) or op.group != 1 or op.weight.ndim != 4:
+        return None
+    pads = list(op.pads) or [0, 0, 0, 0]
+    start = h
+    if h > 0:
+        pnode, _ = chain[h - 1]
+        pop = ir.op_of(graph, pnode)
+        if isinstance(pop, O.Pad) and pop.mode == "constant" and pop.value == 0 and len(pop.pads) == 8:
+            p = pop.pads
+            if p[0] == p[1] == p[4] == p[5] == 0 and min(p) >= 0:
+                pads = [pads[0] + p[2], pads[1] + p[3], pads[2] + p[6], pads[3] + p[7]]
+                start = h - 1
+    in_shape = tuple(ir.shape_of(graph, ir.inputs_of(graph, chain[start][0])[chain[start][1]]))
+    out_shape = tuple(ir.shape_of(graph, node))
+    strides = tuple(op.strides) or (1, 1)
+    dilations = tuple(op.dilations) or (1, 1)
+    cout, cin, kh, kw = op.weight.shape
+    rows = np.ascontiguousarray(op.weight.transpose(1, 2, 3, 0), dtype=np.float32).reshape(-1)  # W[ci, ky, kx, :]
+    params = {
+        "cin": cin, "h": in_shape[1], "w": in_shape[2], "cout": cout, "oh": out_shape[1], "ow": out_shape[2],
+        "kh": kh, "kw": kw, "sh": strides[0], "sw": strides[1], "pt": pads[0], "pl": pads[1],
+        "dh": dilations[0], "dw": dilations[1],
+    }
+    return start, in_shape, params, rows
+
+
+def _dense_core(graph, chain, h):
+    node, position = chain[h]
+    op = ir.op_of(graph, node)
+    in_shape = tuple(ir.shape_of(graph, ir.inputs_of(graph, node)[position]))
+    if isinstance(op, O.Gemm):
+        rows = np.ascontiguousarray(op.weight.T, dtype=np.float32)
+    elif isinstance(op, O.MatMul) and len(in_shape) == 1:
+        rows = np.ascontiguousarray(op.weight, dtype=np.float32)
+    else:
+        return None
+    return h, in_shape, {"cin": rows.shape[0], "cout": rows.shape[1]}, rows.reshape(-1)
+
+
+_SHAPE_KEEPING = (O.Add, O.Sum, O.Identity, O.Dropout)
+
+
+# --------------------------------------------------------------------------- the lowered graph
+
+
+@dataclass
+class LoweredGraph:
+    """A spiking graph as flat typed arrays (the kernels' input) plus its naming metadata.
+
+    Array fields are what the kernels take; the rest is used on the Python
+    side to validate inputs, compute the analog input current and turn the
+    kernels' outputs back into named, natural-layout arrays.
+    """
+
+    graph: nx.DiGraph  # the spiking graph it came from
+    mode: str  # one of ops.MODES
+    phases: int  # K
+    names: list[str]  # spiking nodes and the output, in topological order
+    node_table: np.ndarray  # int32 (S, NODE_FIELDS)
+    node_threshold: np.ndarray  # float32 (S,) threshold (gates: their source's)
+    proj_table: np.ndarray  # int32 (J, PROJ_FIELDS), sorted by source
+    weights: np.ndarray  # float32 scatter rows of conv and dense cores
+    csr_indptr: np.ndarray  # int64, CSR row pointers (absolute into csr_cols / csr_vals)
+    csr_cols: np.ndarray  # int32 internal target (or intermediate) index
+    csr_vals: np.ndarray  # float32
+    gate_table: np.ndarray  # int32 (G, GATE_FIELDS)
+    fanout: np.ndarray  # int32 (spike_size,) synapses reached by one spike of each neuron
+    bias: np.ndarray  # float32 (state_size,) per-step constant current (b'/K, or b' in if-rate)
+    state_size: int
+    spike_size: int
+    candidate_size: int
+    emitted_size: int
+    drive_size: int
+    output: int  # index of the output node in names
+    output_order: np.ndarray  # int32: internal position of the output's natural index i
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_targets: list[tuple[int, str]] = field(default_factory=list)  # (node index, name) fed by the input
+    drive_subgraphs: dict[str, nx.DiGraph] = field(default_factory=dict)  # name -> its linear subgraph
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    orders: dict[str, np.ndarray] = field(default_factory=dict)  # name -> internal_order(shape)
+    ann_macs: int = 0  # multiply-accumulates per sample of the ANN the graph encodes
+    input_macs: int = 0  # multiply-accumulates per sample of the dense analog input layer(s)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+    @property
+    def spiking(self) -> list[str]:
+        """Names of the spiking nodes (populations, synchronous neurons, max gates) in order."""
+        return [n for i, n in enumerate(self.names) if self.node_table[i, N_KIND] != KIND_OUTPUT]
+
+    @property
+    def classes(self) -> int:
+        return int(self.node_table[self.output, N_SIZE])
+
+    def input_drive(self, x: np.ndarray) -> np.ndarray:
+        """Per-step current of the input-fed targets: float32 (N, drive_size), internal layout.
+
+        ``(W' x + b') / K`` in the bistable and phase modes, ``W' x + b'`` in ``if-rate``.
+        """
+        n = x.shape[0]
+        drive = np.zeros((n, max(self.drive_size, 1)), np.float32)
+        step = np.float32(1.0 if self.mode == "if-rate" else 1.0 / self.phases)
+        for node, name in self.input_targets:
+            sub = self.drive_subgraphs[name]
+            total = _evaluate_target_input(self.graph, sub, name, {self.input_name: x}, n)
+            offset = int(self.node_table[node, N_DRIVE])
+            size = int(self.node_table[node, N_SIZE])
+            drive[:, offset : offset + size] = total.reshape(n, -1)[:, self.orders[name]] * step
+        return drive
+
+
+def _graph_mode(graph: nx.DiGraph, spiking: list[str]) -> tuple[str, int]:
+    modes = {ir.op_of(graph, n).mode for n in spiking}
+    phases = {int(ir.op_of(graph, n).phases) for n in spiking}
+    if len(modes) != 1:
+        raise LoweringError(f"spiking nodes disagree on the mode: {sorted(modes)}")
+    if len(phases) != 1:
+        raise LoweringError(f"spiking nodes disagree on the phases K: {sorted(phases)}")
+    mode, k = modes.pop(), phases.pop()
+    if mode not in MODE_CODES:
+        raise LoweringError(f"unknown mode {mode!r}; expected one of {list(MODE_CODES)}")
+    if not 1 <= k <= 16:
+        raise LoweringError(f"phases K = {k} is outside 1..16")
+    return mode, k
+
+
+def _linear_subgraph(graph: nx.DiGraph, target: str, paths) -> nx.DiGraph:
+    """The linear ops feeding ``target`` as a graph whose inputs are the target's sources."""
+    nodes = {node for _, chain in paths for node, _ in chain}
+    sub = ir.new_graph(f"linear:{target}")
+    for src, _ in paths:
+        if src not in sub:
+            ir.add_node(sub, src, O.Input(shape=tuple(ir.shape_of(graph, src))))
+    for name in ir.topological_order(graph):
+        if name in nodes:
+            ir.add_node(sub, name, ir.op_of(graph, name), ir.inputs_of(graph, name))
+    return sub
+
+
+def _evaluate_target_input(graph: nx.DiGraph, sub: nx.DiGraph, target: str, feeds: dict, n: int) -> np.ndarray:
+    """The target's total input (sum of its inputs) with the given source values, the other sources at 0."""
+    full = {}
+    for name in sub.graph["inputs"]:
+        full[name] = feeds[name] if name in feeds else np.zeros((n,) + tuple(ir.shape_of(sub, name)), np.float32)
+    srcs = ir.inputs_of(graph, target)
+    outs = list(dict.fromkeys(srcs))
+    values = evaluate(sub, full, outputs=outs)
+    if not isinstance(values, dict):
+        values = {outs[0]: values}
+    total = np.zeros((n,) + tuple(ir.shape_of(graph, target)), np.float32)
+    for s in srcs:
+        total += values[s]
+    return total
+
+
+def lower(graph: nx.DiGraph) -> LoweredGraph:
+    """Lower a spiking graph to the flat arrays the kernels run.
+
+    Parameters
+    ----------
+    graph : a spiking IR graph (the output of the conversion passes, or one
+        built by hand) that obeys the spiking graph contract.
+
+    Returns
+    -------
+    LoweredGraph
+
+    Raises
+    ------
+    LoweringError
+        if the graph breaks the contract: no single analog input, not exactly
+        one output accumulator, an op between spiking nodes that is not a
+        linear projection, mixed modes, or (mode ``bsnn``) sources of a
+        population that are not all one stage earlier.
+    """
+    order = ir.topological_order(graph)
+    inputs = [n for n in order if isinstance(ir.op_of(graph, n), O.Input)]
+    if len(inputs) != 1:
+        raise LoweringError(f"the runtime needs exactly one graph input, the graph has {inputs}")
+    outputs = [n for n in order if isinstance(ir.op_of(graph, n), O.OutputAccumulator)]
+    if len(outputs) != 1:
+        raise LoweringError(f"a spiking graph has exactly one OutputAccumulator, this one has {len(outputs)}")
+    spiking = [n for n in order if isinstance(ir.op_of(graph, n), (O.Population, O.MaxGate))]
+    names = spiking + outputs
+    mode, phases = _graph_mode(graph, names)
+    index = {n: i for i, n in enumerate(names)}
+    input_name = inputs[0]
+    shapes = {n: tuple(ir.shape_of(graph, n)) for n in names}
+    orders = {n: internal_order(shapes[n]) for n in names}
+
+    count = len(names)
+    node_table = np.full((count, NODE_FIELDS), -1, np.int32)
+    threshold = np.ones(count, np.float32)
+    state_size = spike_size = candidate_size = emitted_size = drive_size = 0
+    gate_rows: list[list[int]] = []
+    emitted_needed = set()
+
+    def stage_of(name: str) -> int:
+        return 0 if name == input_name else int(ir.op_of(graph, name).stage)
+
+    for i, name in enumerate(names):
+        op = ir.op_of(graph, name)
+        size = int(math.prod(shapes[name]))
+        node_table[i, N_SIZE] = size
+        node_table[i, N_STAGE] = int(op.stage)
+        if isinstance(op, O.MaxGate):
+            src = ir.inputs_of(graph, name)[0]
+            src_op = ir.op_of(graph, src)
+            if not isinstance(src_op, O.Population):
+                raise _refuse(name, op, f"reads {src!r} ({src_op.op_type}); a max gate reads a population directly")
+            if len(shapes[src]) != 3 or len(op.kernel_shape) != 2:
+                raise _refuse(name, op, f"only 2-d max gates on (C, H, W) inputs are supported, got {shapes[src]}")
+            node_table[i, N_KIND] = KIND_GATE
+            node_table[i, N_SOURCE] = index[src]
+            threshold[i] = np.float32(src_op.threshold)
+            strides = tuple(op.strides) or (1, 1)
+            pads = tuple(op.pads) or (0, 0, 0, 0)
+            dil = tuple(op.dilations) or (1, 1)
+            c, h, w = shapes[src]
+            _, oh, ow = shapes[name]
+            kh, kw = op.kernel_shape
+            gate_rows.append([c, h, w, oh, ow, kh, kw, strides[0], strides[1], pads[0], pads[1], dil[0], dil[1],
+                              candidate_size])
+            candidate_size += size * kh * kw
+            node_table[i, N_GATE] = len(gate_rows) - 1
+            if mode in ("phase", "if-rate"):
+                emitted_needed.add(src)
+            if op.stage != ir.op_of(graph, src).stage and mode in ("bsnn", "bsnn-nosn"):
+                raise _refuse(name, op, f"stage {op.stage} differs from its source {src!r} (stage {src_op.stage})")
+        else:
+            node_table[i, N_KIND] = KIND_OUTPUT if isinstance(op, O.OutputAccumulator) else KIND_POPULATION
+            node_table[i, N_STATE] = state_size
+            state_size += size
+            if isinstance(op, O.Population):
+                threshold[i] = np.float32(op.threshold)
+                if not threshold[i] > 0:
+                    raise _refuse(name, op, f"threshold {op.threshold} is not positive")
+        if not isinstance(op, O.OutputAccumulator):
+            node_table[i, N_SPIKE] = spike_size
+            spike_size += size
+    for src in emitted_needed:
+        node_table[index[src], N_EMITTED] = emitted_size
+        emitted_size += int(node_table[index[src], N_SIZE])
+
+    # projections, biases, analog input
+    projections: list[tuple[int, list[int], np.ndarray | None, tuple | None]] = []  # per projection
+    weights: list[np.ndarray] = []
+    weight_size = 0
+    csr_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    csr_rows = csr_entries = 0
+    bias = np.zeros(state_size, np.float32)
+    step = 1.0 if mode == "if-rate" else 1.0 / phases
+    input_targets: list[tuple[int, str]] = []
+    fanout_parts: dict[int, np.ndarray] = {}
+    drive_subgraphs: dict[str, nx.DiGraph] = {}
+    input_macs = 0
+    largest_stage = max([int(ir.op_of(graph, n).stage) for n in spiking] + [0])
+
+    def add_csr(s: _Sparse) -> int:
+        nonlocal csr_rows, csr_entries
+        indptr, cols, vals = s.indptr()
+        row = csr_rows
+        csr_parts.append((indptr[:-1] + csr_entries, cols.astype(np.int32), vals.astype(np.float32)))
+        csr_rows += s.n_in
+        csr_entries += cols.size
+        csr_parts.append((np.array([csr_entries], np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)))
+        csr_rows += 1
+        return row
+
+    for i, name in enumerate(names):
+        op = ir.op_of(graph, name)
+        if isinstance(op, O.MaxGate):
+            continue
+        paths = _paths(graph, name)
+        if isinstance(op, O.SynchronousNeuron):
+            src_op = ir.op_of(graph, paths[0][0])
+            if len(paths) != 1 or paths[0][1] or not isinstance(src_op, (O.Population, O.MaxGate)):
+                raise _refuse(name, op, "a synchronous neuron reads one spiking source directly")
+        source_names = {src for src, _ in paths}
+        if mode == "bsnn":
+            wrong = [s for s in sorted(source_names) if stage_of(s) != op.stage - 1]
+            if wrong:
+                s = wrong[0]
+                raise _refuse(
+                    name, op, f"stage {op.stage} but source {s!r} has stage {stage_of(s)} (expected {op.stage - 1}); "
+                    "mode bsnn needs the synchronisation pass (or use bsnn-nosn)",
+                )
+        if isinstance(op, O.OutputAccumulator) and mode in ("bsnn", "bsnn-nosn") and op.stage != largest_stage + 1:
+            raise _refuse(name, op, f"stage {op.stage} but the largest population stage is {largest_stage}")
+        target_shape = shapes[name]
+        if input_name in source_names:
+            node_table[i, N_DRIVE] = drive_size
+            drive_size += int(node_table[i, N_SIZE])
+            input_targets.append((i, name))
+            drive_subgraphs[name] = _linear_subgraph(graph, name, paths)
+        else:
+            b = _evaluate_target_input(graph, _linear_subgraph(graph, name, paths), name, {}, 1)
+            b = b.reshape(-1)[orders[name]]
+            offset = int(node_table[i, N_STATE])
+            bias[offset : offset + b.size] = b * np.float32(step)
+        for src, chain in paths:
+            if src == input_name:
+                input_macs += sum(macs(graph, node) for node, _ in chain)
+                continue
+            src_shape = shapes[src]
+            n_src = int(math.prod(src_shape))
+            row = [-1] * PROJ_FIELDS
+            row[P_SOURCE], row[P_TARGET] = index[src], i
+            heavy = None
+            for h in range(len(chain) - 1, -1, -1):
+                hop = ir.op_of(graph, chain[h][0])
+                if isinstance(hop, (O.Conv, O.Gemm, O.MatMul)):
+                    heavy = h
+                    break
+            core = None
+            if heavy is not None:
+                after = chain[heavy + 1 :]
+                keeps = all(
+                    isinstance(ir.op_of(graph, n), _SHAPE_KEEPING) and shapes.get(n, ir.shape_of(graph, n)) == target_shape
+                    for n, _ in after
+                )
+                heavy_shape = tuple(ir.shape_of(graph, chain[heavy][0]))
+                if keeps and heavy_shape == target_shape:
+                    core = _conv_core(graph, chain, heavy) or _dense_core(graph, chain, heavy)
+            if core is not None:
+                start, mid_shape, params, rows = core
+                is_conv = "kh" in params
+                row[P_CORE] = CORE_CONV if is_conv else CORE_DENSE
+                if is_conv:
+                    for key, col in (("cin", P_CIN), ("h", P_H), ("w", P_W), ("cout", P_COUT), ("oh", P_OH),
+                                     ("ow", P_OW), ("kh", P_KH), ("kw", P_KW), ("sh", P_SH), ("sw", P_SW),
+                                     ("pt", P_PT), ("pl", P_PL), ("dh", P_DH), ("dw", P_DW)):
+                        row[col] = int(params[key])
+                    mid_fan = _conv_fanout(params)
+                else:
+                    row[P_CIN], row[P_COUT] = int(params["cin"]), int(params["cout"])
+                    mid_fan = np.full(params["cin"], params["cout"], np.int64)
+                prefix = chain[:start]
+                fan = mid_fan
+                if prefix or src_shape != mid_shape:
+                    s = _to_internal(_map_of_chain(graph, prefix, n_src), src_shape, mid_shape)
+                    permutation = (
+                        s.rows.size == n_src == s.n_out and np.all(s.vals == 1.0)
+                        and np.array_equal(np.sort(s.rows), np.arange(n_src))
+                    )
+                    if permutation and not is_conv:
+                        # a flatten/reshape before a Gemm: reorder the scatter rows instead of chaining
+                        mid_of = np.empty(n_src, np.int64)
+                        mid_of[s.rows] = s.cols
+                        rows = rows.reshape(-1, params["cout"])[mid_of].reshape(-1)
+                        row[P_CIN] = n_src
+                        fan = mid_fan[mid_of]
+                    else:
+                        row[P_PREFIX_ROW] = add_csr(s)
+                        fan = np.bincount(s.rows, weights=mid_fan[s.cols], minlength=n_src).astype(np.int64)
+                row[P_WOFF] = weight_size
+                weights.append(np.ascontiguousarray(rows, np.float32))
+                weight_size += rows.size
+            else:
+                s = _to_internal(_map_of_chain(graph, chain, n_src), src_shape, target_shape)
+                row[P_CORE] = CORE_CSR
+                row[P_CSR_ROW] = add_csr(s)
+                fan = np.bincount(s.rows, minlength=n_src).astype(np.int64)
+            projections.append((index[src], row))
+            fanout_parts[index[src]] = fanout_parts.get(index[src], 0) + fan
+
+    projections.sort(key=lambda p: p[0])  # stable: keeps path order per source
+    proj_table = np.array([r for _, r in projections], np.int32).reshape(-1, PROJ_FIELDS)
+    for i in range(count):
+        rows = np.nonzero(proj_table[:, P_SOURCE] == i)[0]
+        node_table[i, N_PROJ_START] = rows[0] if rows.size else 0
+        node_table[i, N_PROJ_END] = rows[-1] + 1 if rows.size else 0
+    fanout = np.zeros(spike_size, np.int64)
+    for i, fan in fanout_parts.items():
+        offset = int(node_table[i, N_SPIKE])
+        fanout[offset : offset + int(node_table[i, N_SIZE])] = fan
+    if fanout.size and fanout.max() > np.iinfo(np.int32).max:
+        raise LoweringError("a neuron reaches more than 2^31 synapses")
+
+    if csr_parts:
+        indptr = np.concatenate([p[0] for p in csr_parts]).astype(np.int64)
+        cols = np.concatenate([p[1] for p in csr_parts]).astype(np.int32)
+        vals = np.concatenate([p[2] for p in csr_parts]).astype(np.float32)
+    else:
+        indptr, cols, vals = np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    out_index = index[outputs[0]]
+    output_order = _inverse(orders[outputs[0]]).astype(np.int32)
+    ann_macs = sum(macs(graph, n) for n in graph.nodes)
+    return LoweredGraph(
+        graph=graph,
+        mode=mode,
+        phases=phases,
+        names=names,
+        node_table=node_table,
+        node_threshold=threshold,
+        proj_table=proj_table,
+        weights=np.concatenate(weights).astype(np.float32) if weights else np.zeros(0, np.float32),
+        csr_indptr=indptr,
+        csr_cols=cols,
+        csr_vals=vals,
+        gate_table=np.array(gate_rows, np.int32).reshape(-1, GATE_FIELDS),
+        fanout=fanout.astype(np.int32),
+        bias=bias,
+        state_size=state_size,
+        spike_size=spike_size,
+        candidate_size=candidate_size,
+        emitted_size=emitted_size,
+        drive_size=drive_size,
+        output=out_index,
+        output_order=output_order,
+        input_name=input_name,
+        input_shape=tuple(ir.shape_of(graph, input_name)),
+        input_targets=input_targets,
+        drive_subgraphs=drive_subgraphs,
+        shapes=shapes,
+        orders=orders,
+        ann_macs=int(ann_macs),
+        input_macs=int(input_macs),
+    )
+
+
+def _conv_fanout(p: dict) -> np.ndarray:
+    """Synapses reached by one spike of each input neuron (internal layout) of a conv scatter."""
+    counts_y = np.zeros(p["h"], np.int64)
+    for iy in range(p["h"]):
+        for ky in range(p["kh"]):
+            num = iy + p["pt"] - ky * p["dh"]
+            if num >= 0 and num % p["sh"] == 0 and num // p["sh"] < p["oh"]:
+                counts_y[iy] += 1
+    counts_x = np.zeros(p["w"], np.int64)
+    for ix in range(p["w"]):
+        for kx in range(p["kw"]):
+            num = ix + p["pl"] - kx * p["dw"]
+            if num >= 0 and num % p["sw"] == 0 and num // p["sw"] < p["ow"]:
+                counts_x[ix] += 1
+    per_position = (counts_y[:, None] * counts_x[None, :]).reshape(-1) * p["cout"]  # (H*W,)
+    return np.repeat(per_position, p["cin"])  # internal order: (y, x, c)
