@@ -1,0 +1,186 @@
+"""Lowering and kernels against plain numpy references.
+
+- every lowered projection, applied to a spike map by a numpy scatter that
+  reads the lowered arrays, equals the reference executor's evaluation of the
+  linear subgraph between the two spiking nodes (conv scatter = dense conv of
+  the spike map, dense rows = Gemm, prefixes = average / global pooling, ...);
+- the Numba delivery kernel equals that numpy scatter;
+- the batch path, the one-sample channel-split path and 1 or 2 threads give
+  identical spikes;
+- a graph using the general (CSR) path — padding, grouped and dilated convs,
+  concat, ceil-mode average pooling with padding, two paths from one source —
+  still matches the oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from spiking_graphs import Builder, resnet_graph, vgg_graph
+
+import runtime
+from bsnn_graph import ops as O
+from runtime import kernels, oracle
+from runtime import lowering as L
+
+
+def misc_graph(mode="bsnn"):
+    b = Builder((2, 9, 9), mode, 8, seed=3)
+    p1 = b.population([b.conv("x", 4)], 1)
+    pad = b.op("pad", O.Pad(pads=(0, 0, 1, 1, 0, 0, 1, 1)), [p1])
+    p2 = b.population([b.conv(pad, 4, pad=0)], 2)  # the Pad is absorbed into the conv scatter
+    grouped = b.op("gconv", O.Conv(weight=b.rng.standard_normal((4, 2, 3, 3)).astype(np.float32) * 0.4,
+                                   bias=np.zeros(4, np.float32), strides=(1, 1), pads=(1, 1, 1, 1),
+                                   dilations=(1, 1), group=2), [p1])
+    p3 = b.population([grouped, b.conv(p1, 4, k=1, pad=0)], 2)  # two paths from p1
+    cat = b.op("cat", O.Concat(axis=1), [p2, p3])
+    avg = b.op("avg", O.AveragePool(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), ceil_mode=True,
+                                    count_include_pad=False), [cat])
+    dil = b.op("dconv", O.Conv(weight=b.rng.standard_normal((6, 8, 3, 3)).astype(np.float32) * 0.3,
+                               bias=np.full(6, 0.05, np.float32), strides=(1, 1), pads=(2, 2, 2, 2),
+                               dilations=(2, 2)), [avg])
+    p4 = b.population([dil], 3)
+    gap = b.op("gap", O.GlobalAveragePool(), [p4])
+    flat = b.op("flat", O.Flatten(axis=1), [gap])
+    mm = b.op("mm", O.MatMul(weight=b.rng.standard_normal((6, 10)).astype(np.float32)), [flat])
+    biased = b.op("bias", O.Add(constant=np.full((1, 10), 0.1, np.float32)), [mm])
+    return b.output(biased, 4)
+
+
+GRAPHS = {"vgg": vgg_graph, "resnet": resnet_graph, "misc": misc_graph}
+
+
+def numpy_deliver(lowered, j, spikes_internal: np.ndarray) -> np.ndarray:
+    """Reference scatter of projection j: target input (internal layout, float64) for source values."""
+    row = lowered.proj_table[j]
+    out = np.zeros(lowered.node_table[row[L.P_TARGET], L.N_SIZE], np.float64)
+    indptr, cols, vals = lowered.csr_indptr, lowered.csr_cols, lowered.csr_vals
+
+    def core(m, value):
+        if row[L.P_CORE] == L.CORE_CSR:
+            r0 = row[L.P_CSR_ROW]
+            np.add.at(out, cols[indptr[r0 + m] : indptr[r0 + m + 1]], value * vals[indptr[r0 + m] : indptr[r0 + m + 1]])
+        elif row[L.P_CORE] == L.CORE_DENSE:
+            n_in, n_out = row[L.P_CIN], row[L.P_COUT]
+            out[:] += value * lowered.weights[row[L.P_WOFF] : row[L.P_WOFF] + n_in * n_out].reshape(n_in, n_out)[m]
+        else:
+            cin, _h, w, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = row[L.P_CIN : L.P_WOFF + 1]
+            weights = lowered.weights[woff : woff + cin * kh * kw * cout].reshape(cin, kh, kw, cout)
+            ci, iy, ix = m % cin, (m // cin) // w, (m // cin) % w
+            for ky in range(kh):
+                for kx in range(kw):
+                    ny, nx = iy + pt - ky * dh, ix + pl - kx * dw
+                    if ny < 0 or nx < 0 or ny % sh or nx % sw or ny // sh >= oh or nx // sw >= ow:
+                        continue
+                    base = ((ny // sh) * ow + nx // sw) * cout
+                    out[base : base + cout] += value * weights[ci, ky, kx]
+
+    for m in np.nonzero(spikes_internal)[0]:
+        value = spikes_internal[m]
+        prefix = row[L.P_PREFIX_ROW]
+        if prefix < 0 or row[L.P_CORE] == L.CORE_CSR:
+            core(m, value)
+        else:
+            for e in range(indptr[prefix + m], indptr[prefix + m + 1]):
+                core(cols[e], value * vals[e])
+    return out
+
+
+def _natural(lowered, name, internal):
+    out = np.empty_like(internal)
+    out[lowered.orders[name]] = internal
+    return out
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_projections_equal_the_executor(name):
+    graph = GRAPHS[name]()
+    lowered = runtime.lower(graph)
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for j in range(lowered.proj_table.shape[0]):
+        row = lowered.proj_table[j]
+        src, tgt = lowered.names[row[L.P_SOURCE]], lowered.names[row[L.P_TARGET]]
+        kinds.add((int(row[L.P_CORE]), int(row[L.P_PREFIX_ROW] >= 0)))
+        spikes = (rng.random((1,) + lowered.shapes[src]) < 0.3).astype(np.float32) * 0.5
+        paths = [p for p in L._paths(graph, tgt)]
+        # all paths from this source (the same source may reach the target twice)
+        same = [i for i in range(lowered.proj_table.shape[0])
+                if lowered.proj_table[i, L.P_SOURCE] == row[L.P_SOURCE] and lowered.proj_table[i, L.P_TARGET] == row[L.P_TARGET]]
+        sub = L._linear_subgraph(graph, tgt, paths)
+        expected = (L._evaluate_target_input(graph, sub, tgt, {src: spikes}, 1)
+                    - L._evaluate_target_input(graph, sub, tgt, {}, 1)).reshape(-1)
+        internal = spikes.reshape(-1)[lowered.orders[src]]
+        got = sum(numpy_deliver(lowered, i, internal) for i in same)
+        np.testing.assert_allclose(_natural(lowered, tgt, got), expected, rtol=1e-5, atol=1e-5, err_msg=f"{src}->{tgt}")
+    if name == "vgg":
+        assert {(L.CORE_CONV, 0), (L.CORE_CONV, 1), (L.CORE_DENSE, 0)} <= kinds
+    if name == "resnet":
+        assert (L.CORE_CSR, 0) in kinds  # SN identity and the Mul shortcut
+    if name == "misc":
+        assert (L.CORE_CSR, 0) in kinds and (L.CORE_DENSE, 1) in kinds
+
+
+@pytest.mark.parametrize("name", ["vgg", "misc"])
+def test_numba_delivery_equals_numpy_scatter(name):
+    lowered = runtime.lower(GRAPHS[name]())
+    rng = np.random.default_rng(1)
+    for j in range(lowered.proj_table.shape[0]):
+        row = lowered.proj_table[j]
+        src, tgt = row[L.P_SOURCE], row[L.P_TARGET]
+        size = lowered.node_table[src, L.N_SIZE]
+        spiking = np.nonzero(rng.random(size) < 0.3)[0].astype(np.int32)
+        V = np.zeros(lowered.state_size, np.float32)
+        kernels._deliver(V, lowered.node_table, lowered.proj_table, j, lowered.weights, lowered.csr_indptr,
+                         lowered.csr_cols, lowered.csr_vals, spiking, 0, spiking.size, np.float32(0.25))
+        dense = np.zeros(size, np.float32)
+        dense[spiking] = 0.25
+        offset = lowered.node_table[tgt, L.N_STATE]
+        got = V[offset : offset + lowered.node_table[tgt, L.N_SIZE]]
+        np.testing.assert_allclose(got, numpy_deliver(lowered, j, dense), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_single_and_thread_paths_agree():
+    graph = vgg_graph(size=16, width=8)  # wide enough for the one-sample path to split the scatters
+    x = np.random.default_rng(2).random((3, 1, 16, 16)).astype(np.float32)
+    batch = runtime.simulate(graph, x, 64, batch_size=3, threads=2, record="all")
+    serial = runtime.simulate(graph, x, 64, batch_size=2, threads=1)
+    single = runtime.simulate(graph, x, 64, batch_size=1, threads=2, record="all")
+    for name in batch.spike_counts:
+        np.testing.assert_array_equal(batch.spike_counts[name], single.spike_counts[name])
+        np.testing.assert_array_equal(batch.spike_counts[name], serial.spike_counts[name])
+        np.testing.assert_array_equal(batch.events[name], single.events[name])
+    np.testing.assert_array_equal(batch.logits, single.logits)
+    np.testing.assert_array_equal(batch.sops, serial.sops)
+    assert batch.sops.min() > 0
+
+
+def test_general_path_graph_matches_oracle():
+    graph = misc_graph()
+    x = np.random.default_rng(4).random((4, 2, 9, 9)).astype(np.float32)
+    waves = 2
+    result = runtime.simulate(graph, x, (3 + 2 * waves) * 8, record="all")
+    emitted = {n: oracle.emitted_per_wave(result, graph, n, waves) for n in result.spike_counts}
+    checks, logits = oracle.teacher_forced_check(graph, x, emitted)
+    total = sum(c.neuron_periods for c in checks.values())
+    assert all(c.unexplained == 0 for c in checks.values()), checks
+    assert sum(c.ties for c in checks.values()) <= max(1, 1e-4 * total)
+    assert all(emitted[n].any() for n in emitted)
+    np.testing.assert_allclose(result.logits[3::2][:waves], logits, rtol=1e-4, atol=1e-4)
+
+
+def test_sops_count_spike_synapse_pairs():
+    graph = vgg_graph()
+    lowered = runtime.lower(graph)
+    x = np.random.default_rng(3).random((2, 1, 12, 12)).astype(np.float32)
+    result = runtime.simulate(lowered, x, 48)
+    for i, name in enumerate(lowered.names[:-1]):
+        off, size = lowered.node_table[i, L.N_SPIKE], lowered.node_table[i, L.N_SIZE]
+        fan = lowered.fanout[off : off + size]
+        counts = result.spike_counts[name].reshape(2, -1)[:, lowered.orders[name]]
+        np.testing.assert_array_equal(result.sops_per_population[name], (counts * fan).sum(axis=1))
+    # a conv neuron in the middle of the map reaches 3 x 3 x C_out synapses, a corner one 2 x 2 x C_out
+    first = lowered.fanout[: lowered.node_table[0, L.N_SIZE]].reshape(12, 12, -1)
+    cout = lowered.shapes[lowered.names[1]][0]
+    assert first[5, 5, 0] == 9 * cout and first[0, 0, 0] == 4 * cout
+    assert result.sops.tolist() == sum(result.sops_per_population.values()).tolist()
