@@ -27,7 +27,7 @@ import numpy as np
 from . import ops as O
 from .data import fit_to_input, iterate_batches, load_dataset
 from .errors import BsnnError, DataError, ModelError, TraceError
-from .executor import evaluate, macs
+from .executor import evaluate
 from .ir import op_of
 
 __all__ = ["COMMANDS", "eval_command", "inspect_command", "run_command"]
@@ -44,7 +44,7 @@ def _echo_json(document: dict) -> None:
 
 
 def _stderr():
-    return click.get_text_stream("stderr")
+    return sys.stderr  # read at call time: CliRunner and pytest replace it
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -122,9 +122,39 @@ def _first_output_step(graph) -> int | None:
     return int(acc.stage) * int(acc.phases)
 
 
-def ann_macs(graph) -> int:
-    """Multiply-accumulates per sample of the ANN a graph computes (Conv, Gemm, MatMul)."""
-    return int(sum(macs(graph, n) for n in graph.nodes))
+def energy_estimate(sops_per_sample: float | None, ann_macs: int | None, input_macs: int | None) -> dict:
+    """Energy per sample, an *estimate* (45 nm figures, Horowitz 2014).
+
+    SNN: ``E_AC * SOPs + E_MAC * input MACs`` (the analog input layer is
+    computed densely); ANN: ``E_MAC * MACs``. Unknown parts are None.
+    """
+    from runtime.simulate import E_AC_PJ, E_MAC_PJ
+
+    snn = None
+    if sops_per_sample is not None:
+        snn = E_AC_PJ * sops_per_sample + E_MAC_PJ * (input_macs or 0)
+    ann = E_MAC_PJ * ann_macs if ann_macs is not None else None
+    return {
+        "estimate": True,
+        "label": f"estimate: E_AC = {E_AC_PJ} pJ per SOP, E_MAC = {E_MAC_PJ} pJ per MAC (45 nm, Horowitz 2014)",
+        "e_ac_pj": E_AC_PJ,
+        "e_mac_pj": E_MAC_PJ,
+        "sops_per_sample": sops_per_sample,
+        "input_macs_per_sample": input_macs,
+        "ann_macs_per_sample": ann_macs,
+        "snn_pj_per_sample": snn,
+        "ann_pj_per_sample": ann,
+        "snn_over_ann": snn / ann if snn is not None and ann else None,
+    }
+
+
+def _energy_line(energy: dict) -> str:
+    line = f"energy     SNN {energy['snn_pj_per_sample'] / 1e6:.4f} uJ per sample"
+    if energy["ann_pj_per_sample"] is not None:
+        line += f", ANN {energy['ann_pj_per_sample'] / 1e6:.4f} uJ"
+    if energy["snn_over_ann"] is not None:
+        line += f", SNN/ANN {energy['snn_over_ann']:.3f}"
+    return line + f" ({energy['label']})"
 
 
 def _input_shape(graph) -> tuple[int, ...]:
@@ -266,7 +296,8 @@ def run_command(
                         model_path=model,
                         input_path=data_path,
                         labels=y,
-                        ann_macs=ann_macs(graph),
+                        ann_macs=int(partial.ann_macs),
+                        input_macs=int(partial.input_macs),
                         output_stage=int(accumulator.stage) if accumulator is not None else None,
                         record=chosen,
                         record_samples=sample_indices,
@@ -325,6 +356,7 @@ def run_command(
         "predictions": predictions[-1].astype(int).tolist(),
         "labels": y.astype(int).tolist() if y is not None else None,
         "sops_per_sample": float(sops.mean()),
+        "energy": energy_estimate(float(sops.mean()), int(result.ann_macs), int(result.input_macs)),
         "seconds": seconds,
         "seconds_per_sample": seconds / n,
         "batch_size": batch_size,
@@ -346,6 +378,7 @@ def run_command(
     counts = np.bincount(predictions[-1].astype(np.int64), minlength=int(np.asarray(result.logits).shape[2]))
     click.echo(f"predicted  per class: {' '.join(str(int(c)) for c in counts)}")
     click.echo(f"SOPs       {sops.mean():,.0f} per sample")
+    click.echo(_energy_line(document["energy"]))
     click.echo(f"time       {seconds:.2f} s ({1000 * seconds / n:.2f} ms per sample)")
     if trace_written is not None:
         click.echo(f"trace      {trace_written}")
@@ -429,11 +462,17 @@ def eval_command(
             options["phases"] = phases
         if percentile is not None:
             options["percentile"] = percentile
-        snns = {mode: passes.convert(graph, calib, mode=mode, **options) for mode in wanted}
+        snns = {}
+        for mode in wanted:
+            with click.progressbar(length=len(calib), label=f"calibrating ({mode})", file=_stderr()) as bar:
+                snns[mode] = passes.convert(
+                    graph, calib, mode=mode, batch_size=batch_size, progress=bar.update, **options
+                )
         reference = "ANN"
     ann_accuracy = _ann_accuracy(graph, x, y, batch_size)
 
     results = {}
+    ann_macs_per_sample = None
     for mode, snn in snns.items():
         result, seconds = _simulate_with_progress(
             runtime,
@@ -445,6 +484,7 @@ def eval_command(
             threads=threads,
         )
         per_step = _accuracy_per_step(result.predictions, y)
+        ann_macs_per_sample = int(result.ann_macs)
         results[mode] = {
             "phases": int(result.phases),
             "first_output_step": _first_output_step(snn),
@@ -461,14 +501,14 @@ def eval_command(
         "samples": len(x),
         "reference": reference,
         "ann_accuracy": ann_accuracy,
-        "ann_macs_per_sample": ann_macs(graph),
+        "ann_macs_per_sample": ann_macs_per_sample,
         "timesteps": steps,
         "modes": results,
     }
     if as_json:
         _echo_json(document)
         return
-    click.echo(f"{reference} accuracy: {_percent(ann_accuracy)} on {len(x)} samples of {data_path}")
+    click.echo(f"reference  {reference}: {_percent(ann_accuracy)} on {len(x)} samples of {data_path}")
     header = ["T"] + [f"{m} (K={r['phases']})" for m, r in results.items()]
     rows = [[str(t)] + [_percent(r["accuracy"][i]) for r in results.values()] for i, t in enumerate(steps)]
     rows.append(["first full output"] + [str(r["first_output_step"] or "-") for r in results.values()])
@@ -506,26 +546,12 @@ def _population_summary(trace, pop) -> dict:
 
 def inspect_trace(trace) -> dict:
     """The summary ``bsnn inspect`` prints, as a dict (the JSON document without ``plot``)."""
-    from runtime.trace import E_AC_PJ, E_MAC_PJ
-
     populations = [_population_summary(trace, pop) for pop in trace.populations]
     samples = trace.samples
     sops_per_sample = float(trace.sops.mean()) if samples else None
     first = trace.first_output_step
     labels = trace.labels
-    energy = {
-        "estimate": True,
-        "e_ac_pj": E_AC_PJ,
-        "e_mac_pj": E_MAC_PJ,
-        "snn_pj_per_sample": sops_per_sample * E_AC_PJ if sops_per_sample is not None else None,
-        "ann_macs_per_sample": trace.ann_macs,
-        "ann_pj_per_sample": trace.ann_macs * E_MAC_PJ if trace.ann_macs is not None else None,
-    }
-    energy["snn_over_ann"] = (
-        energy["snn_pj_per_sample"] / energy["ann_pj_per_sample"]
-        if energy["snn_pj_per_sample"] is not None and energy["ann_pj_per_sample"]
-        else None
-    )
+    energy = energy_estimate(sops_per_sample, trace.ann_macs, trace.input_macs)
     neurons = sum(p["neurons"] for p in populations)
     spikes = sum(p["spikes_per_sample"] for p in populations)
     attrs = trace.attrs
@@ -629,18 +655,9 @@ def inspect_command(
         ]
     )
     _print_table(header, rows)
-    energy = document["energy"]
-    click.echo("")
-    if energy["snn_pj_per_sample"] is not None:
-        line = (
-            f"energy (estimate, {energy['e_ac_pj']} pJ/SOP): SNN {energy['snn_pj_per_sample'] / 1e6:.3f} uJ per sample"
-        )
-        if energy["ann_pj_per_sample"] is not None:
-            line += (
-                f"; ANN ({energy['ann_macs_per_sample']:,} MACs x {energy['e_mac_pj']} pJ) "
-                f"{energy['ann_pj_per_sample'] / 1e6:.3f} uJ; ratio SNN/ANN {energy['snn_over_ann']:.3f}"
-            )
-        click.echo(line)
+    if document["energy"]["snn_pj_per_sample"] is not None:
+        click.echo("")
+        click.echo(_energy_line(document["energy"]))
     if plot is not None:
         click.echo(f"plot       {plot['path']}")
 

@@ -90,7 +90,7 @@ def plot_trace(
         raise BsnnError(f"{path}: cannot write images of type {suffix!r} (use one of {known})")
     if events is not None:
         raster, bars = figure.subplots(2, 1, height_ratios=(3, 2))
-        raster.scatter(events[:, 1], events[:, 2], s=2, marker="|", color="black", linewidths=0.8)
+        raster.scatter(events[:, 1], events[:, 2], s=30, marker="|", color="black", linewidths=1.2)
         raster.set_xlim(-0.5, trace.timesteps - 0.5)
         raster.set_ylim(-0.5, raster_pop.neurons - 0.5)
         for boundary in range(trace.phases, trace.timesteps, trace.phases):

@@ -48,6 +48,8 @@ import numpy as np
 
 from bsnn_graph.errors import TraceError
 
+from .simulate import E_AC_PJ, E_MAC_PJ
+
 if TYPE_CHECKING:
     from typing import Self
 
@@ -66,10 +68,6 @@ __all__ = [
 
 FORMAT = "bsnn-trace"
 FORMAT_VERSION = 1
-#: energy per synaptic operation (accumulate), pJ, 45 nm (Horowitz 2014)
-E_AC_PJ = 0.9
-#: energy per multiply-accumulate of the ANN, pJ, 45 nm (Horowitz 2014)
-E_MAC_PJ = 4.6
 
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 _CHUNK_BYTES = 1 << 18  # target chunk size, 256 KiB
@@ -164,6 +162,8 @@ class TraceWriter:
     labels : int labels of all ``samples_total`` samples, or None.
     ann_macs : multiply-accumulates per sample of the ANN the SNN encodes
         (for the energy estimate), or None if unknown.
+    input_macs : MACs per sample of the analog input layer, which the SNN
+        computes densely too (for the energy estimate), or None if unknown.
     output_stage : stage L + 1 of the output accumulator, or None if unknown
         (the first full output of the ``bsnn`` modes is at step (L + 1) K).
     record : names of populations whose spike events are stored.
@@ -187,6 +187,7 @@ class TraceWriter:
         input_path: str | os.PathLike | None = None,
         labels: np.ndarray | None = None,
         ann_macs: int | None = None,
+        input_macs: int | None = None,
         output_stage: int | None = None,
         record: Iterable[str] = (),
         record_samples: Iterable[int] | None = None,
@@ -236,6 +237,7 @@ class TraceWriter:
                 input_path=input_path,
                 labels=labels,
                 ann_macs=ann_macs,
+                input_macs=input_macs,
                 output_stage=output_stage,
                 record_samples=record_samples,
                 attributes=attributes or {},
@@ -259,6 +261,7 @@ class TraceWriter:
         input_path,
         labels,
         ann_macs,
+        input_macs,
         output_stage,
         record_samples,
         attributes,
@@ -283,6 +286,7 @@ class TraceWriter:
             "samples_written": 0,
             "complete": False,
             "ann_macs": int(ann_macs) if ann_macs is not None else -1,
+            "input_macs": int(input_macs) if input_macs is not None else -1,
             "output_stage": int(output_stage) if output_stage is not None else -1,
             "e_ac_pj": E_AC_PJ,
             "e_mac_pj": E_MAC_PJ,
@@ -457,9 +461,13 @@ def write_trace(path: str | os.PathLike, result: Any, **kwargs: Any) -> Path:
 
     ``kwargs`` are those of :class:`TraceWriter` except ``populations``,
     ``timesteps``, ``phases``, ``mode``, ``classes`` and ``samples_total``,
-    which are taken from ``result``. Returns the path written.
+    which are taken from ``result`` (as are ``ann_macs`` and ``input_macs``
+    unless given). Returns the path written.
     """
     logits = np.asarray(result.logits)
+    for key in ("ann_macs", "input_macs"):
+        if key not in kwargs and getattr(result, key, None) is not None:
+            kwargs[key] = int(getattr(result, key))
     writer = TraceWriter(
         path,
         populations=result.populations,
@@ -560,6 +568,8 @@ class Trace:
         self.classes = int(self.attrs.get("classes", file["logits"].shape[2]))
         macs = int(self.attrs.get("ann_macs", -1))
         self.ann_macs = macs if macs >= 0 else None
+        macs = int(self.attrs.get("input_macs", -1))
+        self.input_macs = macs if macs >= 0 else None
         stage = int(self.attrs.get("output_stage", -1))
         self.output_stage = stage if stage >= 0 else None
         if file["predictions"].shape[0] < self.samples or file["logits"].shape[0] < self.samples:

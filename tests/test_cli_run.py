@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 from test_trace import CLASSES, POPULATIONS, K, T, batch_of, make_result
 
+import runtime
+from bsnn_graph import evaluate, ir, save_onnx
+from bsnn_graph import ops as O
 from bsnn_graph.cli import main
-from runtime.trace import TraceWriter, write_trace
+from runtime.trace import TraceWriter, open_trace, write_trace
 
 
 def invoke(*args: str):
@@ -71,7 +74,7 @@ def test_inspect_table_labels_the_energy_as_an_estimate(synthetic_trace):
     path, _, _ = synthetic_trace
     out = invoke("inspect", path, "--population", "pool1")
     assert out.exit_code == 0, out.output
-    assert "energy (estimate, 0.9 pJ/SOP)" in out.stdout
+    assert "estimate: E_AC = 0.9 pJ per SOP, E_MAC = 4.6 pJ per MAC" in out.stdout
     assert "pool1" in out.stdout and "fc1" not in out.stdout.split("population")[1].split("total")[0]
 
 
@@ -129,3 +132,218 @@ def test_inspect_bad_files(tmp_path):
     assert "not an HDF5 file" in one_error_line(invoke("inspect", tmp_path / "text.h5"))
     path = write_trace(tmp_path / "ok.h5", make_result(2))
     assert "no population 'conv9'" in one_error_line(invoke("inspect", path, "--population", "conv9"))
+
+
+# --------------------------------------------------------------------------- run / eval on a real spiking graph
+
+SNN_K, SNN_T, SNN_N = 4, 24, 12
+
+
+def tiny_snn(phases: int = SNN_K, mode: str = "bsnn", seed: int = 5):
+    """Input 1x6x6 -> conv 3x3 (3) -> population -> max gate 2x2 -> gemm (8) -> population -> gemm (4) -> output."""
+    rng = np.random.default_rng(seed)
+    g = ir.new_graph("tiny_snn")
+    ir.add_node(g, "x", O.Input(shape=(1, 6, 6)))
+    conv = O.Conv(
+        weight=rng.normal(0, 0.5, (3, 1, 3, 3)).astype(np.float32),
+        bias=np.full(3, 0.05, np.float32),
+        strides=(1, 1),
+        pads=(1, 1, 1, 1),
+        dilations=(1, 1),
+    )
+    ir.add_node(g, "conv", conv, ["x"])
+    ir.add_node(g, "relu1", O.Population(mode=mode, phases=phases, stage=1), ["conv"])
+    gate = O.MaxGate(mode=mode, phases=phases, stage=1, kernel_shape=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0))
+    ir.add_node(g, "pool", gate, ["relu1"])
+    ir.add_node(g, "flat", O.Flatten(axis=1), ["pool"])
+    fc1 = O.Gemm(weight=rng.normal(0, 0.3, (8, 27)).astype(np.float32), bias=np.zeros(8, np.float32))
+    ir.add_node(g, "fc1", fc1, ["flat"])
+    ir.add_node(g, "relu2", O.Population(mode=mode, phases=phases, stage=2), ["fc1"])
+    fc2 = O.Gemm(weight=rng.normal(0, 0.5, (4, 8)).astype(np.float32), bias=np.zeros(4, np.float32))
+    ir.add_node(g, "fc2", fc2, ["relu2"])
+    ir.add_node(g, "out", O.OutputAccumulator(mode=mode, phases=phases, stage=3), ["fc2"])
+    g.graph["outputs"] = ["out"]
+    ir.verify(g)
+    return g
+
+
+@pytest.fixture
+def snn(tmp_path):
+    """(model path, data path, x, labels): labels are the normalised ANN's classes."""
+    graph = tiny_snn()
+    model = tmp_path / "tiny_snn.onnx"
+    save_onnx(graph, model)
+    x = np.random.default_rng(100).uniform(0, 1, (SNN_N, 1, 6, 6)).astype(np.float32)
+    labels = evaluate(graph, x).argmax(axis=1)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, y=labels)
+    return model, data, x, labels
+
+
+def test_run_with_trace_then_inspect(snn, tmp_path):
+    model, data, x, labels = snn
+    trace_path = tmp_path / "run.h5"
+    out = invoke(
+        "run", model, "--data", data, "-T", SNN_T, "--trace", trace_path, "--record", "relu1,relu2",
+        "--record-samples", "0,3,10-11", "--batch-size", 5, "--threads", 1, "--json",
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert (doc["mode"], doc["phases"], doc["timesteps"], doc["samples"]) == ("bsnn", SNN_K, SNN_T, SNN_N)
+    assert doc["first_output_step"] == 3 * SNN_K
+    assert doc["accuracy"] == pytest.approx(np.mean(np.array(doc["predictions"]) == labels))
+    assert doc["accuracy"] >= 0.75  # the SNN approximates its normalised ANN (K = 4, two periods after T_first)
+    assert doc["accuracy_per_step"][SNN_T - 1] == doc["accuracy"]
+    assert doc["accuracy_per_step"][3 * SNN_K - 1] == doc["accuracy_first_output"]
+    assert doc["trace"] == str(trace_path) and doc["seconds_per_sample"] > 0
+
+    reference = runtime.simulate(
+        runtime.load(model), x, SNN_T, record=["relu1", "relu2"], record_samples=[0, 3, 10, 11]
+    )
+    assert doc["predictions"] == reference.predictions[-1].tolist()
+    with open_trace(trace_path) as trace:
+        assert trace.complete and trace.samples == SNN_N
+        assert trace.attrs["model_file"] == "tiny_snn.onnx" and trace.attrs["input_file"] == "data.npz"
+        np.testing.assert_array_equal(trace.predictions, reference.predictions.T)
+        np.testing.assert_array_equal(trace.logits, reference.logits.transpose(1, 0, 2))
+        np.testing.assert_array_equal(trace.labels, labels)
+        np.testing.assert_array_equal(trace.sops, reference.sops)
+        assert [p.name for p in trace.populations] == ["relu1", "pool", "relu2"]
+        for pop in trace.populations:
+            np.testing.assert_array_equal(pop.spike_counts, reference.spike_counts[pop.name].reshape(SNN_N, -1))
+            np.testing.assert_array_equal(pop.sops, reference.sops_per_population[pop.name])
+        np.testing.assert_array_equal(trace.population("relu1").events, reference.events["relu1"])
+        assert set(trace.population("relu2").events[:, 0]) <= {0, 3, 10, 11}
+        assert trace.population("pool").events is None
+
+    inspected = json.loads(invoke("inspect", trace_path, "--json").stdout)
+    for key in ("samples", "mode", "phases", "timesteps", "first_output_step", "accuracy", "accuracy_first_output"):
+        assert inspected[key] == doc[key], key
+    assert inspected["sops_per_sample"] == pytest.approx(doc["sops_per_sample"])
+    assert inspected["energy"] == pytest.approx(doc["energy"])
+    assert inspected["energy"]["ann_macs_per_sample"] == reference.ann_macs > 0
+    spikes = {name: counts.sum() / SNN_N for name, counts in reference.spike_counts.items()}
+    for summary in inspected["populations"]:
+        assert summary["spikes_per_sample"] == pytest.approx(spikes[summary["name"]])
+
+    png = tmp_path / "relu2.png"
+    plotted = json.loads(invoke("inspect", trace_path, "--plot", png, "--population", "relu2", "--json").stdout)
+    assert plotted["plot"]["raster_population"] == "relu2" and plotted["plot"]["raster_sample"] == 0
+    assert plotted["plot"]["raster_spikes"] == int(np.sum(reference.events["relu2"][:, 0] == 0))
+    assert png.stat().st_size > 1000
+
+
+def test_run_table(snn):
+    model, data, _, _ = snn
+    out = invoke("run", model, "--data", data, "-T", SNN_T, "--limit", 4)
+    assert out.exit_code == 0, out.output
+    assert "4 samples" in out.stdout and f"at the first full output (T = {3 * SNN_K})" in out.stdout
+    assert "ms per sample" in out.stdout and "estimate: E_AC" in out.stdout
+
+
+def test_run_never_clobbers_a_trace(snn, tmp_path):
+    model, data, _, _ = snn
+    trace_path = tmp_path / "old.h5"
+    trace_path.write_bytes(b"an earlier run")
+    line = one_error_line(invoke("run", model, "--data", data, "-T", 8, "--trace", trace_path))
+    assert "old.h5: file exists (use --overwrite" in line
+    assert trace_path.read_bytes() == b"an earlier run"
+    out = invoke("run", model, "--data", data, "-T", 8, "--trace", trace_path, "--overwrite", "--json")
+    assert out.exit_code == 0, out.output
+    with open_trace(trace_path) as trace:
+        assert trace.complete and trace.timesteps == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "old.h5", "tiny_snn.onnx"]
+
+
+def test_interrupted_run_leaves_a_partial_trace(snn, tmp_path, monkeypatch):
+    model, data, _, labels = snn
+    real_simulate = runtime.simulate
+
+    def interrupted_after_two_batches(graph, x, timesteps, on_batch=None, **kwargs):
+        calls = []
+
+        def hook(start, stop, partial):
+            on_batch(start, stop, partial)
+            calls.append(stop)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # what Ctrl-C does between two batches
+
+        return real_simulate(graph, x, timesteps, on_batch=hook, **kwargs)
+
+    monkeypatch.setattr(runtime, "simulate", interrupted_after_two_batches)
+    trace_path = tmp_path / "partial.h5"
+    out = invoke("run", model, "--data", data, "-T", SNN_T, "--batch-size", 5, "--trace", trace_path)
+    assert out.exit_code == 130
+    assert "interrupted after 10 of 12 samples; partial trace in" in out.stderr
+    with open_trace(trace_path) as trace:
+        assert (trace.samples, trace.samples_total, trace.complete) == (10, 12, False)
+        np.testing.assert_array_equal(trace.labels, labels[:10])
+    doc = json.loads(invoke("inspect", trace_path, "--json").stdout)
+    assert (doc["samples"], doc["complete"]) == (10, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "partial.h5", "tiny_snn.onnx"]
+
+
+def test_run_bad_inputs(snn, tmp_path):
+    model, data, _, _ = snn
+    assert "no such data file" in one_error_line(invoke("run", model, "--data", tmp_path / "none.npz", "-T", 4))
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((3, 5, 5), np.float32))
+    assert "do not fit the model input (1, 6, 6)" in one_error_line(invoke("run", model, "--data", wrong, "-T", 4))
+    assert "no such model file" in one_error_line(invoke("run", tmp_path / "none.onnx", "--data", data, "-T", 4))
+    line = one_error_line(invoke("run", model, "--data", data, "-T", 4, "--trace", tmp_path / "t.h5", "--record", "x9"))
+    assert "'x9': no such population (have relu1, pool, relu2)" in line
+    line = one_error_line(invoke("run", model, "--data", data, "-T", 4, "--trace", tmp_path / "no" / "t.h5"))
+    assert "does not exist" in line
+    ann = tmp_path / "ann.onnx"
+    graph = tiny_snn()
+    ann_graph = ir.new_graph("ann")
+    ir.add_node(ann_graph, "x", O.Input(shape=(1, 6, 6)))
+    ir.add_node(ann_graph, "conv", ir.op_of(graph, "conv"), ["x"])
+    ir.add_node(ann_graph, "relu", O.Relu(), ["conv"])
+    ann_graph.graph["outputs"] = ["relu"]
+    save_onnx(ann_graph, ann)
+    assert "not a converted spiking graph" in one_error_line(invoke("run", ann, "--data", data, "-T", 4))
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_eval_on_a_converted_model(snn):
+    model, data, x, labels = snn
+    out = invoke("eval", model, "--data", data, "-T", "8,12,24", "--json")
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["ann_accuracy"] == 1.0  # labels are the normalised ANN's own classes
+    assert doc["reference"].startswith("normalised ANN") and doc["timesteps"] == [8, 12, 24]
+    bsnn = doc["modes"]["bsnn"]
+    reference = runtime.simulate(runtime.load(model), x, 24).accuracy(labels)
+    assert bsnn["accuracy"] == pytest.approx([reference[7], reference[11], reference[23]])
+    assert bsnn["accuracy_per_step"] == pytest.approx(reference.tolist())
+    within = [t + 1 for t, a in enumerate(reference) if a >= 0.99]
+    assert bsnn["first_step_within_1_point"] == (within[0] if within else None)
+    assert bsnn["first_output_step"] == 12
+    table = invoke("eval", model, "--data", data, "-T", "8,12,24")
+    assert "first T within 1 pt" in table.stdout and "bsnn (K=4)" in table.stdout
+    line = one_error_line(invoke("eval", model, "--data", data, "--modes", "if-rate"))
+    assert "already converted (mode bsnn)" in line
+
+
+def test_eval_converts_an_ann(tmp_path, data_dir):
+    samples = np.load(data_dir / "vgg_tiny.npz")
+    data = tmp_path / "vgg.npz"
+    np.savez(data, x=samples["x"], y=samples["y"].argmax(axis=1))
+    model = data_dir / "vgg_tiny_legacy.onnx"
+    line = one_error_line(invoke("eval", model, "--data", data))
+    assert "needs calibration data (--calib DATA)" in line
+    out = invoke(
+        "eval", model, "--data", data, "--calib", data, "--modes", "bsnn,if-rate", "-T", "8,32", "--phases", 4, "--json"
+    )
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["reference"] == "ANN" and doc["ann_accuracy"] == 1.0 and doc["samples"] == 5
+    assert set(doc["modes"]) == {"bsnn", "if-rate"}
+    assert doc["modes"]["bsnn"]["phases"] == 4 and doc["modes"]["if-rate"]["first_output_step"] is None
+    for result in doc["modes"].values():
+        assert len(result["accuracy"]) == 2 and len(result["accuracy_per_step"]) == 32
+        assert result["accuracy"][1] == result["accuracy_per_step"][31]
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, x=samples["x"])
+    assert "eval needs labels" in one_error_line(invoke("eval", model, "--data", unlabelled, "--calib", data))
