@@ -248,10 +248,16 @@ def test_run_never_clobbers_a_trace(snn, tmp_path):
     line = one_error_line(invoke("run", model, "--data", data, "-T", 8, "--trace", trace_path))
     assert "old.h5: file exists (use --overwrite" in line
     assert trace_path.read_bytes() == b"an earlier run"
-    out = invoke("run", model, "--data", data, "-T", 8, "--trace", trace_path, "--overwrite", "--json")
+    out = invoke(
+        "run", model, "--data", data, "-T", 8, "--trace", trace_path, "--overwrite", "--record", "all",
+        "--record-samples", 2, "--json",
+    )  # fmt: skip
     assert out.exit_code == 0, out.output
     with open_trace(trace_path) as trace:
         assert trace.complete and trace.timesteps == 8
+        assert all(p.recorded for p in trace.populations)
+        assert all(set(p.events[:, 0]) <= {0, 1} for p in trace.populations)
+        np.testing.assert_array_equal(trace.population("pool").recorded_samples, [0, 1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "old.h5", "tiny_snn.onnx"]
 
 
