@@ -4,6 +4,11 @@
 (``result = passes.fold_batchnorm(graph)``; ``result.graph``,
 ``result.modified``); :func:`convert` runs them all (or up to ``until``).
 The output satisfies the spiking graph contract of ``docs/design.md``.
+
+Each pass lives in the module of its name (``passes/fold_batchnorm.py``);
+the package attribute of that name is the :class:`Pass` object, so
+``from passes import fold_batchnorm`` gives the pass, and
+``importlib.import_module("passes.fold_batchnorm")`` the module.
 """
 
 from __future__ import annotations
