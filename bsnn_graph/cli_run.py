@@ -395,7 +395,7 @@ def run_command(
     "--modes", default="bsnn", show_default=True, help="Neuron modes to compare (bsnn, bsnn-nosn, phase, if-rate)."
 )
 @click.option("-T", "--timesteps", "timesteps_text", default="16,32,64,128", show_default=True, help="Steps to report.")
-@click.option("--phases", type=click.IntRange(1, 16), help="K, phases per period (ANN models; default 8).")
+@click.option("-K", "--phases", type=click.IntRange(1, 16), help="K, phases per period (ANN models; default 8).")
 @click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), help="Normalisation percentile.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")

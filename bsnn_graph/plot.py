@@ -18,6 +18,8 @@ from .fileutil import atomic_output
 
 __all__ = ["plot_trace"]
 
+_RASTER_ROWS = 300  # about the raster's height in pixels at 120 dpi
+
 
 def _figure_class():
     try:
@@ -90,16 +92,36 @@ def plot_trace(
         raise BsnnError(f"{path}: cannot write images of type {suffix!r} (use one of {known})")
     if events is not None:
         raster, bars = figure.subplots(2, 1, height_ratios=(3, 2))
-        raster.scatter(events[:, 1], events[:, 2], s=30, marker="|", color="black", linewidths=1.2)
+        neurons = raster_pop.neurons
+        binned = ""
+        if neurons <= _RASTER_ROWS:
+            # one row per neuron: a tick as tall as the row (in points), within reason
+            size = min(max((250.0 / max(neurons, 1)) ** 2, 1.0), 36.0)
+            raster.scatter(events[:, 1], events[:, 2], s=size, marker="|", color="black", linewidths=1.0)
+        else:
+            # more neurons than pixel rows: show spikes per group of neurons and step
+            per_row = -(-neurons // _RASTER_ROWS)
+            image = np.zeros((-(-neurons // per_row), trace.timesteps), np.int32)
+            np.add.at(image, (events[:, 2] // per_row, events[:, 1]), 1)
+            shown = raster.imshow(
+                image,
+                aspect="auto",
+                origin="lower",
+                cmap="Greys",
+                interpolation="nearest",
+                extent=(-0.5, trace.timesteps - 0.5, -0.5, image.shape[0] * per_row - 0.5),
+            )
+            figure.colorbar(shown, ax=raster, label=f"spikes per {per_row} neurons")
+            binned = f", neurons in groups of {per_row}"
         raster.set_xlim(-0.5, trace.timesteps - 0.5)
-        raster.set_ylim(-0.5, raster_pop.neurons - 0.5)
+        raster.set_ylim(-0.5, neurons - 0.5)
         for boundary in range(trace.phases, trace.timesteps, trace.phases):
             raster.axvline(boundary - 0.5, color="0.85", linewidth=0.6, zorder=0)
         raster.set_xlabel("time step")
         raster.set_ylabel("neuron (flat index)")
         raster.set_title(
             f"{raster_pop.name} ({raster_pop.op_type}, stage {raster_pop.stage}), sample {sample}: "
-            f"{len(events)} spikes; period boundaries every K = {trace.phases} steps",
+            f"{len(events)} spikes; period boundaries every K = {trace.phases} steps{binned}",
             fontsize=9,
         )
     else:

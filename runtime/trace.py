@@ -96,6 +96,13 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
 
+def _new_file_mode() -> int:
+    """Permissions an ordinary new file gets (0666 minus the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 digest of the file at ``path``."""
     digest = hashlib.sha256()
@@ -225,6 +232,7 @@ class TraceWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
         os.close(fd)
         self._tmp = Path(tmp)
+        os.chmod(self._tmp, _new_file_mode())  # mkstemp makes 0600; give the usual rw-r--r-- (umask)
         try:
             self._create(
                 populations=populations,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from types import SimpleNamespace
 
 import h5py
@@ -99,6 +101,9 @@ def test_round_trip_gives_identical_arrays(tmp_path, model_file):
         path, result, model_path=model_file, input_path="data/x.npz", labels=labels, ann_macs=123456, record=names
     )
     assert written == path
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
     with open_trace(path) as trace:
         assert trace.attrs["format"] == FORMAT and trace.attrs["format_version"] == FORMAT_VERSION
         assert trace.attrs["model_sha256"] == file_sha256(model_file)
