@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -370,3 +371,28 @@ def test_predictions_equal_runtime(mode, make, images):
     assert spikes.sum() > 0
     # float32 summation order may flip a spike at an exact threshold tie, nothing more
     assert np.abs(ours.spikes - spikes).sum() <= 1e-4 * spikes.sum()
+
+
+def test_compare_script_quick(tmp_path):
+    """benchmarks/compare_runtime.py end to end on a tiny converted ResNet: table, JSON, both simulators agree."""
+    runtime = pytest.importorskip("runtime")
+    if not hasattr(runtime, "simulate"):
+        pytest.skip("runtime.simulate is not available")
+    import compare_runtime
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=rng.random((40, 1, 12, 12)).astype(np.float32), y=rng.integers(0, 10, 40))
+    out = tmp_path / "compare.json"
+    model = Path(__file__).resolve().parent / "data" / "resnet_tiny_legacy.onnx"
+    compare_runtime.main([str(model), "--calib", str(data), "--data", str(data), "--modes", "bsnn,if-rate",
+                          "--quick", "--threads", "1", "--json-out", str(out)])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [m["mode"] for m in report["modes"]] == ["bsnn", "if-rate"]
+    assert report["timesteps"] == (report["modes"][0]["largest_stage"] + 1) * report["phases"]
+    for record in report["modes"]:
+        assert record["agreement"] == 1.0
+        assert record["accuracy_runtime"] == record["accuracy_dense"]
+        assert {r["simulator"] for r in record["runs"]} == {"runtime", "dense"}
+        assert all(r["images_per_s"] > 0 and r["latency_ms"] > 0 for r in record["runs"])
+        assert record["sops_per_image"] > 0
