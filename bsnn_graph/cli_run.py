@@ -330,7 +330,7 @@ def run_command(
         if isinstance(exc, KeyboardInterrupt):
             click.echo(f"interrupted after {written[0]} of {n} samples; {note}", err=True)
             sys.exit(130)
-        if trace_path is not None:
+        if where is not None:
             click.echo(f"run failed after {written[0]} of {n} samples; {note}", err=True)
         raise
     trace_written = writer[0].close() if writer else None
@@ -509,7 +509,7 @@ def eval_command(
         _echo_json(document)
         return
     click.echo(f"reference  {reference}: {_percent(ann_accuracy)} on {len(x)} samples of {data_path}")
-    header = ["T"] + [f"{m} (K={r['phases']})" for m, r in results.items()]
+    header = ["T"] + [m if m == "if-rate" else f"{m} (K={r['phases']})" for m, r in results.items()]
     rows = [[str(t)] + [_percent(r["accuracy"][i]) for r in results.values()] for i, t in enumerate(steps)]
     rows.append(["first full output"] + [str(r["first_output_step"] or "-") for r in results.values()])
     rows.append(["first T within 1 pt"] + [str(r["first_step_within_1_point"] or "-") for r in results.values()])

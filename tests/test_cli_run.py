@@ -22,10 +22,13 @@ def invoke(*args: str):
 
 
 def one_error_line(result) -> str:
+    """The error line of a failed command: exit 1, one ``error:`` line (after any progress label), no traceback."""
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "", result.stdout
+    return errors[0]
 
 
 # --------------------------------------------------------------------------- inspect on written traces
@@ -309,6 +312,8 @@ def test_run_bad_inputs(snn, tmp_path):
     ann_graph.graph["outputs"] = ["relu"]
     save_onnx(ann_graph, ann)
     assert "not a converted spiking graph" in one_error_line(invoke("run", ann, "--data", data, "-T", 4))
+    line = one_error_line(invoke("run", model, "--data", data, "-T", 4, "--trace", tmp_path / "t.h5", "--threads", 999))
+    assert "threads must be between 1 and" in line
     assert not (tmp_path / "t.h5").exists()
 
 
