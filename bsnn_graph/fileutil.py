@@ -27,6 +27,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True):
         raise BsnnError(f"{path}: folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0o022)  # mkstemp makes 0600; give the file the permissions a new file gets
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

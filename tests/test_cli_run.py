@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 
 import numpy as np
@@ -91,6 +93,9 @@ def test_inspect_plot_is_written_and_not_clobbered(synthetic_trace, tmp_path):
     assert plot["raster_population"] == "fc1" and plot["raster_sample"] == 0
     assert plot["raster_spikes"] == int(np.sum(rows[:, 0] == 0))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o666 & ~umask  # atomic_output's temporary file was 0600
     before = png.read_bytes()
     line = one_error_line(invoke("inspect", path, "--plot", png))
     assert "file exists" in line and png.read_bytes() == before
