@@ -213,7 +213,7 @@ def _simulate_with_progress(runtime, graph, x, timesteps, label, on_batch=None, 
 
 
 @click.command("run")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", metavar="SNN.onnx", type=click.Path(dir_okay=False))
 @click.option(
     "--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Input samples (.npz or IDX)."
 )
@@ -388,15 +388,19 @@ def run_command(
 
 
 @click.command("eval")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False), help="Labelled test samples.")
 @click.option("--calib", "calib_path", type=click.Path(dir_okay=False), help="Calibration samples (ANN models).")
 @click.option(
-    "--modes", default="bsnn", show_default=True, help="Neuron modes to compare (bsnn, bsnn-nosn, phase, if-rate)."
+    "--modes", help="Neuron modes to compare, comma-separated: bsnn, bsnn-nosn, phase, if-rate (default bsnn)."
 )
 @click.option("-T", "--timesteps", "timesteps_text", default="16,32,64,128", show_default=True, help="Steps to report.")
 @click.option("-K", "--phases", type=click.IntRange(1, 16), help="K, phases per period (ANN models; default 8).")
-@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), help="Normalisation percentile.")
+@click.option(
+    "--percentile",
+    type=click.FloatRange(0, 100, min_open=True),
+    help="Normalisation percentile (ANN models; default 99.99).",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
 @click.option("--threads", type=click.IntRange(min=1), help="Worker threads (default: all cores).")
@@ -406,7 +410,7 @@ def eval_command(
     model: str,
     data_path: str,
     calib_path: str | None,
-    modes: str,
+    modes: str | None,
     timesteps_text: str,
     phases: int | None,
     percentile: float | None,
@@ -418,7 +422,7 @@ def eval_command(
 ) -> None:
     """Accuracy versus time steps per neuron mode, against the ANN.
 
-    MODEL may be an ANN (it is converted once per mode with the calibration
+    MODEL.onnx may be an ANN (it is converted once per mode with the calibration
     data --calib) or an already converted SNN (evaluated in its own mode,
     against the normalised ANN it encodes).
     """
@@ -427,7 +431,7 @@ def eval_command(
     from . import load_onnx
 
     steps = sorted(set(_parse_int_list(timesteps_text, "-T")))
-    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    wanted = [m.strip() for m in (modes or "bsnn").split(",") if m.strip()]
     bad = [m for m in wanted if m not in O.MODES]
     if bad or not wanted:
         raise click.BadParameter(
@@ -443,7 +447,7 @@ def eval_command(
         accumulator = _output_accumulator(graph)
         own_mode = accumulator.mode if accumulator is not None else "bsnn"
         own_phases = int(accumulator.phases) if accumulator is not None else None
-        if wanted != [own_mode] and modes != "bsnn":
+        if modes is not None and wanted != [own_mode]:
             raise BsnnError(f"{model}: already converted (mode {own_mode}); --modes applies to ANN models only")
         if phases is not None and phases != own_phases:
             raise BsnnError(f"{model}: already converted with K = {own_phases}; --phases applies to ANN models only")
