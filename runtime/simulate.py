@@ -256,7 +256,7 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits, events,
             event_start, record)
     if drive.shape[0] == 1:
-        kernels._simulate_one(*args, np.int64(numba.get_num_threads()))
+        kernels._simulate_one(*args, np.int64(numba.get_num_threads()), np.int64(kernels._SPLIT_MIN_WORK))
     else:
         kernels._simulate_batch(*args)
 

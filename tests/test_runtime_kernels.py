@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from spiking_graphs import Builder, resnet_graph, vgg_graph
@@ -140,12 +141,14 @@ def test_numba_delivery_equals_numpy_scatter(name):
         np.testing.assert_allclose(got, numpy_deliver(lowered, j, dense), rtol=1e-5, atol=1e-6)
 
 
-def test_batch_single_and_thread_paths_agree():
-    graph = vgg_graph(size=16, width=8)  # wide enough for the one-sample path to split the scatters
+def test_batch_single_and_thread_paths_agree(monkeypatch):
+    monkeypatch.setattr(kernels, "_SPLIT_MIN_WORK", 0)  # the one-sample path splits every conv and dense scatter
+    graph = vgg_graph(size=16, width=8)
     x = np.random.default_rng(2).random((3, 1, 16, 16)).astype(np.float32)
-    batch = runtime.simulate(graph, x, 64, batch_size=3, threads=2, record="all")
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    batch = runtime.simulate(graph, x, 64, batch_size=3, threads=threads, record="all")
     serial = runtime.simulate(graph, x, 64, batch_size=2, threads=1)
-    single = runtime.simulate(graph, x, 64, batch_size=1, threads=2, record="all")
+    single = runtime.simulate(graph, x, 64, batch_size=1, threads=threads, record="all")
     for name in batch.spike_counts:
         np.testing.assert_array_equal(batch.spike_counts[name], single.spike_counts[name])
         np.testing.assert_array_equal(batch.spike_counts[name], serial.spike_counts[name])
