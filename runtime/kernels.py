@@ -24,7 +24,7 @@ the stages; in ``bsnn-nosn`` also during fire periods). ``phase`` and
 Threshold comparisons are exact (no fastmath anywhere): a neuron fires at
 phase k iff ``V >= threshold * 2^-(k+1)`` (``V >= threshold`` in ``if-rate``).
 
-Parallelism: :func:`_simulate_batch` runs the samples of a batch in
+Parallelism (threading layer: see below): :func:`_simulate_batch` runs the samples of a batch in
 ``prange`` (each thread owns its samples' state);
 :func:`_simulate_one` runs one sample and splits the output channels of the
 larger convolution and dense scatters over the threads (each thread owns a slice of
@@ -33,6 +33,9 @@ channels, so no two threads write the same V).
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -89,9 +92,16 @@ from .lowering import (
 
 __all__: list[str] = []
 
+# Numba's "workqueue" threading layer unless the user chose one: measured on a loaded 2-core machine, one
+# sample split over 2 threads took 91 ms with it and 712 ms with OpenMP (whose idle workers are slow to wake
+# when the cores are shared); batch throughput was the same. The kernels never nest parallel regions, which
+# is all workqueue lacks. Only effective if no parallel Numba code ran before in this process.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
 #: below this many synaptic updates per projection and step, the one-sample path stays serial
 #: (a parallel region costs microseconds, far more on a loaded machine)
-_SPLIT_MIN_WORK = 65536
+_SPLIT_MIN_WORK = 262144
 
 
 # --------------------------------------------------------------------------- synaptic cores
@@ -412,11 +422,8 @@ def _record(events, event, event_end, t, n, spikes, soff, count):
 
 
 @njit(cache=True)
-def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
-                fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                max_gate_out, counts, sops, predictions, logits, events, event_start, record):
-    """Simulate sample ``b`` of the batch for ``timesteps`` steps, writing row b of the outputs."""
-    nodes = node_table.shape[0]
+def _new_state(nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out):
+    """Zeroed per-sample state (a serial function: in a parallel one each np.zeros would be a parallel region)."""
     V = np.zeros(max(state_size, 1), np.float32)
     spikes = np.zeros(max(spike_size, 1), np.int32)
     flags = np.zeros(max(spike_size, 1), np.uint8)
@@ -425,6 +432,18 @@ def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, we
     emitted = np.zeros(max(emitted_size, 1), np.float32)
     touched = np.zeros(max(max_gate_out, 1), np.uint8)
     tlist = np.zeros(max(max_gate_out, 1), np.int32)
+    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist
+
+
+@njit(cache=True)
+def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
+                fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
+                max_gate_out, counts, sops, predictions, logits, events, event_start, record):
+    """Simulate sample ``b`` of the batch for ``timesteps`` steps, writing row b of the outputs."""
+    nodes = node_table.shape[0]
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
+        nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
+    )
     event = event_start[b]
     event_end = event_start[b + 1]
     for t in range(timesteps):
@@ -468,14 +487,9 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
     threads write the same membrane potential.
     """
     nodes = node_table.shape[0]
-    V = np.zeros(max(state_size, 1), np.float32)
-    spikes = np.zeros(max(spike_size, 1), np.int32)
-    flags = np.zeros(max(spike_size, 1), np.uint8)
-    nspikes = np.zeros(nodes, np.int32)
-    candidates = np.zeros(max(candidate_size, 1), np.uint8)
-    emitted = np.zeros(max(emitted_size, 1), np.float32)
-    touched = np.zeros(max(max_gate_out, 1), np.uint8)
-    tlist = np.zeros(max(max_gate_out, 1), np.int32)
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
+        nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
+    )
     event = event_start[0]
     event_end = event_start[1]
     for t in range(timesteps):
