@@ -145,6 +145,8 @@ def _check_input(lowered: LoweredGraph, x) -> np.ndarray:
             f"input of shape {x.shape} does not fit graph input {lowered.input_name!r}: "
             f"expected (N, {', '.join(map(str, expected))})"
         )
+    if x.shape[0] == 0:
+        raise DataError(f"input of shape {x.shape} has no samples")
     return np.ascontiguousarray(x)
 
 
@@ -171,6 +173,8 @@ def simulate(
     threads : number of threads (None: all cores).
     record : names of spiking nodes whose spike events to return, or ``"all"``.
     record_samples : sample indices (into ``x``) whose events to return; None: all.
+        Recording runs the recorded samples a second time with an event
+        buffer of exactly the size the first run counted.
     on_batch : called as ``on_batch(start, stop, batch_result)`` after each
         batch; ``batch_result`` holds samples ``start:stop`` only (its events
         carry global sample indices), so a trace writer can stream.

@@ -98,6 +98,7 @@ def test_single_sample_without_batch_axis(vgg, images):
     ("kwargs", "error", "text"),
     [
         ({"x": np.zeros((2, 1, 10, 12), np.float32)}, DataError, r"\(2, 1, 10, 12\).*\(N, 1, 12, 12\)"),
+        ({"x": np.zeros((0, 1, 12, 12), np.float32)}, DataError, "has no samples"),
         ({"timesteps": 0}, BsnnError, "timesteps must be an integer >= 1"),
         ({"batch_size": 0}, BsnnError, "batch_size"),
         ({"threads": 99}, BsnnError, "threads must be between 1 and"),
