@@ -277,9 +277,10 @@ def export_onnx(model: nn.Module, path: Path, dynamo: bool) -> dict:
             )
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto, full_check=True)
+    exporter = "torch.onnx.export(dynamo=True)" if dynamo else f"torch.onnx.export(dynamo=False, opset {LEGACY_OPSET})"
     return {
         "file": path.name,
-        "exporter": "torch.onnx.export(dynamo=True)" if dynamo else f"torch.onnx.export(dynamo=False, opset {LEGACY_OPSET})",
+        "exporter": exporter,
         "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         "bytes": path.stat().st_size,
         "ops": dict(sorted(collections.Counter(node.op_type for node in proto.graph.node).items())),
@@ -315,6 +316,7 @@ def run_model(name: str, epochs: int, train_set, test_set, command: str) -> dict
     model = build_model(name)
     params = sum(p.numel() for p in model.parameters())
     print(f"{name}: {params} parameters, {epochs} epochs", flush=True)
+    load_before = [round(load, 2) for load in os.getloadavg()]  # the machine is shared: explains slow epochs
     start = time.perf_counter()
     history = train(model, *train_set, epochs=epochs, max_lr=config["max_lr"])
     train_seconds = time.perf_counter() - start
@@ -336,6 +338,8 @@ def run_model(name: str, epochs: int, train_set, test_set, command: str) -> dict
         "test_accuracy_torch": round(float((reference.argmax(1) == labels).mean()), 4),
         "test_images": len(labels),
         "training_seconds": round(train_seconds, 1),
+        "load_average_1_5_15min_before_training": load_before,
+        "load_average_1_5_15min_after_training": [round(load, 2) for load in os.getloadavg()],
         "history": history,
         "command": command,
         "machine": machine(),
