@@ -59,7 +59,7 @@ from bsnn_graph.errors import BsnnError, DataError, ModelError
 
 __all__ = ["LINEAR_OPS", "DenseResult", "DenseSimulator"]
 
-#: ops allowed between spiking nodes (Identity and Dropout are no-ops)
+LINEAR_OPS = O.LINEAR_PROJECTIONS
 LINEAR_OPS = (
     O.Conv,
     O.Gemm,

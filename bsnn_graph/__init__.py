@@ -12,17 +12,17 @@ from .executor import evaluate
 from .ir import GraphError, verify
 
 __all__ = [
-    "ops",
-    "load_onnx",
-    "save_onnx",
-    "evaluate",
-    "verify",
     "BsnnError",
     "ConversionError",
     "DataError",
+    "GraphError",
     "ModelError",
     "TraceError",
-    "GraphError",
+    "evaluate",
+    "load_onnx",
+    "ops",
+    "save_onnx",
+    "verify",
 ]
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["load_dataset", "read_idx", "iterate_batches", "fit_to_input"]
+__all__ = ["fit_to_input", "iterate_batches", "load_dataset", "read_idx"]
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -80,7 +80,7 @@ def load_dataset(
                 if "x" not in f:
                     raise DataError(f"{path}: npz file has no array 'x' (has {', '.join(f.files) or 'nothing'})")
                 images = f["x"]
-                labels = f["y"] if "y" in f else None
+                labels = f.get("y")
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read npz file ({exc})") from None
     else:

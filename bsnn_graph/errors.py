@@ -1,7 +1,7 @@
 """Errors a user can cause. Their messages are one line that names the file,
 node, op or shape at fault; the CLI prints them without a traceback."""
 
-__all__ = ["BsnnError", "ModelError", "ConversionError", "DataError", "TraceError"]
+__all__ = ["BsnnError", "ConversionError", "DataError", "ModelError", "TraceError"]
 
 
 class BsnnError(Exception):

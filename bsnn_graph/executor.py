@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import ops as O
 from .ir import consumers, inputs_of, op_of, topological_order
 
-__all__ = ["evaluate", "iterate_activations", "conv_nd", "pool_nd"]
+__all__ = ["conv_nd", "evaluate", "iterate_activations", "pool_nd"]
 
 
 def _spatial_params(op, spatial: int):

@@ -26,20 +26,20 @@ from .ops import Input, Op, ShapeError
 
 __all__ = [
     "GraphError",
-    "new_graph",
     "add_node",
-    "op_of",
-    "shape_of",
-    "inputs_of",
     "consumers",
-    "topological_order",
-    "set_inputs",
-    "replace_uses",
-    "remove_node",
-    "unique_name",
-    "infer_shapes",
-    "verify",
     "graphs_equal",
+    "infer_shapes",
+    "inputs_of",
+    "new_graph",
+    "op_of",
+    "remove_node",
+    "replace_uses",
+    "set_inputs",
+    "shape_of",
+    "topological_order",
+    "unique_name",
+    "verify",
 ]
 
 

@@ -42,20 +42,8 @@ from .normalise import read_scales
 
 __all__ = ["LINEAR", "SPIKING", "check_convertible", "compute_stages", "spiking_sources", "to_spiking"]
 
-SPIKING = (O.Input, O.Population, O.MaxGate)  # Population includes SynchronousNeuron
-LINEAR = (
-    O.Conv,
-    O.Gemm,
-    O.AveragePool,
-    O.GlobalAveragePool,
-    O.Flatten,
-    O.Reshape,
-    O.Add,
-    O.Sum,
-    O.Mul,
-    O.Concat,
-    O.Pad,
-)
+SPIKING = O.SPIKING_SOURCES
+LINEAR = O.LINEAR_PROJECTIONS
 
 
 def _linear_problem(graph: nx.DiGraph, name: str, op: O.Op) -> str | None:
