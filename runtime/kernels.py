@@ -103,6 +103,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 #: (a parallel region costs microseconds, far more on a loaded machine)
 _SPLIT_MIN_WORK = 262144
 
+#: mode ``bsnn``: deliver a neuron's spikes into populations once per fire period (see :func:`_run_sample`);
+#: False delivers every spike in its own step (the tests compare the two)
+_COALESCE = True
+
 
 # --------------------------------------------------------------------------- synaptic cores
 
@@ -176,28 +180,52 @@ def _csr_add(V, vbase, row0, indptr, cols, vals, m, value):
 
 
 @njit(cache=True)
-def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value):
-    """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``) of value ``value`` through projection j."""
+def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, lo, hi):
+    """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``) through projection j.
+
+    Each spike of neuron m carries ``value`` when ``qoff < 0``, else its own
+    coalesced value ``q[qoff + m]``. Conv and dense cores update only output
+    channels ``[lo, hi)``; a CSR core (never split) updates all its targets.
+    """
     target = proj[j, P_TARGET]
     vbase = node_table[target, N_STATE]
     core = proj[j, P_CORE]
     prefix = proj[j, P_PREFIX_ROW]
-    width = proj[j, P_COUT]
     for s in range(count):
         m = spikes[soff + s]
+        v = np.float32(value) if qoff < 0 else q[qoff + m]  # float32 always: a float64 v changes the rounding
         if core == CORE_CSR:
-            _csr_add(V, vbase, proj[j, P_CSR_ROW], indptr, cols, vals, m, value)
+            _csr_add(V, vbase, proj[j, P_CSR_ROW], indptr, cols, vals, m, v)
         elif prefix < 0:
             if core == CORE_CONV:
-                _conv_add(V, vbase, proj, j, weights, m, value, 0, width)
+                _conv_add(V, vbase, proj, j, weights, m, v, lo, hi)
             else:
-                _dense_add(V, vbase, proj, j, weights, m, value, 0, width)
+                _dense_add(V, vbase, proj, j, weights, m, v, lo, hi)
         else:
             for e in range(indptr[prefix + m], indptr[prefix + m + 1]):
                 if core == CORE_CONV:
-                    _conv_add(V, vbase, proj, j, weights, cols[e], value * vals[e], 0, width)
+                    _conv_add(V, vbase, proj, j, weights, cols[e], v * vals[e], lo, hi)
                 else:
-                    _dense_add(V, vbase, proj, j, weights, cols[e], value * vals[e], 0, width)
+                    _dense_add(V, vbase, proj, j, weights, cols[e], v * vals[e], lo, hi)
+
+
+@njit(cache=True)
+def _coalesces(mode, node_table, proj, j):
+    """Whether projection j delivers once per fire period (``bsnn``, target not the output) or every step."""
+    return mode == 0 and node_table[proj[j, P_TARGET], N_KIND] != KIND_OUTPUT
+
+
+@njit(cache=True)
+def _accumulate(q, active, nactive, n, spikes, soff, count, value):
+    """Add this step's spikes of node n (value ``value`` each) to its per-period emitted values ``q``."""
+    c = nactive[n]
+    for i in range(count):
+        m = spikes[soff + i]
+        if q[soff + m] == 0:
+            active[soff + c] = m
+            c += 1
+        q[soff + m] += value
+    nactive[n] = c
 
 
 # --------------------------------------------------------------------------- neurons
@@ -341,8 +369,8 @@ def _gate_step(mode, k, gate, g, spikes, ssoff, scount, sflags, emitted, eoff, c
 
 
 @njit(cache=True)
-def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, node_table, node_threshold, gate, fanout, bias, drive,
-               output_order, output, V, spikes, flags, nspikes, candidates, emitted, touched, tlist, counts, sops,
+def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, periods, node_table, node_threshold, gate, fanout,
+               bias, drive, output_order, output, V, spikes, flags, nspikes, candidates, emitted, touched, tlist, counts, sops,
                predictions, logits):
     """Node n at step t of sample b: receive constant current, fire (or gate), do the bookkeeping.
 
@@ -374,6 +402,8 @@ def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, node_table, node_
         else:
             integrate = p >= stage - 1 and (p - stage + 1) % 2 == 0
             fire = p >= stage and (p - stage) % 2 == 0
+            # a population's integrate period p only matters for its fire period p + 1
+            integrate = integrate and (kind == KIND_OUTPUT or p + 1 < periods)
         if integrate:
             doff = node_table[n, N_DRIVE]
             v = V[voff : voff + size]
@@ -432,102 +462,167 @@ def _new_state(nodes, state_size, spike_size, candidate_size, emitted_size, max_
     emitted = np.zeros(max(emitted_size, 1), np.float32)
     touched = np.zeros(max(max_gate_out, 1), np.uint8)
     tlist = np.zeros(max(max_gate_out, 1), np.int32)
-    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist
+    q = np.zeros(max(spike_size, 1), np.float32)
+    active = np.zeros(max(spike_size, 1), np.int32)
+    nactive = np.zeros(nodes, np.int32)
+    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q, active, nactive
 
 
 @njit(cache=True)
 def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                 fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                max_gate_out, counts, sops, predictions, logits, events, event_start, record):
-    """Simulate sample ``b`` of the batch for ``timesteps`` steps, writing row b of the outputs."""
+                max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries):
+    """Simulate sample ``b`` of the batch for ``timesteps`` steps, writing row b of the outputs.
+
+    With ``coalesce`` (mode ``bsnn`` only), a node's spikes into populations
+    are summed per neuron over its fire period and delivered once at the end
+    of the period (``q * row`` per active neuron): the target integrates
+    during the whole period and cannot fire before the next one, so only the
+    float32 summation order changes. Spikes into the output are delivered
+    every step (its V is read every step). A period whose targets could not
+    fire before ``timesteps`` is not delivered at all.
+    """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q, active, nactive = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
+    mode_c = mode if coalesce else -1  # -1: no projection coalesces
+    periods = (timesteps + phases - 1) // phases
     event = event_start[b]
     event_end = event_start[b + 1]
+    delivered = 0
     for t in range(timesteps):
         p = t // phases
         k = t - p * phases
         weight = np.float32(1.0) / np.float32(1 << (k + 1))
         for n in range(nodes):
-            count, value = _node_step(b, n, t, p, k, weight, mode, phases, timesteps, node_table, node_threshold,
-                                      gate, fanout, bias, drive, output_order, output, V, spikes, flags, nspikes,
-                                      candidates, emitted, touched, tlist, counts, sops, predictions,
+            count, value = _node_step(b, n, t, p, k, weight, mode, phases, timesteps, periods, node_table,
+                                      node_threshold, gate, fanout, bias, drive, output_order, output, V, spikes,
+                                      flags, nspikes, candidates, emitted, touched, tlist, counts, sops, predictions,
                                       logits)
             if count == 0:
                 continue
             soff = node_table[n, N_SPIKE]
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
+            later = False
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value)
+                if _coalesces(mode_c, node_table, proj, j):
+                    later = True
+                else:
+                    _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, -1,
+                             0, proj[j, P_COUT])
+                    delivered += count
+            if later and p + 1 < periods:
+                _accumulate(q, active, nactive, n, spikes, soff, count, value)
+        if mode_c == 0 and k == phases - 1:
+            for n in range(nodes):
+                c = nactive[n]
+                if c == 0:
+                    continue
+                soff = node_table[n, N_SPIKE]
+                for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+                    if _coalesces(mode_c, node_table, proj, j):
+                        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, c, np.float32(0.0),
+                                 q, soff, 0, proj[j, P_COUT])
+                        delivered += c
+                for i in range(c):
+                    q[soff + active[soff + i]] = 0
+                nactive[n] = 0
+    deliveries[b] = delivered
 
 
 @njit(cache=True, parallel=True)
 def _simulate_batch(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                     fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                    max_gate_out, counts, sops, predictions, logits, events, event_start, record):
+                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries):
     """All samples of a batch, one thread per sample at a time."""
     for b in prange(drive.shape[0]):
         _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                     fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                    max_gate_out, counts, sops, predictions, logits, events, event_start, record)
+                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce,
+                    deliveries)
 
 
 @njit(cache=True, parallel=True)
+def _split_deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, blocks):
+    """:func:`_deliver` with the target's output channels split into ``blocks`` slices, one per thread."""
+    width = proj[j, P_COUT]
+    for blk in prange(blocks):
+        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff,
+                 blk * width // blocks, (blk + 1) * width // blocks)
+
+
+@njit(cache=True)
+def _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, fanout,
+                 threads, split_min_work):
+    """One-sample delivery: split over the threads when the projection is a large conv or dense scatter."""
+    width = proj[j, P_COUT]
+    blocks = min(threads, width)
+    if proj[j, P_CORE] == CORE_CSR or blocks < 2 or count * fanout[soff + spikes[soff]] < split_min_work:
+        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, 0, width)
+    else:
+        _split_deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff,
+                       blocks)
+
+
+@njit(cache=True)
 def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                   fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                  max_gate_out, counts, sops, predictions, logits, events, event_start, record, threads, split_min_work):
+                  max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries,
+                  threads, split_min_work):
     """One sample (row 0); the larger conv and dense scatters are split over the threads by output channel.
 
-    A projection is split in a step when its spikes reach at least ``split_min_work`` synapses.
-
-    Each thread owns a slice ``[lo, hi)`` of the target's channels, so no two
-    threads write the same membrane potential.
+    The same schedule as :func:`_run_sample`. A projection is split when its
+    spikes (or, coalesced, its active neurons) reach at least
+    ``split_min_work`` synapses. Each thread owns a slice ``[lo, hi)`` of the
+    target's channels, so no two threads write the same membrane potential.
     """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q, active, nactive = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
+    mode_c = mode if coalesce else -1  # -1: no projection coalesces
+    periods = (timesteps + phases - 1) // phases
     event = event_start[0]
     event_end = event_start[1]
+    delivered = 0
     for t in range(timesteps):
         p = t // phases
         k = t - p * phases
         weight = np.float32(1.0) / np.float32(1 << (k + 1))
         for n in range(nodes):
-            count, value = _node_step(0, n, t, p, k, weight, mode, phases, timesteps, node_table, node_threshold,
-                                      gate, fanout, bias, drive, output_order, output, V, spikes, flags, nspikes,
-                                      candidates, emitted, touched, tlist, counts, sops, predictions,
+            count, value = _node_step(0, n, t, p, k, weight, mode, phases, timesteps, periods, node_table,
+                                      node_threshold, gate, fanout, bias, drive, output_order, output, V, spikes,
+                                      flags, nspikes, candidates, emitted, touched, tlist, counts, sops, predictions,
                                       logits)
             if count == 0:
                 continue
             soff = node_table[n, N_SPIKE]
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
+            later = False
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                core = proj[j, P_CORE]
-                width = proj[j, P_COUT]
-                blocks = min(threads, width)
-                if core == CORE_CSR or blocks < 2 or count * fanout[soff + spikes[soff]] < split_min_work:
-                    _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value)
+                if _coalesces(mode_c, node_table, proj, j):
+                    later = True
+                else:
+                    _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q,
+                                 -1, fanout, threads, split_min_work)
+                    delivered += count
+            if later and p + 1 < periods:
+                _accumulate(q, active, nactive, n, spikes, soff, count, value)
+        if mode_c == 0 and k == phases - 1:
+            for n in range(nodes):
+                c = nactive[n]
+                if c == 0:
                     continue
-                vbase = node_table[proj[j, P_TARGET], N_STATE]
-                prefix = proj[j, P_PREFIX_ROW]
-                for blk in prange(blocks):
-                    lo = blk * width // blocks
-                    hi = (blk + 1) * width // blocks
-                    for s in range(count):
-                        m = spikes[soff + s]
-                        if prefix < 0:
-                            if core == CORE_CONV:
-                                _conv_add(V, vbase, proj, j, weights, m, value, lo, hi)
-                            else:
-                                _dense_add(V, vbase, proj, j, weights, m, value, lo, hi)
-                        else:
-                            for e in range(indptr[prefix + m], indptr[prefix + m + 1]):
-                                if core == CORE_CONV:
-                                    _conv_add(V, vbase, proj, j, weights, cols[e], value * vals[e], lo, hi)
-                                else:
-                                    _dense_add(V, vbase, proj, j, weights, cols[e], value * vals[e], lo, hi)
+                soff = node_table[n, N_SPIKE]
+                for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+                    if _coalesces(mode_c, node_table, proj, j):
+                        _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, c,
+                                     np.float32(0.0), q, soff, fanout, threads, split_min_work)
+                        delivered += c
+                for i in range(c):
+                    q[soff + active[soff + i]] = 0
+                nactive[n] = 0
+    deliveries[0] = delivered

@@ -257,12 +257,14 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     tables, sizes = _kernel_args(lowered)
     mode = np.int64(MODE_CODES[lowered.mode])
     phases = np.int64(lowered.phases)
+    deliveries = np.zeros(drive.shape[0], np.int64)
     args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits, events,
-            event_start, record)
+            event_start, record, np.bool_(kernels._COALESCE), deliveries)
     if drive.shape[0] == 1:
         kernels._simulate_one(*args, np.int64(numba.get_num_threads()), np.int64(kernels._SPLIT_MIN_WORK))
     else:
         kernels._simulate_batch(*args)
+    return deliveries
 
 
 def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_counts) -> SimulationResult:
@@ -275,8 +277,8 @@ def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_c
     predictions = np.zeros((timesteps, b), np.int32)
     logits = np.zeros((periods, b, lowered.classes), np.float32)
     no_events = np.zeros((0, 3), np.int32)
-    _execute(lowered, drive, timesteps, counts, sops, predictions, logits, no_events, np.zeros(b + 1, np.int64),
-             np.zeros(count_nodes, np.uint8))
+    deliveries = _execute(lowered, drive, timesteps, counts, sops, predictions, logits, no_events,
+                          np.zeros(b + 1, np.int64), np.zeros(count_nodes, np.uint8))
 
     events_by_name: dict[str, np.ndarray] = {}
     recorded = [i for i in range(count_nodes) if record_flags[i]]
@@ -331,6 +333,7 @@ def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_c
         populations=_populations(lowered),
         ann_macs=lowered.ann_macs,
         input_macs=lowered.input_macs,
+        extra={"deliveries": deliveries},
     )
 
 
@@ -352,4 +355,5 @@ def _concatenate(parts: list[SimulationResult], lowered: LoweredGraph, timesteps
         populations=first.populations,
         ann_macs=lowered.ann_macs,
         input_macs=lowered.input_macs,
+        extra={"deliveries": np.concatenate([p.extra["deliveries"] for p in parts])},
     )

@@ -133,7 +133,8 @@ def test_numba_delivery_equals_numpy_scatter(name):
         spiking = np.nonzero(rng.random(size) < 0.3)[0].astype(np.int32)
         V = np.zeros(lowered.state_size, np.float32)
         kernels._deliver(V, lowered.node_table, lowered.proj_table, j, lowered.weights, lowered.csr_indptr,
-                         lowered.csr_cols, lowered.csr_vals, spiking, 0, spiking.size, np.float32(0.25))
+                         lowered.csr_cols, lowered.csr_vals, spiking, 0, spiking.size, np.float32(0.25), np.zeros(1, np.float32),
+                         -1, 0, lowered.proj_table[j, L.P_COUT])
         dense = np.zeros(size, np.float32)
         dense[spiking] = 0.25
         offset = lowered.node_table[tgt, L.N_STATE]
