@@ -209,25 +209,6 @@ def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, 
                     _dense_add(V, vbase, proj, j, weights, cols[e], v * vals[e], lo, hi)
 
 
-@njit(cache=True)
-def _coalesces(mode, node_table, proj, j):
-    """Whether projection j delivers once per fire period (``bsnn``, target not the output) or every step."""
-    return mode == 0 and node_table[proj[j, P_TARGET], N_KIND] != KIND_OUTPUT
-
-
-@njit(cache=True)
-def _accumulate(q, active, nactive, n, spikes, soff, count, value):
-    """Add this step's spikes of node n (value ``value`` each) to its per-period emitted values ``q``."""
-    c = nactive[n]
-    for i in range(count):
-        m = spikes[soff + i]
-        if q[soff + m] == 0:
-            active[soff + c] = m
-            c += 1
-        q[soff + m] += value
-    nactive[n] = c
-
-
 # --------------------------------------------------------------------------- neurons
 
 
@@ -462,31 +443,35 @@ def _new_state(nodes, state_size, spike_size, candidate_size, emitted_size, max_
     emitted = np.zeros(max(emitted_size, 1), np.float32)
     touched = np.zeros(max(max_gate_out, 1), np.uint8)
     tlist = np.zeros(max(max_gate_out, 1), np.int32)
+    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist
+
+
+@njit(cache=True)
+def _new_period_state(nodes, state_size, spike_size):
+    """Zeroed per-sample state of :func:`_bsnn_sample`: V, spike list, patterns, values, active lists."""
+    V = np.zeros(max(state_size, 1), np.float32)
+    spikes = np.zeros(max(spike_size, 1), np.int32)
+    bits = np.zeros(max(spike_size, 1), np.int32)
     q = np.zeros(max(spike_size, 1), np.float32)
     active = np.zeros(max(spike_size, 1), np.int32)
     nactive = np.zeros(nodes, np.int32)
-    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q, active, nactive
+    return V, spikes, bits, q, active, nactive
 
 
 @njit(cache=True)
 def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                 fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
                 max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries):
-    """Simulate sample ``b`` of the batch for ``timesteps`` steps, writing row b of the outputs.
+    """Simulate sample ``b`` step by step for ``timesteps`` steps, writing row b of the outputs.
 
-    With ``coalesce`` (mode ``bsnn`` only), a node's spikes into populations
-    are summed per neuron over its fire period and delivered once at the end
-    of the period (``q * row`` per active neuron): the target integrates
-    during the whole period and cannot fire before the next one, so only the
-    float32 summation order changes. Spikes into the output are delivered
-    every step (its V is read every step). A period whose targets could not
-    fire before ``timesteps`` is not delivered at all.
+    Every node runs every step and every spike is delivered in its own step
+    (any mode; ``bsnn`` uses :func:`_bsnn_sample` unless ``coalesce`` is off).
     """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q, active, nactive = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
-    mode_c = mode if coalesce else -1  # -1: no projection coalesces
+    q = emitted[:1]  # unused: spikes carry one value per step
     periods = (timesteps + phases - 1) // phases
     event = event_start[b]
     event_end = event_start[b + 1]
@@ -505,31 +490,272 @@ def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, we
             soff = node_table[n, N_SPIKE]
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
-            later = False
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                if _coalesces(mode_c, node_table, proj, j):
-                    later = True
+                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, -1,
+                         0, proj[j, P_COUT])
+                delivered += count
+    deliveries[b] = delivered
+
+
+# --------------------------------------------------------------------------- bsnn, period by period
+
+
+@njit(cache=True)
+def _integrate_period(V, voff, size, current, phases):
+    """Add the constant current of K steps (K separate float32 additions, as step by step)."""
+    v = V[voff : voff + size]
+    for _ in range(phases):
+        for i in range(size):
+            v[i] += current[i]
+
+
+@njit(cache=True)
+def _fire_period(V, voff, size, threshold, phases, kmax, bits, q, active, soff):
+    """A bistable fire period at once: phase k < kmax fires iff ``V >= threshold 2^-(k+1)`` (then subtracts it).
+
+    V cannot change during a fire period in mode ``bsnn`` (no input arrives),
+    so this is the step-by-step rule exactly. Writes each neuron's spike
+    pattern (bit ``K-1-k`` for phase k, so patterns compare as the values
+    they encode) and emitted value ``q``; returns the active neurons, in
+    ascending order at ``active[soff:]``.
+    """
+    count = 0
+    v = V[voff : voff + size]
+    for i in range(size):
+        x = v[i]
+        pattern = 0
+        value = np.float32(0.0)
+        if x >= threshold / np.float32(1 << kmax):  # below the smallest weight nothing fires
+            for k in range(kmax):
+                w = threshold / np.float32(1 << (k + 1))
+                if x >= w:
+                    x -= w
+                    value += w
+                    pattern |= 1 << (phases - 1 - k)
+            v[i] = x
+        bits[soff + i] = pattern
+        q[soff + i] = value
+        if pattern != 0:
+            active[soff + count] = i
+            count += 1
+    return count
+
+
+@njit(cache=True)
+def _gate_period(gate, g, bits, q, ssoff, active, soff):
+    """A max gate over one fire period: each output emits the largest K-bit value of its window (padding: 0).
+
+    Phase by phase, "spike iff a remaining candidate spikes, then drop the
+    candidates that did not" keeps exactly the members whose pattern so far is
+    the largest, so the output pattern is the largest pattern in the window.
+    """
+    c = gate[g, G_C]
+    height = gate[g, G_H]
+    width = gate[g, G_W]
+    oh = gate[g, G_OH]
+    ow = gate[g, G_OW]
+    kh = gate[g, G_KH]
+    kw = gate[g, G_KW]
+    sh = gate[g, G_SH]
+    sw = gate[g, G_SW]
+    pt = gate[g, G_PT]
+    pl = gate[g, G_PL]
+    dh = gate[g, G_DH]
+    dw = gate[g, G_DW]
+    count = 0
+    for oy in range(oh):
+        for ox in range(ow):
+            obase = (oy * ow + ox) * c
+            for ch in range(c):
+                best = 0
+                value = np.float32(0.0)
+                for ky in range(kh):
+                    iy = oy * sh - pt + ky * dh
+                    if iy < 0 or iy >= height:
+                        continue
+                    for kx in range(kw):
+                        ix = ox * sw - pl + kx * dw
+                        if ix < 0 or ix >= width:
+                            continue
+                        m = ssoff + (iy * width + ix) * c + ch
+                        if bits[m] > best:
+                            best = bits[m]
+                            value = q[m]
+                o = obase + ch
+                bits[soff + o] = best
+                q[soff + o] = value
+                if best != 0:
+                    active[soff + count] = o
+                    count += 1
+    return count
+
+
+@njit(cache=True)
+def _popcount(x):
+    n = 0
+    while x:
+        x &= x - 1
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def _bsnn_nodes(b, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias, drive, V, bits, q,
+                active, nactive, counts, sops, events, event, event_end, record):
+    """Period p of sample b for every spiking node: integrate (bias, analog input) or fire (or gate).
+
+    Leaves each node's active neurons in ``active`` / ``nactive`` (0 if it does
+    not fire in p) and does the spike bookkeeping; returns the event cursor.
+    """
+    kmax = min(phases, timesteps - p * phases)
+    for n in range(node_table.shape[0]):
+        kind = node_table[n, N_KIND]
+        nactive[n] = 0
+        if kind == KIND_OUTPUT:
+            continue
+        size = node_table[n, N_SIZE]
+        soff = node_table[n, N_SPIKE]
+        stage = node_table[n, N_STAGE]
+        fire = p >= stage and (p - stage) % 2 == 0
+        if kind == KIND_GATE:
+            if not fire:
+                continue
+            count = _gate_period(gate, node_table[n, N_GATE], bits, q, node_table[node_table[n, N_SOURCE], N_SPIKE],
+                                 active, soff)
+        else:
+            voff = node_table[n, N_STATE]
+            if p >= stage - 1 and (p - stage + 1) % 2 == 0 and p + 1 < periods:  # matters only if it fires in p+1
+                doff = node_table[n, N_DRIVE]
+                if doff >= 0:
+                    _integrate_period(V, voff, size, drive[b, doff : doff + size], phases)
                 else:
-                    _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, -1,
-                             0, proj[j, P_COUT])
-                    delivered += count
-            if later and p + 1 < periods:
-                _accumulate(q, active, nactive, n, spikes, soff, count, value)
-        if mode_c == 0 and k == phases - 1:
-            for n in range(nodes):
-                c = nactive[n]
-                if c == 0:
+                    _integrate_period(V, voff, size, bias[voff : voff + size], phases)
+            if not fire:
+                continue
+            count = _fire_period(V, voff, size, node_threshold[n], phases, kmax, bits, q, active, soff)
+        nactive[n] = count
+        spikes_total = 0
+        synapses = 0
+        for i in range(count):
+            m = active[soff + i]
+            s = _popcount(bits[soff + m])
+            counts[b, soff + m] += s
+            spikes_total += s
+            synapses += s * fanout[soff + m]
+        sops[b, n] += synapses
+        if record[n]:
+            for k in range(kmax):
+                bit = 1 << (phases - 1 - k)
+                for i in range(count):
+                    m = active[soff + i]
+                    if bits[soff + m] & bit and event < event_end:
+                        events[event, 0] = p * phases + k
+                        events[event, 1] = n
+                        events[event, 2] = m
+                        event += 1
+    return event
+
+
+@njit(cache=True)
+def _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, bias, drive,
+                 output_order, output, V, spikes, bits, q, active, nactive, predictions, logits):
+    """Period p of the output, step by step: its sources' spikes of each phase, then its constant current.
+
+    Returns the number of row scatters done.
+    """
+    kmax = min(phases, timesteps - p * phases)
+    stage = node_table[output, N_STAGE]
+    integrate = p >= stage - 1 and (p - stage + 1) % 2 == 0
+    voff = node_table[output, N_STATE]
+    size = node_table[output, N_SIZE]
+    doff = node_table[output, N_DRIVE]
+    classes = output_order.size
+    delivered = 0
+    for k in range(kmax):
+        t = p * phases + k
+        weight = np.float32(1.0) / np.float32(1 << (k + 1))
+        bit = 1 << (phases - 1 - k)
+        for n in range(node_table.shape[0]):
+            count = nactive[n]
+            if count == 0:
+                continue
+            soff = node_table[n, N_SPIKE]
+            spiking = 0
+            for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+                if proj[j, P_TARGET] != output:
                     continue
+                if spiking == 0:
+                    for i in range(count):
+                        m = active[soff + i]
+                        if bits[soff + m] & bit:
+                            spikes[soff + spiking] = m
+                            spiking += 1
+                    if spiking == 0:
+                        break
+                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, spiking,
+                         node_threshold[n] * weight, q, -1, 0, proj[j, P_COUT])
+                delivered += spiking
+        if integrate:
+            v = V[voff : voff + size]
+            if doff >= 0:
+                current = drive[b, doff : doff + size]
+            else:
+                current = bias[voff : voff + size]
+            for i in range(size):
+                v[i] += current[i]
+        best = 0
+        best_value = V[voff + output_order[0]]
+        for i in range(1, classes):
+            x = V[voff + output_order[i]]
+            if x > best_value:
+                best_value = x
+                best = i
+        predictions[t, b] = best
+        if k == phases - 1 or t == timesteps - 1:
+            for i in range(classes):
+                logits[p, b, i] = V[voff + output_order[i]]
+    return delivered
+
+
+@njit(cache=True)
+def _bsnn_sample(b, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout,
+                 bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
+                 max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries):
+    """Mode ``bsnn`` for sample b, one period at a time, each neuron's spikes into populations delivered once.
+
+    In a fire period a population's V cannot change (its sources integrate),
+    so its K phases are computed at once (:func:`_fire_period`). The values a
+    neuron emits in the period are summed (``q``) and scattered once at the
+    end of the period (``q * row`` per active neuron, not one row per spike):
+    the target integrates during the whole period and cannot fire before the
+    next one, so only the float32 summation order differs from delivering
+    every spike in its step. Spikes into the output are delivered phase by
+    phase (its V is read every step). Periods whose targets could not fire
+    before ``timesteps`` are neither integrated nor delivered.
+    """
+    nodes = node_table.shape[0]
+    V, spikes, bits, q, active, nactive = _new_period_state(nodes, state_size, spike_size)
+    periods = (timesteps + phases - 1) // phases
+    event = event_start[b]
+    event_end = event_start[b + 1]
+    delivered = 0
+    for p in range(periods):
+        event = _bsnn_nodes(b, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias, drive,
+                            V, bits, q, active, nactive, counts, sops, events, event, event_end, record)
+        if p + 1 < periods:
+            for n in range(nodes):
+                count = nactive[n]
                 soff = node_table[n, N_SPIKE]
                 for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                    if _coalesces(mode_c, node_table, proj, j):
-                        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, c, np.float32(0.0),
-                                 q, soff, 0, proj[j, P_COUT])
-                        delivered += c
-                for i in range(c):
-                    q[soff + active[soff + i]] = 0
-                nactive[n] = 0
+                    if count > 0 and proj[j, P_TARGET] != output:
+                        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
+                                 np.float32(0.0), q, soff, 0, proj[j, P_COUT])
+                        delivered += count
+        delivered += _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols,
+                                  vals, bias, drive, output_order, output, V, spikes, bits, q, active, nactive,
+                                  predictions, logits)
     deliveries[b] = delivered
+
 
 
 @njit(cache=True, parallel=True)
@@ -538,6 +764,12 @@ def _simulate_batch(mode, phases, timesteps, node_table, node_threshold, proj, w
                     max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries):
     """All samples of a batch, one thread per sample at a time."""
     for b in prange(drive.shape[0]):
+        if mode == 0 and coalesce:
+            _bsnn_sample(b, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
+                         fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size,
+                         emitted_size, max_gate_out, counts, sops, predictions, logits, events, event_start, record,
+                         deliveries)
+            continue
         _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                     fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
                     max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce,
@@ -579,10 +811,10 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
     target's channels, so no two threads write the same membrane potential.
     """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q, active, nactive = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
-    mode_c = mode if coalesce else -1  # -1: no projection coalesces
+    q = emitted[:1]  # unused: spikes carry one value per step
     periods = (timesteps + phases - 1) // phases
     event = event_start[0]
     event_end = event_start[1]
@@ -601,28 +833,37 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
             soff = node_table[n, N_SPIKE]
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
-            later = False
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                if _coalesces(mode_c, node_table, proj, j):
-                    later = True
-                else:
-                    _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q,
-                                 -1, fanout, threads, split_min_work)
-                    delivered += count
-            if later and p + 1 < periods:
-                _accumulate(q, active, nactive, n, spikes, soff, count, value)
-        if mode_c == 0 and k == phases - 1:
+                _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q,
+                             -1, fanout, threads, split_min_work)
+                delivered += count
+    deliveries[0] = delivered
+
+
+@njit(cache=True)
+def _bsnn_one(phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout, bias,
+              drive, output_order, output, state_size, spike_size, candidate_size, emitted_size, max_gate_out, counts,
+              sops, predictions, logits, events, event_start, record, deliveries, threads, split_min_work):
+    """:func:`_bsnn_sample` for one sample (row 0), the larger scatters split over the threads by output channel."""
+    nodes = node_table.shape[0]
+    V, spikes, bits, q, active, nactive = _new_period_state(nodes, state_size, spike_size)
+    periods = (timesteps + phases - 1) // phases
+    event = event_start[0]
+    event_end = event_start[1]
+    delivered = 0
+    for p in range(periods):
+        event = _bsnn_nodes(0, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias, drive,
+                            V, bits, q, active, nactive, counts, sops, events, event, event_end, record)
+        if p + 1 < periods:
             for n in range(nodes):
-                c = nactive[n]
-                if c == 0:
-                    continue
+                count = nactive[n]
                 soff = node_table[n, N_SPIKE]
                 for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                    if _coalesces(mode_c, node_table, proj, j):
-                        _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, c,
+                    if count > 0 and proj[j, P_TARGET] != output:
+                        _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
                                      np.float32(0.0), q, soff, fanout, threads, split_min_work)
-                        delivered += c
-                for i in range(c):
-                    q[soff + active[soff + i]] = 0
-                nactive[n] = 0
+                        delivered += count
+        delivered += _bsnn_output(0, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols,
+                                  vals, bias, drive, output_order, output, V, spikes, bits, q, active, nactive,
+                                  predictions, logits)
     deliveries[0] = delivered

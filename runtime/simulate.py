@@ -260,8 +260,12 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     deliveries = np.zeros(drive.shape[0], np.int64)
     args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits, events,
             event_start, record, np.bool_(kernels._COALESCE), deliveries)
-    if drive.shape[0] == 1:
-        kernels._simulate_one(*args, np.int64(numba.get_num_threads()), np.int64(kernels._SPLIT_MIN_WORK))
+    threads = np.int64(numba.get_num_threads())
+    if drive.shape[0] == 1 and mode == 0 and kernels._COALESCE:
+        kernels._bsnn_one(phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits,
+                          events, event_start, record, deliveries, threads, np.int64(kernels._SPLIT_MIN_WORK))
+    elif drive.shape[0] == 1:
+        kernels._simulate_one(*args, threads, np.int64(kernels._SPLIT_MIN_WORK))
     else:
         kernels._simulate_batch(*args)
     return deliveries
