@@ -160,6 +160,69 @@ def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
 
 
 @njit(cache=True)
+def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, lo, hi):
+    """Scatter the active neurons ``active[soff:soff+count]`` (ascending) with values ``q`` through conv core j.
+
+    The active neurons of one input position are contiguous: the position's
+    index math is done once, and for each kernel offset its output vector
+    ``V[base+lo:base+hi]`` takes all of that position's active channels while
+    it is in L1. Each output element receives its terms in the same order as
+    neuron by neuron.
+    """
+    cin = proj[j, P_CIN]
+    width = proj[j, P_W]
+    cout = proj[j, P_COUT]
+    oh = proj[j, P_OH]
+    ow = proj[j, P_OW]
+    kh = proj[j, P_KH]
+    kw = proj[j, P_KW]
+    sh = proj[j, P_SH]
+    sw = proj[j, P_SW]
+    pt = proj[j, P_PT]
+    pl = proj[j, P_PL]
+    dh = proj[j, P_DH]
+    dw = proj[j, P_DW]
+    woff = proj[j, P_WOFF]
+    s = 0
+    while s < count:
+        pos = active[soff + s] // cin
+        e = s + 1
+        while e < count and active[soff + e] // cin == pos:
+            e += 1
+        iy = pos // width
+        ix = pos - iy * width
+        for ky in range(kh):
+            ny = iy + pt - ky * dh
+            if ny < 0:
+                break
+            if ny % sh != 0:
+                continue
+            oy = ny // sh
+            if oy >= oh:
+                continue
+            for kx in range(kw):
+                nx = ix + pl - kx * dw
+                if nx < 0:
+                    break
+                if nx % sw != 0:
+                    continue
+                ox = nx // sw
+                if ox >= ow:
+                    continue
+                base = vbase + (oy * ow + ox) * cout
+                v = V[base + lo : base + hi]
+                offset = woff + (ky * kw + kx) * cout + lo
+                for a in range(s, e):
+                    m = active[soff + a]
+                    value = q[qoff + m]
+                    row = offset + (m - pos * cin) * kh * kw * cout
+                    w = weights[row : row + hi - lo]
+                    for co in range(hi - lo):
+                        v[co] += value * w[co]
+        s = e
+
+
+@njit(cache=True)
 def _dense_add(V, vbase, proj, j, weights, m, value, lo, hi):
     """Add ``value`` times scatter row ``m`` (the input feature's column of W) to outputs [lo, hi)."""
     row = proj[j, P_WOFF] + m * proj[j, P_COUT]
@@ -191,6 +254,9 @@ def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, 
     vbase = node_table[target, N_STATE]
     core = proj[j, P_CORE]
     prefix = proj[j, P_PREFIX_ROW]
+    if qoff >= 0 and core == CORE_CONV and prefix < 0:
+        _conv_add_active(V, vbase, proj, j, weights, spikes, soff, count, q, qoff, lo, hi)
+        return
     for s in range(count):
         m = spikes[soff + s]
         v = np.float32(value) if qoff < 0 else q[qoff + m]  # float32 always: a float64 v changes the rounding

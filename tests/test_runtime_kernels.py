@@ -140,6 +140,21 @@ def test_numba_delivery_equals_numpy_scatter(name):
         offset = lowered.node_table[tgt, L.N_STATE]
         got = V[offset : offset + lowered.node_table[tgt, L.N_SIZE]]
         np.testing.assert_allclose(got, numpy_deliver(lowered, j, dense), rtol=1e-5, atol=1e-6)
+        # coalesced: each active neuron (ascending) with its own value q, all channels and a channel slice
+        q = (rng.integers(1, 256, size) / np.float32(256)).astype(np.float32)
+        width = lowered.proj_table[j, L.P_COUT]
+        for lo, hi in ((0, width), (width // 3, width - 1)):
+            V = np.zeros(lowered.state_size, np.float32)
+            kernels._deliver(V, lowered.node_table, lowered.proj_table, j, lowered.weights, lowered.csr_indptr,
+                             lowered.csr_cols, lowered.csr_vals, spiking, 0, spiking.size, np.float32(0), q, 0, lo, hi)
+            dense = np.zeros(size, np.float32)
+            dense[spiking] = q[spiking]
+            expected = numpy_deliver(lowered, j, dense)
+            got = V[offset : offset + lowered.node_table[tgt, L.N_SIZE]]
+            if row[L.P_CORE] != L.CORE_CSR:  # conv and dense cores update only channels [lo, hi)
+                channels = np.arange(got.size) % width
+                expected = np.where((channels >= lo) & (channels < hi), expected, 0)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_single_and_thread_paths_agree(monkeypatch):
@@ -188,3 +203,48 @@ def test_sops_count_spike_synapse_pairs():
     cout = lowered.shapes[lowered.names[1]][0]
     assert first[5, 5, 0] == 9 * cout and first[0, 0, 0] == 4 * cout
     assert result.sops.tolist() == sum(result.sops_per_population.values()).tolist()
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet", "misc"])
+@pytest.mark.parametrize("timesteps", [93, 96])
+def test_period_kernel_equals_step_by_step(monkeypatch, name, timesteps):
+    """Mode bsnn: the period kernel (coalesced q * row per active neuron) vs every spike delivered in its step.
+
+    Only the float32 summation order differs, so the spikes must be the same
+    except where a threshold comparison was a float32 tie: every differing
+    neuron-wave is checked to be such a tie by the oracle, and ties must be rare.
+    The output is fed phase by phase in both, so predictions agree wherever the
+    spikes do. ``timesteps = 93`` ends inside a period.
+    """
+    graph = GRAPHS[name]()
+    lowered = runtime.lower(graph)
+    x = np.random.default_rng(5).random((4,) + lowered.input_shape).astype(np.float32)
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    period = runtime.simulate(lowered, x, timesteps, batch_size=4, threads=threads, record="all")
+    one = runtime.simulate(lowered, x[:1], timesteps, batch_size=1, threads=threads, record="all")
+    monkeypatch.setattr(kernels, "_COALESCE", False)
+    step = runtime.simulate(lowered, x, timesteps, batch_size=4, threads=threads, record="all")
+    differ = 0
+    for node in period.spike_counts:
+        np.testing.assert_array_equal(one.events[node], period.events[node][period.events[node][:, 0] == 0])
+        differ += int((period.spike_counts[node] != step.spike_counts[node]).sum())
+    assert np.array_equal(period.sops, step.sops) == (differ == 0)
+    # every difference is a counted tie of the oracle, run teacher-forced on each simulation's own values
+    stage = max(graph.nodes[n]["op"].stage for n in lowered.spiking)
+    waves = (timesteps // lowered.phases - stage) // 2
+    total = ties = 0
+    for result in (period, step):
+        emitted = {n: oracle.emitted_per_wave(result, graph, n, waves) for n in result.spike_counts}
+        checks, _ = oracle.teacher_forced_check(graph, x, emitted)
+        assert all(c.unexplained == 0 for c in checks.values()), checks
+        total += sum(c.neuron_periods for c in checks.values())
+        ties += sum(c.ties for c in checks.values())
+    assert ties <= max(2, 1e-4 * total)
+    if differ == 0:
+        np.testing.assert_array_equal(period.predictions, step.predictions)
+        for node in period.events:
+            np.testing.assert_array_equal(np.sort(period.events[node], axis=0), np.sort(step.events[node], axis=0))
+    np.testing.assert_allclose(period.logits, step.logits, rtol=1e-4, atol=1e-4 + 2.0 * (differ > 0))
+    # the period kernel scatters one row per active neuron and period: fewer than one per spike
+    spikes = sum(int(c.sum()) for c in step.spike_counts.values())
+    assert period.extra["deliveries"].sum() < step.extra["deliveries"].sum() <= spikes * 2
