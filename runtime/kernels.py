@@ -583,25 +583,27 @@ def _fire_period(V, voff, size, threshold, phases, kmax, bits, q, active, soff):
     so this is the step-by-step rule exactly. Writes each neuron's spike
     pattern (bit ``K-1-k`` for phase k, so patterns compare as the values
     they encode) and emitted value ``q``; returns the active neurons, in
-    ascending order at ``active[soff:]``.
+    ascending order at ``active[soff:]``. Phase-major and branch-free, so the
+    neuron loops vectorise.
     """
-    count = 0
     v = V[voff : voff + size]
+    pattern = bits[soff : soff + size]
+    value = q[soff : soff + size]
+    zero = np.float32(0.0)
     for i in range(size):
-        x = v[i]
-        pattern = 0
-        value = np.float32(0.0)
-        if x >= threshold / np.float32(1 << kmax):  # below the smallest weight nothing fires
-            for k in range(kmax):
-                w = threshold / np.float32(1 << (k + 1))
-                if x >= w:
-                    x -= w
-                    value += w
-                    pattern |= 1 << (phases - 1 - k)
-            v[i] = x
-        bits[soff + i] = pattern
-        q[soff + i] = value
-        if pattern != 0:
+        pattern[i] = 0
+        value[i] = zero
+    for k in range(kmax):
+        w = threshold / np.float32(1 << (k + 1))
+        bit = np.int32(1 << (phases - 1 - k))
+        for i in range(size):
+            fires = v[i] >= w
+            v[i] = v[i] - w if fires else v[i]
+            value[i] += w if fires else zero
+            pattern[i] |= bit if fires else np.int32(0)
+    count = 0
+    for i in range(size):
+        if pattern[i] != 0:
             active[soff + count] = i
             count += 1
     return count
