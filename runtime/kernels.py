@@ -165,9 +165,9 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
 
     The active neurons of one input position are contiguous: the position's
     index math is done once, and for each kernel offset its output vector
-    ``V[base+lo:base+hi]`` takes all of that position's active channels while
-    it is in L1. Each output element receives its terms in the same order as
-    neuron by neuron.
+    ``V[base+lo:base+hi]`` takes all of that position's active channels, four
+    at a time (so only the float32 summation order depends on the grouping,
+    never on ``lo``/``hi``).
     """
     cin = proj[j, P_CIN]
     width = proj[j, P_W]
@@ -183,6 +183,7 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
     dh = proj[j, P_DH]
     dw = proj[j, P_DW]
     woff = proj[j, P_WOFF]
+    stride = kh * kw * cout  # between the rows of consecutive input channels
     s = 0
     while s < count:
         pos = active[soff + s] // cin
@@ -211,14 +212,31 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
                     continue
                 base = vbase + (oy * ow + ox) * cout
                 v = V[base + lo : base + hi]
-                offset = woff + (ky * kw + kx) * cout + lo
-                for a in range(s, e):
+                offset = woff + (ky * kw + kx) * cout + lo - pos * cin * stride
+                a = s
+                while a + 4 <= e:  # four channels per pass over v (one load and store of v, not four)
+                    m0 = active[soff + a]
+                    m1 = active[soff + a + 1]
+                    m2 = active[soff + a + 2]
+                    m3 = active[soff + a + 3]
+                    q0 = q[qoff + m0]
+                    q1 = q[qoff + m1]
+                    q2 = q[qoff + m2]
+                    q3 = q[qoff + m3]
+                    w0 = weights[offset + m0 * stride : offset + m0 * stride + hi - lo]
+                    w1 = weights[offset + m1 * stride : offset + m1 * stride + hi - lo]
+                    w2 = weights[offset + m2 * stride : offset + m2 * stride + hi - lo]
+                    w3 = weights[offset + m3 * stride : offset + m3 * stride + hi - lo]
+                    for co in range(hi - lo):
+                        v[co] += (q0 * w0[co] + q1 * w1[co]) + (q2 * w2[co] + q3 * w3[co])
+                    a += 4
+                while a < e:
                     m = active[soff + a]
                     value = q[qoff + m]
-                    row = offset + (m - pos * cin) * kh * kw * cout
-                    w = weights[row : row + hi - lo]
+                    w = weights[offset + m * stride : offset + m * stride + hi - lo]
                     for co in range(hi - lo):
                         v[co] += value * w[co]
+                    a += 1
         s = e
 
 
