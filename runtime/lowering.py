@@ -474,7 +474,9 @@ class LoweredGraph:
             total = _evaluate_target_input(self.graph, sub, name, {self.input_name: x}, n)
             offset = int(self.node_table[node, N_DRIVE])
             size = int(self.node_table[node, N_SIZE])
-            drive[:, offset : offset + size] = total.reshape(n, -1)[:, self.orders[name]] * step
+            if total.ndim >= 3:  # internal layout = channels last (internal_order), a strided copy not a gather
+                total = np.moveaxis(total, 1, -1)
+            drive[:, offset : offset + size] = total.reshape(n, -1) * step
         return drive
 
 

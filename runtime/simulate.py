@@ -318,9 +318,12 @@ def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_c
         off, size = int(lowered.node_table[i, N_SPIKE]), int(lowered.node_table[i, N_SIZE])
         block = counts[:, off : off + size]
         if per_neuron_counts:
-            natural = np.empty_like(block)
-            natural[:, lowered.orders[name]] = block
-            spike_counts[name] = natural.reshape((b,) + lowered.shapes[name])
+            shape = lowered.shapes[name]
+            if len(shape) >= 2:  # internal layout = channels last (lowering.internal_order)
+                natural = np.moveaxis(block.reshape((b,) + shape[1:] + shape[:1]), -1, 1)
+                spike_counts[name] = np.ascontiguousarray(natural)
+            else:
+                spike_counts[name] = block.copy().reshape((b,) + shape)
         else:
             spike_counts[name] = block.sum(axis=1, dtype=np.int64).astype(np.int32)
         sops_per[name] = sops[:, i].copy()
