@@ -145,3 +145,38 @@ def test_pipeline_order_and_descriptions():
         doc = importlib.import_module(f"passes.{module}").__doc__
         assert "Refus" in doc or "refus" in doc, module
     assert passes.__doc__
+
+
+REFERENCE_RESNETS = ["resnet14.onnx", "resnet14.dynamo.onnx", "resnet32.onnx"]
+
+
+@pytest.mark.parametrize("filename", REFERENCE_RESNETS)
+def test_reference_resnets_get_one_sn_per_shortcut_and_synchronised_sources(filename):
+    """The trained reference ResNets (basic blocks, identity and 1x1 projection shortcuts, GAP)."""
+    from pathlib import Path
+
+    from bsnn_graph.data import load_dataset
+
+    root = Path(__file__).resolve().parents[1] / "data"
+    ann = load_onnx(root / filename)
+    shortcuts = [
+        n for n in ann.nodes if isinstance(ir.op_of(ann, n), (O.Add, O.Sum)) and len(ir.inputs_of(ann, n)) == 2
+    ]
+    projections = [
+        n
+        for n in shortcuts
+        if any(
+            isinstance(ir.op_of(ann, s), O.Conv) and ir.op_of(ann, s).kernel_shape == (1, 1)
+            for s in ir.inputs_of(ann, n)
+        )
+    ]
+    assert len(shortcuts) == {"resnet14": 6, "resnet32": 15}[filename.split(".")[0]]
+    assert 0 < len(projections) < len(shortcuts)  # both kinds of shortcut are present
+    calib, _ = load_dataset(root / "fmnist_calib.npz", limit=32)
+    snn = convert(ann, calib, mode="bsnn", phases=8)
+    synchronous = [n for n in snn.nodes if isinstance(ir.op_of(snn, n), O.SynchronousNeuron)]
+    assert len(synchronous) == len(shortcuts)
+    assert_spiking_contract(snn, "bsnn", 8)  # all sources of every population share a stage
+    np.testing.assert_allclose(evaluate(snn, calib), evaluate(ann, calib), rtol=1e-4, atol=1e-4)
+    nosn = convert(ann, calib, mode="bsnn-nosn", phases=8)
+    assert not any(isinstance(ir.op_of(nosn, n), O.SynchronousNeuron) for n in nosn.nodes)
