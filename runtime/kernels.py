@@ -648,31 +648,35 @@ def _gate_period(gate, g, bits, q, ssoff, active, soff):
     pl = gate[g, G_PL]
     dh = gate[g, G_DH]
     dw = gate[g, G_DW]
-    count = 0
+    zero = np.float32(0.0)
     for oy in range(oh):
         for ox in range(ow):
-            obase = (oy * ow + ox) * c
+            obase = soff + (oy * ow + ox) * c
+            best = bits[obase : obase + c]
+            value = q[obase : obase + c]
             for ch in range(c):
-                best = 0
-                value = np.float32(0.0)
-                for ky in range(kh):
-                    iy = oy * sh - pt + ky * dh
-                    if iy < 0 or iy >= height:
+                best[ch] = 0
+                value[ch] = zero
+            for ky in range(kh):
+                iy = oy * sh - pt + ky * dh
+                if iy < 0 or iy >= height:
+                    continue
+                for kx in range(kw):
+                    ix = ox * sw - pl + kx * dw
+                    if ix < 0 or ix >= width:
                         continue
-                    for kx in range(kw):
-                        ix = ox * sw - pl + kx * dw
-                        if ix < 0 or ix >= width:
-                            continue
-                        m = ssoff + (iy * width + ix) * c + ch
-                        if bits[m] > best:
-                            best = bits[m]
-                            value = q[m]
-                o = obase + ch
-                bits[soff + o] = best
-                q[soff + o] = value
-                if best != 0:
-                    active[soff + count] = o
-                    count += 1
+                    m = ssoff + (iy * width + ix) * c
+                    member = bits[m : m + c]
+                    member_value = q[m : m + c]
+                    for ch in range(c):  # channels innermost and branch-free: vectorises
+                        larger = member[ch] > best[ch]
+                        best[ch] = member[ch] if larger else best[ch]
+                        value[ch] = member_value[ch] if larger else value[ch]
+    count = 0
+    for o in range(oh * ow * c):
+        if bits[soff + o] != 0:
+            active[soff + count] = o
+            count += 1
     return count
 
 
