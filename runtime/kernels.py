@@ -24,9 +24,14 @@ the stages; in ``bsnn-nosn`` also during fire periods). ``phase`` and
 Threshold comparisons are exact (no fastmath anywhere): a neuron fires at
 phase k iff ``V >= threshold * 2^-(k+1)`` (``V >= threshold`` in ``if-rate``).
 
+Mode ``bsnn`` runs period by period (:func:`_bsnn_sample`): a fire period
+is computed at once, and each active neuron's emitted value ``q`` is
+scattered once per period (coalesced delivery); the step-by-step kernels
+(:func:`_run_sample`) run the other modes and serve as its reference.
+
 Parallelism (threading layer: see below): :func:`_simulate_batch` runs the samples of a batch in
 ``prange`` (each thread owns its samples' state);
-:func:`_simulate_one` runs one sample and splits the output channels of the
+:func:`_simulate_one` / :func:`_bsnn_one` run one sample and split the output channels of the
 larger convolution and dense scatters over the threads (each thread owns a slice of
 channels, so no two threads write the same V).
 """
@@ -92,11 +97,17 @@ from .lowering import (
 
 __all__: list[str] = []
 
-# Numba's "workqueue" threading layer unless the user chose one: measured on a loaded 2-core machine, one
-# sample split over 2 threads took 91 ms with it and 712 ms with OpenMP (whose idle workers are slow to wake
-# when the cores are shared); batch throughput was the same. The kernels never nest parallel regions, which
-# is all workqueue lacks. Only effective if no parallel Numba code ran before in this process.
-if "NUMBA_THREADING_LAYER" not in os.environ:
+# Threading layer: "workqueue" unless the user chose one (NUMBA_THREADING_LAYER, or numba.config.THREADING_LAYER
+# set before importing the runtime), and only while no parallel Numba code has run in this process (the layer is
+# fixed at the first parallel launch). Measured on a 2-core machine shared with two busy processes (load 4):
+# one VGG image (T = 56) split over 2 threads took 7.5 ms with workqueue and 60 ms with OpenMP, whose idle
+# workers spin and are slow to wake when the cores are shared; batch throughput was the same with both. The
+# kernels never nest parallel regions, which is all workqueue lacks.
+if (
+    "NUMBA_THREADING_LAYER" not in os.environ
+    and numba.config.THREADING_LAYER == "default"
+    and numba.np.ufunc.parallel._is_initialized is False
+):
     numba.config.THREADING_LAYER = "workqueue"
 
 #: below this many synaptic updates per projection and step, the one-sample path stays serial
@@ -931,10 +942,54 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
 
 
 @njit(cache=True)
+def _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blk, blocks):
+    """Block ``blk`` of ``blocks`` of a period's conv and dense deliveries: output channels of every target."""
+    for n in range(node_table.shape[0]):
+        count = nactive[n]
+        if count == 0:
+            continue
+        soff = node_table[n, N_SPIKE]
+        for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+            if proj[j, P_TARGET] == output or proj[j, P_CORE] == CORE_CSR:
+                continue
+            width = proj[j, P_COUT]
+            lo = blk * width // blocks
+            hi = (blk + 1) * width // blocks
+            if hi > lo:
+                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count, np.float32(0.0),
+                         q, soff, lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def _split_parallel(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks):
+    for blk in prange(blocks):
+        _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blk, blocks)
+
+
+@njit(cache=True)
+def _split_period(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks):
+    """All conv and dense deliveries of one period, in one parallel region when ``blocks > 1``.
+
+    Thread ``blk`` owns the slice ``[blk * C // blocks, (blk + 1) * C // blocks)``
+    of the output channels of every target, so no two threads write the same
+    membrane potential; each element gets its terms in the serial order.
+    """
+    if blocks < 2:
+        _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, 0, 1)
+    else:
+        _split_parallel(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks)
+
+
+@njit(cache=True)
 def _bsnn_one(phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout, bias,
               drive, output_order, output, state_size, spike_size, candidate_size, emitted_size, max_gate_out, counts,
               sops, predictions, logits, events, event_start, record, deliveries, threads, split_min_work):
-    """:func:`_bsnn_sample` for one sample (row 0), the larger scatters split over the threads by output channel."""
+    """:func:`_bsnn_sample` for one sample (row 0): a period's conv and dense deliveries split over the threads.
+
+    When a period's deliveries reach ``split_min_work`` synapses they run in one
+    parallel region (:func:`_split_period`), each thread owning a slice of the
+    output channels of every target; CSR deliveries stay serial.
+    """
     nodes = node_table.shape[0]
     V, spikes, bits, q, active, nactive = _new_period_state(nodes, state_size, spike_size)
     periods = (timesteps + phases - 1) // phases
@@ -945,14 +1000,21 @@ def _bsnn_one(phases, timesteps, node_table, node_threshold, proj, weights, indp
         event = _bsnn_nodes(0, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias, drive,
                             V, bits, q, active, nactive, counts, sops, events, event, event_end, record)
         if p + 1 < periods:
+            work = 0
             for n in range(nodes):
                 count = nactive[n]
                 soff = node_table[n, N_SPIKE]
                 for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
                     if count > 0 and proj[j, P_TARGET] != output:
-                        _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
-                                     np.float32(0.0), q, soff, fanout, threads, split_min_work)
                         delivered += count
+                        if proj[j, P_CORE] == CORE_CSR:
+                            _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
+                                     np.float32(0.0), q, soff, 0, proj[j, P_COUT])
+                        else:
+                            work += count * fanout[soff + active[soff]]
+            if work > 0:
+                blocks = threads if work >= split_min_work else 1
+                _split_period(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks)
         delivered += _bsnn_output(0, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols,
                                   vals, bias, drive, output_order, output, V, spikes, bits, q, active, nactive,
                                   predictions, logits)

@@ -248,3 +248,16 @@ def test_period_kernel_equals_step_by_step(monkeypatch, name, timesteps):
     # the period kernel scatters one row per active neuron and period: fewer than one per spike
     spikes = sum(int(c.sum()) for c in step.spike_counts.values())
     assert period.extra["deliveries"].sum() < step.extra["deliveries"].sum() <= spikes * 2
+
+
+@pytest.mark.parametrize(("setup", "expected"), [("", "workqueue"), ("numba.config.THREADING_LAYER = 'omp'", "omp")])
+def test_threading_layer_default_respects_the_user(setup, expected):
+    """Importing the runtime picks workqueue only when nobody chose a threading layer."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"import numba\n{setup}\nimport runtime.kernels\nprint(numba.config.THREADING_LAYER)"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split()[-1] == expected
