@@ -198,8 +198,9 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
     s = 0
     while s < count:
         pos = active[soff + s] // cin
+        limit = (pos + 1) * cin  # the position's neurons are active[s:e], found without a division each
         e = s + 1
-        while e < count and active[soff + e] // cin == pos:
+        while e < count and active[soff + e] < limit:
             e += 1
         iy = pos // width
         ix = pos - iy * width
@@ -207,18 +208,24 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
             ny = iy + pt - ky * dh
             if ny < 0:
                 break
-            if ny % sh != 0:
+            if sh == 1:  # integer division is slow: skip it for the common stride 1
+                oy = ny
+            elif ny % sh != 0:
                 continue
-            oy = ny // sh
+            else:
+                oy = ny // sh
             if oy >= oh:
                 continue
             for kx in range(kw):
                 nx = ix + pl - kx * dw
                 if nx < 0:
                     break
-                if nx % sw != 0:
+                if sw == 1:
+                    ox = nx
+                elif nx % sw != 0:
                     continue
-                ox = nx // sw
+                else:
+                    ox = nx // sw
                 if ox >= ow:
                     continue
                 base = vbase + (oy * ow + ox) * cout
@@ -263,12 +270,9 @@ def _dense_add(V, vbase, proj, j, weights, m, value, lo, hi):
 
 @njit(cache=True)
 def _csr_add(V, vbase, row0, indptr, cols, vals, m, value):
-    start = indptr[row0 + m]
-    stop = indptr[row0 + m + 1]
-    c = cols[start:stop]
-    w = vals[start:stop]
-    for e in range(stop - start):
-        V[vbase + c[e]] += value * w[e]
+    """Add ``value`` times CSR row ``row0 + m`` (plain indexing: a gather-scatter gains nothing from slices)."""
+    for e in range(indptr[row0 + m], indptr[row0 + m + 1]):
+        V[vbase + cols[e]] += value * vals[e]
 
 
 @njit(cache=True)
@@ -693,11 +697,11 @@ def _gate_period(gate, g, bits, q, ssoff, active, soff):
 
 @njit(cache=True)
 def _popcount(x):
-    n = 0
-    while x:
-        x &= x - 1
-        n += 1
-    return n
+    """Set bits of a pattern (K <= 16 bits), branch-free."""
+    x = x - ((x >> 1) & 0x5555)
+    x = (x & 0x3333) + ((x >> 2) & 0x3333)
+    x = (x + (x >> 4)) & 0x0F0F
+    return (x + (x >> 8)) & 0x1F
 
 
 @njit(cache=True)
@@ -735,15 +739,16 @@ def _bsnn_nodes(b, p, phases, timesteps, periods, node_table, node_threshold, ga
                 continue
             count = _fire_period(V, voff, size, node_threshold[n], phases, kmax, bits, q, active, soff)
         nactive[n] = count
-        spikes_total = 0
-        synapses = 0
-        for i in range(count):
-            m = active[soff + i]
-            s = _popcount(bits[soff + m])
-            counts[b, soff + m] += s
-            spikes_total += s
-            synapses += s * fanout[soff + m]
-        sops[b, n] += synapses
+        if count > 0:
+            pattern = bits[soff : soff + size]
+            spike_count = counts[b, soff : soff + size]
+            fan = fanout[soff : soff + size]
+            synapses = 0
+            for i in range(size):  # every neuron, branch-free: vectorises
+                s = _popcount(pattern[i])
+                spike_count[i] += s
+                synapses += s * np.int64(fan[i])
+            sops[b, n] += synapses
         if record[n]:
             for k in range(kmax):
                 bit = 1 << (phases - 1 - k)
