@@ -269,13 +269,6 @@ def _dense_add(V, vbase, proj, j, weights, m, value, lo, hi):
 
 
 @njit(cache=True)
-def _csr_add(V, vbase, row0, indptr, cols, vals, m, value):
-    """Add ``value`` times CSR row ``row0 + m`` (plain indexing: a gather-scatter gains nothing from slices)."""
-    for e in range(indptr[row0 + m], indptr[row0 + m + 1]):
-        V[vbase + cols[e]] += value * vals[e]
-
-
-@njit(cache=True)
 def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, lo, hi):
     """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``) through projection j.
 
@@ -290,12 +283,18 @@ def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, 
     if qoff >= 0 and core == CORE_CONV and prefix < 0:
         _conv_add_active(V, vbase, proj, j, weights, spikes, soff, count, q, qoff, lo, hi)
         return
+    if core == CORE_CSR:  # one tight loop (a synchronous neuron's identity: one entry per row)
+        row0 = proj[j, P_CSR_ROW]
+        for s in range(count):
+            m = spikes[soff + s]
+            v = np.float32(value) if qoff < 0 else q[qoff + m]
+            for e in range(indptr[row0 + m], indptr[row0 + m + 1]):
+                V[vbase + cols[e]] += v * vals[e]
+        return
     for s in range(count):
         m = spikes[soff + s]
         v = np.float32(value) if qoff < 0 else q[qoff + m]  # float32 always: a float64 v changes the rounding
-        if core == CORE_CSR:
-            _csr_add(V, vbase, proj[j, P_CSR_ROW], indptr, cols, vals, m, v)
-        elif prefix < 0:
+        if prefix < 0:
             if core == CORE_CONV:
                 _conv_add(V, vbase, proj, j, weights, m, v, lo, hi)
             else:
