@@ -449,8 +449,8 @@ def _gate_step(mode, k, gate, g, spikes, ssoff, scount, sflags, emitted, eoff, c
 
 @njit(cache=True)
 def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, periods, node_table, node_threshold, gate, fanout,
-               bias, drive, output_order, output, V, spikes, flags, nspikes, candidates, emitted, touched, tlist, counts, sops,
-               predictions, logits):
+               bias, drive, output_order, output, V, spikes, flags, nspikes, candidates, emitted, touched, tlist,
+               counts, sops, predictions, logits):
     """Node n at step t of sample b: receive constant current, fire (or gate), do the bookkeeping.
 
     Returns the node's spike count this step (its spikes are at ``spikes[N_SPIKE:]``)
@@ -823,10 +823,10 @@ def _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weig
 
 
 @njit(cache=True)
-def _bsnn_sample(b, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout,
-                 bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                 max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries):
-    """Mode ``bsnn`` for sample b, one period at a time, each neuron's spikes into populations delivered once.
+def _bsnn_samples(first, last, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals,
+                  gate, fanout, bias, drive, output_order, output, state_size, spike_size, counts, sops, predictions,
+                  logits, events, event_start, record, deliveries):
+    """Mode ``bsnn`` for samples ``first:last``, period by period, each neuron's spikes into populations delivered once.
 
     In a fire period a population's V cannot change (its sources integrate),
     so its K phases are computed at once (:func:`_fire_period`). The values a
@@ -837,44 +837,56 @@ def _bsnn_sample(b, phases, timesteps, node_table, node_threshold, proj, weights
     every spike in its step. Spikes into the output are delivered phase by
     phase (its V is read every step). Periods whose targets could not fire
     before ``timesteps`` are neither integrated nor delivered.
+
+    The state is allocated once for the samples (only V needs zeroing between
+    them: the rest is written before it is read in every period).
     """
     nodes = node_table.shape[0]
     V, spikes, bits, q, active, nactive = _new_period_state(nodes, state_size, spike_size)
     periods = (timesteps + phases - 1) // phases
-    event = event_start[b]
-    event_end = event_start[b + 1]
-    delivered = 0
-    for p in range(periods):
-        event = _bsnn_nodes(b, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias, drive,
-                            V, bits, q, active, nactive, counts, sops, events, event, event_end, record)
-        if p + 1 < periods:
-            for n in range(nodes):
-                count = nactive[n]
-                soff = node_table[n, N_SPIKE]
-                for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                    if count > 0 and proj[j, P_TARGET] != output:
-                        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
-                                 np.float32(0.0), q, soff, 0, proj[j, P_COUT])
-                        delivered += count
-        delivered += _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols,
-                                  vals, bias, drive, output_order, output, V, spikes, bits, q, active, nactive,
-                                  predictions, logits)
-    deliveries[b] = delivered
-
+    for b in range(first, last):
+        V[:] = 0
+        event = event_start[b]
+        event_end = event_start[b + 1]
+        delivered = 0
+        for p in range(periods):
+            event = _bsnn_nodes(b, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias,
+                                drive, V, bits, q, active, nactive, counts, sops, events, event, event_end, record)
+            if p + 1 < periods:
+                for n in range(nodes):
+                    count = nactive[n]
+                    soff = node_table[n, N_SPIKE]
+                    for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+                        if count > 0 and proj[j, P_TARGET] != output:
+                            _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
+                                     np.float32(0.0), q, soff, 0, proj[j, P_COUT])
+                            delivered += count
+            delivered += _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr,
+                                      cols, vals, bias, drive, output_order, output, V, spikes, bits, q, active,
+                                      nactive, predictions, logits)
+        deliveries[b] = delivered
 
 
 @njit(cache=True, parallel=True)
 def _simulate_batch(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                     fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries):
-    """All samples of a batch, one thread per sample at a time."""
-    for b in prange(drive.shape[0]):
-        if mode == 0 and coalesce:
-            _bsnn_sample(b, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
-                         fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size,
-                         emitted_size, max_gate_out, counts, sops, predictions, logits, events, event_start, record,
-                         deliveries)
-            continue
+                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries,
+                    chunks):
+    """All samples of a batch, one thread per sample (mode bsnn: per chunk of samples) at a time.
+
+    ``chunks``: mode bsnn splits the batch into this many chunks of samples,
+    each reusing one allocation of the state (a few per thread balance the load).
+    """
+    n = drive.shape[0]
+    if mode == 0 and coalesce:
+        chunks = max(1, min(n, chunks))
+        for c in prange(chunks):
+            _bsnn_samples(c * n // chunks, (c + 1) * n // chunks, phases, timesteps, node_table, node_threshold,
+                          proj, weights, indptr, cols, vals, gate, fanout, bias, drive, output_order, output,
+                          state_size, spike_size, counts, sops, predictions, logits, events, event_start, record,
+                          deliveries)
+        return
+    for b in prange(n):
         _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                     fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
                     max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce,

@@ -267,7 +267,7 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     elif drive.shape[0] == 1:
         kernels._simulate_one(*args, threads, np.int64(kernels._SPLIT_MIN_WORK))
     else:
-        kernels._simulate_batch(*args)
+        kernels._simulate_batch(*args, np.int64(4 * threads))
     return deliveries
 
 
