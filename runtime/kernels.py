@@ -24,7 +24,7 @@ the stages; in ``bsnn-nosn`` also during fire periods). ``phase`` and
 Threshold comparisons are exact (no fastmath anywhere): a neuron fires at
 phase k iff ``V >= threshold * 2^-(k+1)`` (``V >= threshold`` in ``if-rate``).
 
-Mode ``bsnn`` runs period by period (:func:`_bsnn_sample`): a fire period
+Mode ``bsnn`` runs period by period (:func:`_bsnn_samples`): a fire period
 is computed at once, and each active neuron's emitted value ``q`` is
 scattered once per period (coalesced delivery); the step-by-step kernels
 (:func:`_run_sample`) run the other modes and serve as its reference.
@@ -546,7 +546,7 @@ def _new_state(nodes, state_size, spike_size, candidate_size, emitted_size, max_
 
 @njit(cache=True)
 def _new_period_state(nodes, state_size, spike_size):
-    """Zeroed per-sample state of :func:`_bsnn_sample`: V, spike list, patterns, values, active lists."""
+    """Zeroed per-sample state of :func:`_bsnn_samples`: V, spike list, patterns, values, active lists."""
     V = np.zeros(max(state_size, 1), np.float32)
     spikes = np.zeros(max(spike_size, 1), np.int32)
     bits = np.zeros(max(spike_size, 1), np.int32)
@@ -559,11 +559,11 @@ def _new_period_state(nodes, state_size, spike_size):
 @njit(cache=True)
 def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                 fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries):
+                max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries):
     """Simulate sample ``b`` step by step for ``timesteps`` steps, writing row b of the outputs.
 
     Every node runs every step and every spike is delivered in its own step
-    (any mode; ``bsnn`` uses :func:`_bsnn_sample` unless ``coalesce`` is off).
+    (any mode; ``bsnn`` uses :func:`_bsnn_samples` unless ``_COALESCE`` is off).
     """
     nodes = node_table.shape[0]
     V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
@@ -870,27 +870,28 @@ def _bsnn_samples(first, last, phases, timesteps, node_table, node_threshold, pr
 @njit(cache=True, parallel=True)
 def _simulate_batch(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                     fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries,
-                    chunks):
-    """All samples of a batch, one thread per sample (mode bsnn: per chunk of samples) at a time.
-
-    ``chunks``: mode bsnn splits the batch into this many chunks of samples,
-    each reusing one allocation of the state (a few per thread balance the load).
-    """
-    n = drive.shape[0]
-    if mode == 0 and coalesce:
-        chunks = max(1, min(n, chunks))
-        for c in prange(chunks):
-            _bsnn_samples(c * n // chunks, (c + 1) * n // chunks, phases, timesteps, node_table, node_threshold,
-                          proj, weights, indptr, cols, vals, gate, fanout, bias, drive, output_order, output,
-                          state_size, spike_size, counts, sops, predictions, logits, events, event_start, record,
-                          deliveries)
-        return
-    for b in prange(n):
+                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries):
+    """All samples of a batch step by step (any mode), one thread per sample at a time."""
+    for b in prange(drive.shape[0]):
         _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                     fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce,
-                    deliveries)
+                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries)
+
+
+@njit(cache=True, parallel=True)
+def _bsnn_batch(phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout, bias,
+                drive, output_order, output, state_size, spike_size, counts, sops, predictions, logits, events,
+                event_start, record, deliveries, chunks):
+    """Mode ``bsnn``, all samples of a batch period by period, in ``chunks`` chunks of samples at a time.
+
+    Each chunk reuses one allocation of the state; a few chunks per thread balance the load.
+    """
+    n = drive.shape[0]
+    chunks = max(1, min(n, chunks))
+    for c in prange(chunks):
+        _bsnn_samples(c * n // chunks, (c + 1) * n // chunks, phases, timesteps, node_table, node_threshold, proj,
+                      weights, indptr, cols, vals, gate, fanout, bias, drive, output_order, output, state_size,
+                      spike_size, counts, sops, predictions, logits, events, event_start, record, deliveries)
 
 
 @njit(cache=True, parallel=True)
@@ -918,13 +919,12 @@ def _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, so
 @njit(cache=True)
 def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
                   fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                  max_gate_out, counts, sops, predictions, logits, events, event_start, record, coalesce, deliveries,
-                  threads, split_min_work):
+                  max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries, threads,
+                  split_min_work):
     """One sample (row 0); the larger conv and dense scatters are split over the threads by output channel.
 
     The same schedule as :func:`_run_sample`. A projection is split when its
-    spikes (or, coalesced, its active neurons) reach at least
-    ``split_min_work`` synapses. Each thread owns a slice ``[lo, hi)`` of the
+    spikes of the step reach at least ``split_min_work`` synapses. Each thread owns a slice ``[lo, hi)`` of the
     target's channels, so no two threads write the same membrane potential.
     """
     nodes = node_table.shape[0]
@@ -998,9 +998,9 @@ def _split_period(V, node_table, proj, weights, indptr, cols, vals, active, nact
 
 @njit(cache=True)
 def _bsnn_one(phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout, bias,
-              drive, output_order, output, state_size, spike_size, candidate_size, emitted_size, max_gate_out, counts,
-              sops, predictions, logits, events, event_start, record, deliveries, threads, split_min_work):
-    """:func:`_bsnn_sample` for one sample (row 0): a period's conv and dense deliveries split over the threads.
+              drive, output_order, output, state_size, spike_size, counts, sops, predictions, logits, events,
+              event_start, record, deliveries, threads, split_min_work):
+    """:func:`_bsnn_samples` for one sample (row 0): a period's conv and dense deliveries split over the threads.
 
     When a period's deliveries reach ``split_min_work`` synapses they run in one
     parallel region (:func:`_split_period`), each thread owning a slice of the

@@ -258,16 +258,22 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     mode = np.int64(MODE_CODES[lowered.mode])
     phases = np.int64(lowered.phases)
     deliveries = np.zeros(drive.shape[0], np.int64)
-    args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits, events,
-            event_start, record, np.bool_(kernels._COALESCE), deliveries)
     threads = np.int64(numba.get_num_threads())
-    if drive.shape[0] == 1 and mode == 0 and kernels._COALESCE:
-        kernels._bsnn_one(phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits,
-                          events, event_start, record, deliveries, threads, np.int64(kernels._SPLIT_MIN_WORK))
-    elif drive.shape[0] == 1:
-        kernels._simulate_one(*args, threads, np.int64(kernels._SPLIT_MIN_WORK))
+    split = np.int64(kernels._SPLIT_MIN_WORK)
+    if mode == 0 and kernels._COALESCE:  # bsnn: period by period, coalesced delivery
+        period_args = (phases, np.int64(timesteps), *tables, drive, *sizes[:4], counts, sops, predictions, logits,
+                       events, event_start, record, deliveries)
+        if drive.shape[0] == 1:
+            kernels._bsnn_one(*period_args, threads, split)
+        else:
+            kernels._bsnn_batch(*period_args, np.int64(4 * threads))
+        return deliveries
+    args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits, events,
+            event_start, record, deliveries)
+    if drive.shape[0] == 1:
+        kernels._simulate_one(*args, threads, split)
     else:
-        kernels._simulate_batch(*args, np.int64(4 * threads))
+        kernels._simulate_batch(*args)
     return deliveries
 
 
