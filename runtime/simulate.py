@@ -195,6 +195,10 @@ def simulate(
     """
     lowered = graph if isinstance(graph, LoweredGraph) else lower(graph)
     x = _check_input(lowered, x)
+    # the analog input is normalised by its lambda (Input.scale, 1 unless configured at conversion)
+    input_scale = np.float32(np.asarray(lowered.graph.nodes[lowered.input_name]["op"].scale))
+    if input_scale != 1:
+        x = x / input_scale
     if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
         raise BsnnError(f"timesteps must be an integer >= 1, got {timesteps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -230,8 +234,9 @@ def simulate(
         parts = []
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            part = _run_batch(lowered, x[start:stop], start, timesteps, record_flags, wanted[start:stop],
-                              per_neuron_counts)
+            part = _run_batch(
+                lowered, x[start:stop], start, timesteps, record_flags, wanted[start:stop], per_neuron_counts
+            )
             if on_batch is not None:
                 on_batch(start, stop, part)
             parts.append(part)
@@ -247,10 +252,25 @@ def _kernel_args(lowered: LoweredGraph):
         if lo.node_table[i, N_KIND] == KIND_GATE:
             max_gate_out = max(max_gate_out, int(lo.node_table[i, N_SIZE]))
     return (
-        lo.node_table, lo.node_threshold, lo.proj_table, lo.weights, lo.csr_indptr, lo.csr_cols, lo.csr_vals,
-        lo.gate_table, lo.fanout, lo.bias,
-    ), (lo.output_order, np.int64(lo.output), np.int64(lo.state_size), np.int64(lo.spike_size),
-        np.int64(lo.candidate_size), np.int64(lo.emitted_size), np.int64(max_gate_out))
+        lo.node_table,
+        lo.node_threshold,
+        lo.proj_table,
+        lo.weights,
+        lo.csr_indptr,
+        lo.csr_cols,
+        lo.csr_vals,
+        lo.gate_table,
+        lo.fanout,
+        lo.bias,
+    ), (
+        lo.output_order,
+        np.int64(lo.output),
+        np.int64(lo.state_size),
+        np.int64(lo.spike_size),
+        np.int64(lo.candidate_size),
+        np.int64(lo.emitted_size),
+        np.int64(max_gate_out),
+    )
 
 
 def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions, logits, events, event_start, record):
@@ -261,15 +281,42 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     threads = np.int64(numba.get_num_threads())
     split = np.int64(kernels._SPLIT_MIN_WORK)
     if mode == 0 and kernels._COALESCE:  # bsnn: period by period, coalesced delivery
-        period_args = (phases, np.int64(timesteps), *tables, drive, *sizes[:4], counts, sops, predictions, logits,
-                       events, event_start, record, deliveries)
+        period_args = (
+            phases,
+            np.int64(timesteps),
+            *tables,
+            drive,
+            *sizes[:4],
+            counts,
+            sops,
+            predictions,
+            logits,
+            events,
+            event_start,
+            record,
+            deliveries,
+        )
         if drive.shape[0] == 1:
             kernels._bsnn_one(*period_args, threads, split)
         else:
             kernels._bsnn_batch(*period_args, np.int64(4 * threads))
         return deliveries
-    args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, counts, sops, predictions, logits, events,
-            event_start, record, deliveries)
+    args = (
+        mode,
+        phases,
+        np.int64(timesteps),
+        *tables,
+        drive,
+        *sizes,
+        counts,
+        sops,
+        predictions,
+        logits,
+        events,
+        event_start,
+        record,
+        deliveries,
+    )
     if drive.shape[0] == 1:
         kernels._simulate_one(*args, threads, split)
     else:
@@ -287,8 +334,18 @@ def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_c
     predictions = np.zeros((timesteps, b), np.int32)
     logits = np.zeros((periods, b, lowered.classes), np.float32)
     no_events = np.zeros((0, 3), np.int32)
-    deliveries = _execute(lowered, drive, timesteps, counts, sops, predictions, logits, no_events,
-                          np.zeros(b + 1, np.int64), np.zeros(count_nodes, np.uint8))
+    deliveries = _execute(
+        lowered,
+        drive,
+        timesteps,
+        counts,
+        sops,
+        predictions,
+        logits,
+        no_events,
+        np.zeros(b + 1, np.int64),
+        np.zeros(count_nodes, np.uint8),
+    )
 
     events_by_name: dict[str, np.ndarray] = {}
     recorded = [i for i in range(count_nodes) if record_flags[i]]
@@ -306,8 +363,9 @@ def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_c
         s2 = np.zeros((rows.size, count_nodes), np.int64)
         p2 = np.zeros((timesteps, rows.size), np.int32)
         l2 = np.zeros((periods, rows.size, lowered.classes), np.float32)
-        _execute(lowered, np.ascontiguousarray(drive[rows]), timesteps, c2, s2, p2, l2, events, event_start,
-                 record_flags)
+        _execute(
+            lowered, np.ascontiguousarray(drive[rows]), timesteps, c2, s2, p2, l2, events, event_start, record_flags
+        )
         sample_of = np.repeat(rows + start, per_sample).astype(np.int32)
         for i in recorded:
             name = lowered.names[i]
@@ -359,8 +417,9 @@ def _concatenate(parts: list[SimulationResult], lowered: LoweredGraph, timesteps
         logits=np.concatenate([p.logits for p in parts], axis=1),
         spike_counts={k: np.concatenate([p.spike_counts[k] for p in parts]) for k in first.spike_counts},
         sops=np.concatenate([p.sops for p in parts]),
-        sops_per_population={k: np.concatenate([p.sops_per_population[k] for p in parts])
-                             for k in first.sops_per_population},
+        sops_per_population={
+            k: np.concatenate([p.sops_per_population[k] for p in parts]) for k in first.sops_per_population
+        },
         events={k: np.concatenate([p.events[k] for p in parts]) for k in first.events},
         timesteps=timesteps,
         phases=lowered.phases,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from spiking_graphs import chain_graph, resnet_graph, vgg_graph
@@ -155,3 +157,21 @@ def test_load_round_trip_and_refuses_an_ann(tmp_path, images):
     bsnn_graph.save_onnx(ann, tmp_path / "ann.onnx")
     with pytest.raises(ModelError, match="not a converted spiking graph"):
         runtime.load(tmp_path / "ann.onnx")
+
+
+def test_input_lambda_set_at_conversion_is_applied_to_the_data():
+    """convert(..., input_lambda=L) scales the first layer by L; simulate must feed x / L."""
+    import passes
+    from bsnn_graph import load_onnx
+
+    root = Path(__file__).resolve().parent / "data"
+    ann = load_onnx(root / "vgg_tiny_legacy.onnx")
+    rng = np.random.default_rng(3)
+    x = rng.random((6, *ann.nodes[ann.graph["inputs"][0]]["shape"]), dtype=np.float32)
+    plain = passes.convert(ann, x, phases=4)
+    scaled = passes.convert(ann, x, phases=4, input_lambda=4.0)
+    assert float(scaled.nodes[scaled.graph["inputs"][0]]["op"].scale) == 4.0
+    a = runtime.simulate(plain, x, 40)
+    b = runtime.simulate(scaled, x, 40)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
