@@ -60,22 +60,6 @@ from bsnn_graph.errors import BsnnError, DataError, ModelError
 __all__ = ["LINEAR_OPS", "DenseResult", "DenseSimulator"]
 
 LINEAR_OPS = O.LINEAR_PROJECTIONS
-LINEAR_OPS = (
-    O.Conv,
-    O.Gemm,
-    O.MatMul,
-    O.AveragePool,
-    O.GlobalAveragePool,
-    O.Flatten,
-    O.Reshape,
-    O.Add,
-    O.Sum,
-    O.Mul,
-    O.Concat,
-    O.Pad,
-    O.Identity,
-    O.Dropout,
-)
 
 _INPUT, _LINEAR, _POPULATION, _GATE, _OUTPUT = range(5)
 

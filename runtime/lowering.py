@@ -57,24 +57,9 @@ class LoweringError(BsnnError):
 
 MODE_CODES = {"bsnn": 0, "bsnn-nosn": 1, "phase": 2, "if-rate": 3}
 
-#: ops allowed between spiking nodes (Identity and Dropout are harmless no-ops)
-LINEAR_OPS = (
-    O.Conv,
-    O.Gemm,
-    O.MatMul,
-    O.AveragePool,
-    O.GlobalAveragePool,
-    O.Flatten,
-    O.Reshape,
-    O.Add,
-    O.Sum,
-    O.Mul,
-    O.Concat,
-    O.Pad,
-    O.Identity,
-    O.Dropout,
-)
-SOURCE_OPS = (O.Input, O.Population, O.MaxGate)  # SynchronousNeuron is a Population
+#: ops allowed between spiking nodes (the spiking graph contract)
+LINEAR_OPS = O.LINEAR_PROJECTIONS
+SOURCE_OPS = O.SPIKING_SOURCES  # SynchronousNeuron is a Population
 
 # node kinds
 KIND_POPULATION = 0
