@@ -40,6 +40,7 @@ __all__ = [
     "topological_order",
     "unique_name",
     "verify",
+    "walk_until",
 ]
 
 
@@ -140,6 +141,26 @@ def unique_name(graph: nx.DiGraph, base: str) -> str:
     while f"{base}_{i}" in graph:
         i += 1
     return f"{base}_{i}"
+
+
+def walk_until(graph: nx.DiGraph, starts: list[str], stop: tuple[type, ...], forward: bool) -> list[str]:
+    """Nodes of the op types ``stop`` first met walking from ``starts`` (depth first, in input order).
+
+    The walk goes through consumers (``forward``) or inputs and does not pass
+    a ``stop`` node; e.g. the spiking sources of a population are the
+    spiking nodes met walking back through its linear projections.
+    """
+    found, stack, seen = [], list(reversed(starts)), set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(op_of(graph, node), stop):
+            found.append(node)
+        else:
+            stack.extend(reversed(consumers(graph, node) if forward else inputs_of(graph, node)))
+    return found
 
 
 def _infer_node(graph: nx.DiGraph, name: str) -> tuple[int, ...]:

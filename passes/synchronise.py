@@ -46,17 +46,7 @@ def spiking_targets(graph: nx.DiGraph, name: str) -> set[str]:
     targets = (*SPIKING, O.OutputAccumulator)
     if isinstance(ir.op_of(graph, name), targets):
         return {name}
-    found, stack, seen = set(), list(ir.consumers(graph, name)), set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if isinstance(ir.op_of(graph, node), targets):
-            found.add(node)
-        else:
-            stack.extend(ir.consumers(graph, node))
-    return found
+    return set(ir.walk_until(graph, ir.consumers(graph, name), targets, forward=True))
 
 
 def _source_scale(graph: nx.DiGraph, name: str) -> np.ndarray:

@@ -99,17 +99,7 @@ def check_convertible(graph: nx.DiGraph) -> None:
 
 def spiking_sources(graph: nx.DiGraph, name: str) -> list[str]:
     """The spiking nodes whose output reaches ``name`` through linear projections only (in order)."""
-    found, stack, seen = [], list(reversed(ir.inputs_of(graph, name))), set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if isinstance(ir.op_of(graph, node), SPIKING):
-            found.append(node)
-        else:
-            stack.extend(reversed(ir.inputs_of(graph, node)))
-    return found
+    return ir.walk_until(graph, ir.inputs_of(graph, name), SPIKING, forward=False)
 
 
 def compute_stages(graph: nx.DiGraph) -> int:
