@@ -22,6 +22,7 @@ import networkx as nx
 import numpy as np
 
 from . import ops as O
+from .cli_options import input_scale_option, json_option
 from .data import fit_to_input, load_dataset
 from .errors import BsnnError, DataError, ModelError
 from .ir import inputs_of, op_of, shape_of, topological_order
@@ -126,12 +127,12 @@ def _pass_names() -> list[str]:
 )
 @click.option("--channelwise", is_flag=True, help="One lambda per channel instead of per population.")
 @click.option("--until", type=click.Choice(_pass_names()), help="Stop after this pass (writes an intermediate graph).")
-@click.option("--input-scale", type=float, help="Multiply the raw inputs by this (default 1/255 for uint8 data).")
+@input_scale_option
 @click.option("--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Calibration batch.")
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Calibrate on the first N samples only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the summary.")
+@json_option("the summary")
 def convert_command(
     model: str,
     calib_path: str,

@@ -17,6 +17,7 @@ import networkx as nx
 import numpy as np
 
 from . import ops as O
+from .cli_options import json_option
 from .executor import macs
 from .ir import inputs_of, op_of, shape_of, topological_order
 
@@ -135,7 +136,7 @@ def _print_summary(summary: dict) -> None:
 
 @click.command("info")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+@json_option()
 def info_command(model: str, as_json: bool) -> None:
     """Show the nodes of MODEL.onnx: op, output shape, parameters, MACs (and spiking fields)."""
     from .onnx_io import load_onnx  # onnx is imported only when a model is read

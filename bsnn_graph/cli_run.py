@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from . import ops as O
+from .cli_options import input_scale_option, json_option, threads_option
 from .data import fit_to_input, iterate_batches, load_dataset
 from .errors import BsnnError, DataError, ModelError, TraceError
 from .executor import evaluate
@@ -232,10 +233,10 @@ def _simulate_with_progress(runtime, graph, x, timesteps, label, on_batch=None, 
     help="Samples whose events are stored: N = the first N, or a list like 0,5,10-19 (default: first 10).",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
-@click.option("--threads", type=click.IntRange(min=1), help="Worker threads (default: all cores).")
+@threads_option
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
-@click.option("--input-scale", type=float, help="Multiply the raw inputs by this (default 1/255 for uint8 data).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+@input_scale_option
+@json_option()
 def run_command(
     model: str,
     data_path: str,
@@ -403,9 +404,9 @@ def run_command(
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
-@click.option("--threads", type=click.IntRange(min=1), help="Worker threads (default: all cores).")
-@click.option("--input-scale", type=float, help="Multiply the raw inputs by this (default 1/255 for uint8 data).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+@threads_option
+@input_scale_option
+@json_option()
 def eval_command(
     model: str,
     data_path: str,
@@ -595,7 +596,7 @@ def inspect_trace(trace) -> dict:
 @click.option("--population", help="Only this population in the table; its events form the raster.")
 @click.option("--sample", type=click.IntRange(min=0), help="Sample shown in the raster (default: first recorded).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing plot file.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+@json_option()
 def inspect_command(
     trace_path: str,
     plot_path: str | None,
