@@ -280,43 +280,15 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     deliveries = np.zeros(drive.shape[0], np.int64)
     threads = np.int64(numba.get_num_threads())
     split = np.int64(kernels._SPLIT_MIN_WORK)
+    outputs = (counts, sops, predictions, logits, events, event_start, record, deliveries)
     if mode == 0 and kernels._COALESCE:  # bsnn: period by period, coalesced delivery
-        period_args = (
-            phases,
-            np.int64(timesteps),
-            *tables,
-            drive,
-            *sizes[:4],
-            counts,
-            sops,
-            predictions,
-            logits,
-            events,
-            event_start,
-            record,
-            deliveries,
-        )
+        period_args = (phases, np.int64(timesteps), *tables, drive, *sizes[:4], *outputs)
         if drive.shape[0] == 1:
             kernels._bsnn_one(*period_args, threads, split)
         else:
             kernels._bsnn_batch(*period_args, np.int64(4 * threads))
         return deliveries
-    args = (
-        mode,
-        phases,
-        np.int64(timesteps),
-        *tables,
-        drive,
-        *sizes,
-        counts,
-        sops,
-        predictions,
-        logits,
-        events,
-        event_start,
-        record,
-        deliveries,
-    )
+    args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, *outputs)
     if drive.shape[0] == 1:
         kernels._simulate_one(*args, threads, split)
     else:
