@@ -48,6 +48,18 @@ def _conv(**attrs):
     return [node("Conv", ["x", "w", "b"], **attrs)]
 
 
+def _shape_chain_reshape():
+    """Nodes, input shape and initializers of Reshape(x, Concat(Shape(x)[0], -1)) (opset 13 Unsqueeze)."""
+    nodes = [
+        node("Shape", ["x"], ["shape"]),
+        node("Gather", ["shape", "zero"], ["n"], axis=0),
+        node("Unsqueeze", ["n", "axes"], ["n1"]),
+        node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        node("Reshape", ["x", "target"]),
+    ]
+    return nodes, (2, 3, 4), [I64("zero", 0), I64("axes", [0]), I64("minus1", [-1])]
+
+
 CASES = {
     # Conv
     "conv_3x3_pad1": Case(_conv(pads=[1, 1, 1, 1]), (3, 8, 8), [W("w", 4, 3, 3, 3), W("b", 4)]),
@@ -185,26 +197,10 @@ CASES = {
     "reshape_minus_one_batch": Case([node("Reshape", ["x", "s"])], (2, 3, 4), [I64("s", [-1, 4, 6])]),
     "reshape_zero_copy": Case([node("Reshape", ["x", "s"])], (2, 3, 4), [I64("s", [0, 0, 2, 2, 3])], batch=2),
     "reshape_shape_chain": Case(
-        [
-            node("Shape", ["x"], ["shape"]),
-            node("Gather", ["shape", "zero"], ["n"], axis=0),
-            node("Unsqueeze", ["n", "axes"], ["n1"]),
-            node("Concat", ["n1", "minus1"], ["target"], axis=0),
-            node("Reshape", ["x", "target"]),
-        ],
-        (2, 3, 4),
-        [I64("zero", 0), I64("axes", [0]), I64("minus1", [-1])],
+        *_shape_chain_reshape(),
     ),
     "reshape_shape_chain_fixed_batch": Case(
-        [
-            node("Shape", ["x"], ["shape"]),
-            node("Gather", ["shape", "zero"], ["n"], axis=0),
-            node("Unsqueeze", ["n", "axes"], ["n1"]),
-            node("Concat", ["n1", "minus1"], ["target"], axis=0),
-            node("Reshape", ["x", "target"]),
-        ],
-        (2, 3, 4),
-        [I64("zero", 0), I64("axes", [0]), I64("minus1", [-1])],
+        *_shape_chain_reshape(),
         batch=2,
     ),
     "reshape_shape_chain_opset9": Case(
