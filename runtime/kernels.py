@@ -520,6 +520,20 @@ def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, periods, node_tab
 
 
 @njit(cache=True)
+def _carry(spikes, soff, count, value, q, gate):
+    """Give a step's spikes their value in ``q``, so that :func:`_deliver` groups them as in a period.
+
+    The grouped conv scatter needs the spikes in ascending order: a population
+    fires in that order, a gate's spikes (in the order its windows were
+    touched) are sorted here.
+    """
+    if gate:
+        spikes[soff : soff + count].sort()
+    for i in range(count):
+        q[soff + spikes[soff + i]] = value
+
+
+@njit(cache=True)
 def _record(events, event, event_end, t, n, spikes, soff, count):
     for i in range(count):
         if event < event_end:
@@ -541,7 +555,8 @@ def _new_state(nodes, state_size, spike_size, candidate_size, emitted_size, max_
     emitted = np.zeros(max(emitted_size, 1), np.float32)
     touched = np.zeros(max(max_gate_out, 1), np.uint8)
     tlist = np.zeros(max(max_gate_out, 1), np.int32)
-    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist
+    q = np.zeros(max(spike_size, 1), np.float32)
+    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q
 
 
 @njit(cache=True)
@@ -566,10 +581,9 @@ def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, we
     (any mode; ``bsnn`` uses :func:`_bsnn_samples` unless ``_COALESCE`` is off).
     """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
-    q = emitted[:1]  # unused: spikes carry one value per step
     periods = (timesteps + phases - 1) // phases
     event = event_start[b]
     event_end = event_start[b + 1]
@@ -586,10 +600,11 @@ def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, we
             if count == 0:
                 continue
             soff = node_table[n, N_SPIKE]
+            _carry(spikes, soff, count, value, q, node_table[n, N_KIND] == KIND_GATE)
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, -1,
+                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, soff,
                          0, proj[j, P_COUT])
                 delivered += count
     deliveries[b] = delivered
@@ -928,10 +943,9 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
     target's channels, so no two threads write the same membrane potential.
     """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
-    q = emitted[:1]  # unused: spikes carry one value per step
     periods = (timesteps + phases - 1) // phases
     event = event_start[0]
     event_end = event_start[1]
@@ -948,11 +962,12 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
             if count == 0:
                 continue
             soff = node_table[n, N_SPIKE]
+            _carry(spikes, soff, count, value, q, node_table[n, N_KIND] == KIND_GATE)
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
                 _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q,
-                             -1, fanout, threads, split_min_work)
+                             soff, fanout, threads, split_min_work)
                 delivered += count
     deliveries[0] = delivered
 
