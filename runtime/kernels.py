@@ -162,7 +162,7 @@ def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
             if ox >= ow:
                 continue
             base = vbase + (oy * ow + ox) * cout
-            row = woff + ((ci * kh + ky) * kw + kx) * cout
+            row = woff + ((ci * kh + ky) * kw + kw - 1 - kx) * cout  # kx reversed in the layout
             # slices, not V[base + co]: an index that is provably >= 0 lets LLVM vectorise (10x here)
             v = V[base + lo : base + hi]
             w = weights[row + lo : row + hi]
@@ -171,8 +171,48 @@ def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
 
 
 @njit(cache=True)
-def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, lo, hi):
-    """Scatter the active neurons ``active[soff:soff+count]`` (ascending) with values ``q`` through conv core j.
+def _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, n):
+    """``v += sum of x_m * weights[offset + m * stride : ... + n]`` over the neurons m = ``active[soff + s:soff + e]``.
+
+    x_m is ``q[qoff + m]``, or ``value`` when ``qoff < 0``. Four rows per pass
+    over v (one load and store of v, not four).
+    """
+    a = s
+    while a + 4 <= e:
+        m0 = active[soff + a]
+        m1 = active[soff + a + 1]
+        m2 = active[soff + a + 2]
+        m3 = active[soff + a + 3]
+        w0 = weights[offset + m0 * stride : offset + m0 * stride + n]
+        w1 = weights[offset + m1 * stride : offset + m1 * stride + n]
+        w2 = weights[offset + m2 * stride : offset + m2 * stride + n]
+        w3 = weights[offset + m3 * stride : offset + m3 * stride + n]
+        a += 4
+        if qoff < 0:  # one step's spikes: sum the rows, scale once
+            for co in range(n):
+                v[co] += value * ((w0[co] + w1[co]) + (w2[co] + w3[co]))
+            continue
+        q0 = q[qoff + m0]
+        q1 = q[qoff + m1]
+        q2 = q[qoff + m2]
+        q3 = q[qoff + m3]
+        for co in range(n):
+            v[co] += (q0 * w0[co] + q1 * w1[co]) + (q2 * w2[co] + q3 * w3[co])
+    while a < e:
+        m = active[soff + a]
+        x = value if qoff < 0 else q[qoff + m]
+        w = weights[offset + m * stride : offset + m * stride + n]
+        for co in range(n):
+            v[co] += x * w[co]
+        a += 1
+
+
+@njit(cache=True)
+def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, qoff, lo, hi):
+    """Scatter the active neurons ``active[soff:soff+count]`` (ascending) through conv core j.
+
+    Neuron m carries ``q[qoff + m]``, or ``value`` for all when ``qoff < 0``
+    (one step's spikes: the four weight rows are summed, then scaled once).
 
     The active neurons of one input position are contiguous: the position's
     index math is done once, and for each kernel offset its output vector
@@ -195,6 +235,7 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
     dw = proj[j, P_DW]
     woff = proj[j, P_WOFF]
     stride = kh * kw * cout  # between the rows of consecutive input channels
+    contiguous = sw == 1 and dw == 1 and lo == 0 and hi == cout
     s = 0
     while s < count:
         pos = active[soff + s] // cin
@@ -216,6 +257,17 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
                 oy = ny // sh
             if oy >= oh:
                 continue
+            if contiguous:  # the output positions ox_lo..ox_hi and their kernel rows, each one run
+                ox_lo = max(ix + pl - kw + 1, 0)
+                ox_hi = min(ix + pl, ow - 1)
+                if ox_lo > ox_hi:
+                    continue
+                n = (ox_hi - ox_lo + 1) * cout
+                base = vbase + (oy * ow + ox_lo) * cout
+                v = V[base : base + n]
+                offset = woff + (ky * kw + ox_lo - (ix + pl - kw + 1)) * cout - pos * cin * stride
+                _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, n)
+                continue
             for kx in range(kw):
                 nx = ix + pl - kx * dw
                 if nx < 0:
@@ -230,31 +282,8 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, q, qoff, l
                     continue
                 base = vbase + (oy * ow + ox) * cout
                 v = V[base + lo : base + hi]
-                offset = woff + (ky * kw + kx) * cout + lo - pos * cin * stride
-                a = s
-                while a + 4 <= e:  # four channels per pass over v (one load and store of v, not four)
-                    m0 = active[soff + a]
-                    m1 = active[soff + a + 1]
-                    m2 = active[soff + a + 2]
-                    m3 = active[soff + a + 3]
-                    q0 = q[qoff + m0]
-                    q1 = q[qoff + m1]
-                    q2 = q[qoff + m2]
-                    q3 = q[qoff + m3]
-                    w0 = weights[offset + m0 * stride : offset + m0 * stride + hi - lo]
-                    w1 = weights[offset + m1 * stride : offset + m1 * stride + hi - lo]
-                    w2 = weights[offset + m2 * stride : offset + m2 * stride + hi - lo]
-                    w3 = weights[offset + m3 * stride : offset + m3 * stride + hi - lo]
-                    for co in range(hi - lo):
-                        v[co] += (q0 * w0[co] + q1 * w1[co]) + (q2 * w2[co] + q3 * w3[co])
-                    a += 4
-                while a < e:
-                    m = active[soff + a]
-                    value = q[qoff + m]
-                    w = weights[offset + m * stride : offset + m * stride + hi - lo]
-                    for co in range(hi - lo):
-                        v[co] += value * w[co]
-                    a += 1
+                offset = woff + (ky * kw + kw - 1 - kx) * cout + lo - pos * cin * stride
+                _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, hi - lo)
         s = e
 
 
@@ -270,7 +299,7 @@ def _dense_add(V, vbase, proj, j, weights, m, value, lo, hi):
 
 @njit(cache=True)
 def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, lo, hi):
-    """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``) through projection j.
+    """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``, ascending) through projection j.
 
     Each spike of neuron m carries ``value`` when ``qoff < 0``, else its own
     coalesced value ``q[qoff + m]``. Conv and dense cores update only output
@@ -280,8 +309,8 @@ def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, 
     vbase = node_table[target, N_STATE]
     core = proj[j, P_CORE]
     prefix = proj[j, P_PREFIX_ROW]
-    if qoff >= 0 and core == CORE_CONV and prefix < 0:
-        _conv_add_active(V, vbase, proj, j, weights, spikes, soff, count, q, qoff, lo, hi)
+    if core == CORE_CONV and prefix < 0:
+        _conv_add_active(V, vbase, proj, j, weights, spikes, soff, count, np.float32(value), q, qoff, lo, hi)
         return
     if core == CORE_CSR:  # one tight loop (a synchronous neuron's identity: one entry per row)
         row0 = proj[j, P_CSR_ROW]
@@ -312,15 +341,21 @@ def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, 
 
 @njit(cache=True)
 def _fire(V, voff, size, threshold, spikes, soff, flags):
-    """Reset-by-subtraction firing: every neuron with ``V >= threshold`` spikes; returns the count."""
-    count = 0
+    """Reset-by-subtraction firing: every neuron with ``V >= threshold`` spikes; returns the count.
+
+    Branch-free (a neuron fires unpredictably): the compare-and-subtract pass
+    vectorises, the compaction writes every index and advances on a spike.
+    """
     v = V[voff : voff + size]
+    fired = flags[soff : soff + size]
     for i in range(size):
-        if v[i] >= threshold:
-            v[i] -= threshold
-            spikes[soff + count] = i
-            flags[soff + i] = 1
-            count += 1
+        fires = v[i] >= threshold
+        v[i] = v[i] - threshold if fires else v[i]
+        fired[i] = 1 if fires else 0
+    count = 0
+    for i in range(size):
+        spikes[soff + count] = i  # count <= i here: stays inside the node's spike slots
+        count += fired[i]
     return count
 
 
@@ -520,20 +555,6 @@ def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, periods, node_tab
 
 
 @njit(cache=True)
-def _carry(spikes, soff, count, value, q, gate):
-    """Give a step's spikes their value in ``q``, so that :func:`_deliver` groups them as in a period.
-
-    The grouped conv scatter needs the spikes in ascending order: a population
-    fires in that order, a gate's spikes (in the order its windows were
-    touched) are sorted here.
-    """
-    if gate:
-        spikes[soff : soff + count].sort()
-    for i in range(count):
-        q[soff + spikes[soff + i]] = value
-
-
-@njit(cache=True)
 def _record(events, event, event_end, t, n, spikes, soff, count):
     for i in range(count):
         if event < event_end:
@@ -555,8 +576,7 @@ def _new_state(nodes, state_size, spike_size, candidate_size, emitted_size, max_
     emitted = np.zeros(max(emitted_size, 1), np.float32)
     touched = np.zeros(max(max_gate_out, 1), np.uint8)
     tlist = np.zeros(max(max_gate_out, 1), np.int32)
-    q = np.zeros(max(spike_size, 1), np.float32)
-    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q
+    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist
 
 
 @njit(cache=True)
@@ -581,9 +601,10 @@ def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, we
     (any mode; ``bsnn`` uses :func:`_bsnn_samples` unless ``_COALESCE`` is off).
     """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
+    q = emitted[:1]  # unused: spikes carry one value per step
     periods = (timesteps + phases - 1) // phases
     event = event_start[b]
     event_end = event_start[b + 1]
@@ -600,11 +621,12 @@ def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, we
             if count == 0:
                 continue
             soff = node_table[n, N_SPIKE]
-            _carry(spikes, soff, count, value, q, node_table[n, N_KIND] == KIND_GATE)
+            if node_table[n, N_KIND] == KIND_GATE:  # its spikes come in window order: the conv scatter needs them sorted
+                spikes[soff : soff + count].sort()
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, soff,
+                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, -1,
                          0, proj[j, P_COUT])
                 delivered += count
     deliveries[b] = delivered
@@ -943,9 +965,10 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
     target's channels, so no two threads write the same membrane potential.
     """
     nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist, q = _new_state(
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
         nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
     )
+    q = emitted[:1]  # unused: spikes carry one value per step
     periods = (timesteps + phases - 1) // phases
     event = event_start[0]
     event_end = event_start[1]
@@ -962,12 +985,13 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
             if count == 0:
                 continue
             soff = node_table[n, N_SPIKE]
-            _carry(spikes, soff, count, value, q, node_table[n, N_KIND] == KIND_GATE)
+            if node_table[n, N_KIND] == KIND_GATE:  # its spikes come in window order: the conv scatter needs them sorted
+                spikes[soff : soff + count].sort()
             if record[n]:
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
                 _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q,
-                             soff, fanout, threads, split_min_work)
+                             -1, fanout, threads, split_min_work)
                 delivered += count
     deliveries[0] = delivered
 

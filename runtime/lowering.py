@@ -366,7 +366,9 @@ def _conv_core(graph, chain, h):
     strides = tuple(op.strides) or (1, 1)
     dilations = tuple(op.dilations) or (1, 1)
     cout, cin, kh, kw = op.weight.shape
-    rows = np.ascontiguousarray(op.weight.transpose(1, 2, 3, 0), dtype=np.float32).reshape(-1)  # W[ci, ky, kx, :]
+    # W[ci, ky, kw - 1 - kx, :]: kx reversed, so that at stride and dilation 1 the kernel row of one input
+    # position and the output positions it reaches are both contiguous (one scatter per ky, see kernels)
+    rows = np.ascontiguousarray(op.weight.transpose(1, 2, 3, 0)[:, :, ::-1, :], dtype=np.float32).reshape(-1)
     params = {
         "cin": cin, "h": in_shape[1], "w": in_shape[2], "cout": cout, "oh": out_shape[1], "ow": out_shape[2],
         "kh": kh, "kw": kw, "sh": strides[0], "sw": strides[1], "pt": pads[0], "pl": pads[1],

@@ -66,7 +66,7 @@ def numpy_deliver(lowered, j, spikes_internal: np.ndarray) -> np.ndarray:
             out[:] += value * lowered.weights[row[L.P_WOFF] : row[L.P_WOFF] + n_in * n_out].reshape(n_in, n_out)[m]
         else:
             cin, _h, w, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = row[L.P_CIN : L.P_WOFF + 1]
-            weights = lowered.weights[woff : woff + cin * kh * kw * cout].reshape(cin, kh, kw, cout)
+            weights = lowered.weights[woff : woff + cin * kh * kw * cout].reshape(cin, kh, kw, cout)[:, :, ::-1]
             ci, iy, ix = m % cin, (m // cin) // w, (m // cin) % w
             for ky in range(kh):
                 for kx in range(kw):
