@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from bsnn_graph.executor import macs
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("bsnn", "bsnn-nosn", "phase", "if-rate")
 K_SWEEP = (4, 6, 10)
+MODELS = json.loads((ROOT / "data" / "models.json").read_text())
 
 
 def machine() -> str:
@@ -52,8 +56,6 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    import os
-
     return f"{platform.machine()}, {os.cpu_count()} cores, {cpu or platform.processor()}, Python {platform.python_version()}"
 
 
@@ -84,66 +86,154 @@ def deepest_stage(graph) -> int:
     )
 
 
-def run_model(name: str, info: dict, x, y, calib, args) -> dict:
-    ann = load_onnx(ROOT / "data" / info["onnx"])
-    ann_acc = ann_accuracy(ann, x, y)
-    ann_macs = int(sum(macs(ann, n) for n in ann.nodes))
-    out = {"model": name, "ann_accuracy": ann_acc, "ann_macs": ann_macs, "runs": {}}
-    print(f"{name}: ANN accuracy {ann_acc:.2f}% on {len(x)} images, {ann_macs / 1e6:.2f} M MACs per image", flush=True)
-    configs = [(mode, 8) for mode in MODES] + [("bsnn", k) for k in K_SWEEP]
-    for mode, k in configs:
-        snn = passes.convert(ann, calib, mode=mode, phases=k, percentile=args.percentile)
-        depth = deepest_stage(snn)
-        if mode == "bsnn":
-            # the bistable network settles within a few periods of its first output
-            t_max, images = (depth + args.bsnn_periods) * k, len(x)
-        else:
-            t_max, images = (
-                max(args.timesteps, (depth + args.bsnn_periods) * k),
-                min(len(x), args.baseline_limit or len(x)),
-            )
-        started = time.perf_counter()
-        result = runtime.simulate(snn, x[:images], t_max, batch_size=args.batch_size, per_neuron_counts=False)
-        seconds = time.perf_counter() - started
-        acc = 100.0 * (result.predictions == y[None, :images]).mean(axis=1)
-        ann_ref = ann_acc if images == len(x) else ann_accuracy(ann, x[:images], y[:images])
-        key = f"{mode}@K{k}"
-        entry = {
-            "mode": mode,
-            "phases": k,
-            "deepest_stage": depth,
-            "t_first_output": (depth + 1) * k if mode.startswith("bsnn") else 1,
-            "timesteps": t_max,
-            "images": images,
-            "ann_accuracy_same_images": ann_ref,
-            "accuracy": [round(float(a), 3) for a in acc],
-            "t_within_1": first_within(acc, ann_ref, 1.0),
-            "t_within_0_1": first_within(acc, ann_ref, 0.1),
-            "final_accuracy": float(acc[-1]),
-            "sops_per_image_at_t_max": float(result.sops.mean()),
-            "seconds": seconds,
-        }
-        out["runs"][key] = entry
-        print(
-            f"  {key:14s} L={depth:2d} N={images:5d} T_max={t_max:4d} final {acc[-1]:6.2f}%  "
-            f"T(1pt)={entry['t_within_1']} T(0.1pt)={entry['t_within_0_1']}  {seconds:7.1f} s",
-            flush=True,
-        )
-    # energy at the first T where bsnn (K=8) is within 1 point of the ANN
-    t_energy = out["runs"]["bsnn@K8"]["t_within_1"] or out["runs"]["bsnn@K8"]["timesteps"]
-    energy = {"timesteps": t_energy, "ann_energy_uJ_estimate": ann_macs * runtime.E_MAC_PJ * 1e-6}
+def _config(mode: str, k: int, depth: int, args, n_images: int) -> tuple[int, int]:
+    """(T_max, images) of one run: bsnn to (L + bsnn_periods) K on every image, the baselines further."""
+    t_bsnn = (depth + args.bsnn_periods) * k
+    if mode == "bsnn":
+        return t_bsnn, n_images
+    return max(args.timesteps, t_bsnn), min(n_images, args.baseline_limit or n_images)
+
+
+def _cache_file(args, model: str, key: str) -> Path:
+    return Path(args.cache) / model / f"{key}.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write through a temporary name, so an interrupted run never leaves half a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _cached(path: Path, settings: dict) -> dict | None:
+    if not path.exists():
+        return None
+    entry = json.loads(path.read_text())
+    return entry if entry.get("settings") == settings else None
+
+
+_DATA: dict = {}
+
+
+def _inputs(args):
+    """The test and calibration sets, loaded once per process."""
+    if not _DATA:
+        _DATA["x"], _DATA["y"] = load_dataset(args.data, limit=args.limit)
+        _DATA["calib"], _ = load_dataset(args.calib)
+    return _DATA["x"], _DATA["y"], _DATA["calib"]
+
+
+def _settings(args, model: str, mode: str, k: int, t_max: int, images: int) -> dict:
+    """What a cached result must have been measured with to be reused."""
+    return {
+        "onnx": _onnx_file(MODELS[model]),
+        "data": str(Path(args.data).name),
+        "calib": str(Path(args.calib).name),
+        "percentile": args.percentile,
+        "mode": mode,
+        "phases": k,
+        "timesteps": t_max,
+        "images": images,
+    }
+
+
+def run_job(job: tuple[str, str, int], args) -> dict:
+    """One (model, mode, K) run over the test set; the result is cached under ``--cache``."""
+    model, mode, k = job
+    key = f"{mode}@K{k}"
+    x, y, calib = _inputs(args)
+    ann = load_onnx(ROOT / "data" / _onnx_file(MODELS[model]))
+    snn = passes.convert(ann, calib, mode=mode, phases=k, percentile=args.percentile)
+    depth = deepest_stage(snn)
+    t_max, images = _config(mode, k, depth, args, len(x))
+    settings = _settings(args, model, mode, k, t_max, images)
+    path = _cache_file(args, model, key)
+    cached = _cached(path, settings)
+    if cached is not None:
+        return cached
+    started = time.perf_counter()
+    result = runtime.simulate(
+        snn, x[:images], t_max, batch_size=args.batch_size, threads=args.threads, per_neuron_counts=False
+    )
+    seconds = time.perf_counter() - started
+    acc = 100.0 * (result.predictions == y[None, :images]).mean(axis=1)
+    entry = {
+        "settings": settings,
+        "mode": mode,
+        "phases": k,
+        "deepest_stage": depth,
+        "t_first_output": (depth + 1) * k if mode.startswith("bsnn") else 1,
+        "timesteps": t_max,
+        "images": images,
+        "accuracy": [round(float(a), 3) for a in acc],
+        "final_accuracy": float(acc[-1]),
+        "sops_per_image_at_t_max": float(result.sops.mean()),
+        "seconds": seconds,
+        "threads": args.threads,
+        "commit": _commit(),
+    }
+    _write_json(path, entry)
+    print(f"  {model} {key:14s} L={depth:2d} N={images:5d} T_max={t_max:4d} final {acc[-1]:6.2f}%  {seconds:7.1f} s",
+          flush=True)
+    return entry
+
+
+def energy_job(model: str, t_energy: int, args) -> dict:
+    """SOPs per image of bsnn and if-rate (K = 8) at ``t_energy`` on the first ``--energy-images`` images."""
+    x, _, calib = _inputs(args)
     n_energy = min(len(x), args.energy_images)
+    ann = load_onnx(ROOT / "data" / _onnx_file(MODELS[model]))
+    energy = {}
     for mode in ("bsnn", "if-rate"):
-        snn = passes.convert(ann, calib, mode=mode, phases=8, percentile=args.percentile)
-        result = runtime.simulate(snn, x[:n_energy], t_energy, batch_size=args.batch_size, per_neuron_counts=False)
-        sops = float(result.sops.mean())
-        input_macs = int(result.input_macs)
-        energy[mode] = {
-            "sops_per_image": sops,
-            "input_layer_macs": input_macs,
-            "energy_uJ_estimate": (sops * runtime.E_AC_PJ + input_macs * runtime.E_MAC_PJ) * 1e-6,
-        }
-    out["energy"] = energy
+        settings = _settings(args, model, mode, 8, t_energy, n_energy)
+        path = _cache_file(args, model, f"energy_{mode}")
+        cached = _cached(path, settings)
+        if cached is None:
+            snn = passes.convert(ann, calib, mode=mode, phases=8, percentile=args.percentile)
+            result = runtime.simulate(snn, x[:n_energy], t_energy, batch_size=args.batch_size, threads=args.threads,
+                                      per_neuron_counts=False)
+            sops, input_macs = float(result.sops.mean()), int(result.input_macs)
+            cached = {
+                "settings": settings,
+                "sops_per_image": sops,
+                "input_layer_macs": input_macs,
+                "energy_uJ_estimate": (sops * runtime.E_AC_PJ + input_macs * runtime.E_MAC_PJ) * 1e-6,
+            }
+            _write_json(path, cached)
+        energy[mode] = cached
+    return energy
+
+
+def _worker(job_and_args):
+    job, args = job_and_args
+    return job, run_job(job, args)
+
+
+def jobs_in_order(models: list[str]) -> list[tuple[str, str, int]]:
+    """Cheapest and most telling first: bsnn and if-rate, then the K sweep and bsnn-nosn, phase last."""
+    order = [("bsnn", 8), ("if-rate", 8)] + [("bsnn", k) for k in K_SWEEP] + [("bsnn-nosn", 8), ("phase", 8)]
+    return [(m, mode, k) for mode, k in order for m in models]
+
+
+def summarise(model: str, runs: dict, x, y, args) -> dict:
+    """ANN accuracy, first T within 1 / 0.1 point, energy: one model's entry of docs/headline.json."""
+    ann = load_onnx(ROOT / "data" / _onnx_file(MODELS[model]))
+    ann_acc = ann_accuracy(ann, x, y)
+    out = {"model": model, "ann_accuracy": ann_acc, "ann_macs": int(sum(macs(ann, n) for n in ann.nodes)), "runs": {}}
+    for key, run in runs.items():
+        images = run["images"]
+        ref = ann_acc if images == len(x) else ann_accuracy(ann, x[:images], y[:images])
+        acc = np.array(run["accuracy"])
+        run = {k: v for k, v in run.items() if k != "settings"}
+        run.update(ann_accuracy_same_images=ref, t_within_1=first_within(acc, ref, 1.0),
+                   t_within_0_1=first_within(acc, ref, 0.1))
+        out["runs"][key] = run
+    bsnn = out["runs"].get("bsnn@K8")
+    if bsnn is not None:
+        t_energy = bsnn["t_within_1"] or bsnn["timesteps"]
+        out["energy"] = {"timesteps": t_energy, "ann_energy_uJ_estimate": out["ann_macs"] * runtime.E_MAC_PJ * 1e-6,
+                         **energy_job(model, t_energy, args)}
     return out
 
 
@@ -205,6 +295,8 @@ def markdown(results: list[dict], meta: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for res in results:
+        if "bsnn@K8" not in res["runs"] or "if-rate@K8" not in res["runs"]:
+            continue
         b, r = res["runs"]["bsnn@K8"], res["runs"]["if-rate@K8"]
         ratio = f"{b['t_within_1'] / r['t_within_1']:.3f}" if b["t_within_1"] and r["t_within_1"] else "-"
         lines.append(
@@ -225,6 +317,8 @@ def markdown(results: list[dict], meta: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
+        if "energy" not in res:
+            continue
         e = res["energy"]
         lines.append(
             f"| {res['model']} | {e['timesteps']} | {res['ann_macs']:,} | {e['ann_energy_uJ_estimate']:.3f} | "
@@ -246,42 +340,51 @@ def main() -> None:
     parser.add_argument("--percentile", type=float, default=99.9)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--energy-images", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=1, help="runs in parallel, each on cores / workers threads")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these keys, e.g. bsnn@K8 if-rate@K8")
+    parser.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "headline"),
+                        help="finished runs are kept here and reused when their settings match")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     args = parser.parse_args()
-
-    models = json.loads((ROOT / "data" / "models.json").read_text())
-    names = args.models or list(models)
-    x, y = load_dataset(args.data, limit=args.limit)
-    calib, _ = load_dataset(args.calib)
-    results = [run_model(n, {"onnx": _onnx_file(models[n])}, x, y, calib, args) for n in names]
+    names = args.models or list(MODELS)
+    jobs = [j for j in jobs_in_order(names) if args.only is None or f"{j[1]}@K{j[2]}" in args.only]
+    workers = max(1, min(args.workers, len(jobs)))
+    args.threads = max(1, (os.cpu_count() or 1) // workers)
+    done: dict[str, dict] = {n: {} for n in names}
+    if workers == 1:
+        for job in jobs:
+            done[job[0]][f"{job[1]}@K{job[2]}"] = run_job(job, args)
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for job, entry in pool.imap_unordered(_worker, [(j, args) for j in jobs]):
+                done[job[0]][f"{job[1]}@K{job[2]}"] = entry
+    x, y, _ = _inputs(args)
+    results = [summarise(n, done[n], x, y, args) for n in names]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
-    ).stdout.strip()
     meta = {
-        "command": "python benchmarks/headline.py " + " ".join(_argv()),
+        "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
-        "commit": commit,
+        "commit": _commit(),
         "images": len(x),
         "percentile": args.percentile,
     }
-    (out / "headline.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    _write_json(out / "headline.json", {"meta": meta, "results": results})
     meta["plots"] = plot(results, out)
     (out / "headline.md").write_text(markdown(results, meta))
     print(markdown(results, meta))
 
 
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
+    ).stdout.strip()
+
+
 def _onnx_file(entry: dict) -> str:
     """The legacy-exporter ONNX file of a data/models.json entry."""
     return entry["exports"]["legacy"]["file"]
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv[1:]
 
 
 if __name__ == "__main__":
