@@ -22,7 +22,7 @@ import networkx as nx
 import numpy as np
 
 from . import ops as O
-from .cli_options import input_scale_option, json_option
+from .cli_options import channelwise_option, input_lambda_option, input_scale_option, json_option
 from .data import fit_to_input, load_dataset
 from .errors import BsnnError, DataError, ModelError
 from .ir import inputs_of, op_of, shape_of, topological_order
@@ -125,10 +125,10 @@ def _pass_names() -> list[str]:
     type=click.FloatRange(0, 100, min_open=True),
     help="Percentile of the positive activations taken as each lambda.",
 )
-@click.option("--channelwise", is_flag=True, help="One lambda per channel instead of per population.")
+@channelwise_option
 @click.option("--until", type=click.Choice(_pass_names()), help="Stop after this pass (writes an intermediate graph).")
 @input_scale_option
-@click.option("--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1).")
+@input_lambda_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Calibration batch.")
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Calibrate on the first N samples only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["input_scale_option", "json_option", "threads_option"]
+__all__ = ["channelwise_option", "input_lambda_option", "input_scale_option", "json_option", "threads_option"]
 
 #: ``--input-scale``: multiplies the raw data (see bsnn_graph.data.load_dataset)
 input_scale_option = click.option(
     "--input-scale", type=float, help="Multiply the raw inputs by this (default 1/255 for uint8 data)."
+)
+
+#: ``--channelwise``: normalisation with one lambda per channel (conversion of an ANN)
+channelwise_option = click.option("--channelwise", is_flag=True, help="One lambda per channel instead of per population.")
+
+#: ``--input-lambda``: lambda of the analog input (conversion of an ANN)
+input_lambda_option = click.option(
+    "--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1)."
 )
 
 #: ``--threads``: Numba worker threads of the runtime

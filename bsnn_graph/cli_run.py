@@ -25,7 +25,7 @@ import click
 import numpy as np
 
 from . import ops as O
-from .cli_options import input_scale_option, json_option, threads_option
+from .cli_options import channelwise_option, input_lambda_option, input_scale_option, json_option, threads_option
 from .data import fit_to_input, iterate_batches, load_dataset
 from .errors import BsnnError, DataError, ModelError, TraceError
 from .executor import evaluate
@@ -402,6 +402,8 @@ def run_command(
     type=click.FloatRange(0, 100, min_open=True),
     help="Normalisation percentile (ANN models; default 99.99).",
 )
+@channelwise_option
+@input_lambda_option
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
 @threads_option
@@ -415,6 +417,8 @@ def eval_command(
     timesteps_text: str,
     phases: int | None,
     percentile: float | None,
+    channelwise: bool,
+    input_lambda: float | None,
     limit: int | None,
     batch_size: int,
     threads: int | None,
@@ -452,6 +456,9 @@ def eval_command(
             raise BsnnError(f"{model}: already converted (mode {own_mode}); --modes applies to ANN models only")
         if phases is not None and phases != own_phases:
             raise BsnnError(f"{model}: already converted with K = {own_phases}; --phases applies to ANN models only")
+        for given, flag in ((channelwise, "--channelwise"), (input_lambda is not None, "--input-lambda")):
+            if given:
+                raise BsnnError(f"{model}: already converted; {flag} applies to ANN models only")
         if calib_path is not None:
             click.echo(f"note: {model} is already converted; --calib is not used", err=True)
         snns = {own_mode: runtime.load(model)}
@@ -462,7 +469,7 @@ def eval_command(
         import passes
 
         calib, _ = _load_data(calib_path, graph, input_scale, None)
-        options = {}
+        options = {"channelwise": channelwise, "input_lambda": input_lambda}
         if phases is not None:
             options["phases"] = phases
         if percentile is not None:

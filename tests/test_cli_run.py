@@ -363,3 +363,31 @@ def test_eval_converts_an_ann(tmp_path, data_dir):
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, x=samples["x"])
     assert "eval needs labels" in one_error_line(invoke("eval", model, "--data", unlabelled, "--calib", data))
+
+
+def test_eval_passes_the_normalisation_options_to_the_conversion(tmp_path, data_dir):
+    """--channelwise and --input-lambda reach passes.convert: eval reports what runtime.simulate gives for them."""
+    import passes
+    from bsnn_graph import load_onnx
+
+    samples = np.load(data_dir / "vgg_tiny.npz")
+    data = tmp_path / "vgg.npz"
+    labels = samples["y"].argmax(axis=1)
+    np.savez(data, x=samples["x"], y=labels)
+    model = data_dir / "vgg_tiny_legacy.onnx"
+    args = ["eval", model, "--data", data, "--calib", data, "-T", "6,24", "--phases", 3, "--percentile", 99, "--json"]
+    plain = json.loads(invoke(*args).stdout)["modes"]["bsnn"]
+    options = json.loads(invoke(*args, "--channelwise", "--input-lambda", 3).stdout)["modes"]["bsnn"]
+    x = samples["x"].astype(np.float32)
+    snn = passes.convert(load_onnx(model), x, phases=3, percentile=99, channelwise=True, input_lambda=3.0)
+    expected = runtime.simulate(snn, x, 24).accuracy(labels)
+    assert options["accuracy_per_step"] == pytest.approx(expected.tolist())
+    assert options["sops_per_sample"] == pytest.approx(runtime.simulate(snn, x, 24).sops.mean())
+    assert options["sops_per_sample"] != plain["sops_per_sample"]  # the options changed the network
+
+
+def test_eval_refuses_normalisation_options_for_a_converted_model(snn):
+    model, data, _, _ = snn
+    for flag in (["--channelwise"], ["--input-lambda", "2"]):
+        line = one_error_line(invoke("eval", model, "--data", data, *flag))
+        assert f"already converted; {flag[0]} applies to ANN models only" in line
