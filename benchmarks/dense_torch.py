@@ -149,6 +149,8 @@ class DenseSimulator:
         self.input_name = inputs[0]
         self.output_name = outputs[0]
         self.input_shape = tuple(ir.shape_of(graph, self.input_name))
+        # the analog input is normalised by its lambda (Input.scale), as runtime.simulate does
+        self.input_scale = np.float32(np.asarray(ir.op_of(graph, self.input_name).scale))
         self.program = [self._compile(graph, name) for name in order]
         self._check_stages(graph)
         self.classes = int(math.prod(ir.shape_of(graph, self.output_name)))
@@ -546,6 +548,8 @@ class DenseSimulator:
                                 f"expected (N, {', '.join(map(str, self.input_shape))})")  # fmt: skip
         if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
             raise BsnnError(f"timesteps must be an integer >= 1, got {timesteps!r}")
+        if self.input_scale != 1:
+            x = x / self.input_scale
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise BsnnError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         previous = torch.get_num_threads()

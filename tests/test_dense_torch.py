@@ -396,3 +396,16 @@ def test_compare_script_quick(tmp_path):
         assert {r["simulator"] for r in record["runs"]} == {"runtime", "dense"}
         assert all(r["images_per_s"] > 0 and r["latency_ms"] > 0 for r in record["runs"])
         assert record["sops_per_image"] > 0
+
+
+@pytest.mark.parametrize("make", [vgg_like, resnet_like])
+def test_input_lambda_divides_the_input(make, images):
+    """Input.scale = lambda_in: the simulator feeds x / lambda_in (as runtime.simulate does)."""
+    graph = with_mode(make(), "bsnn")
+    scaled = graph.copy()
+    name = next(n for n in scaled.nodes if isinstance(ir.op_of(scaled, n), O.Input))
+    scaled.nodes[name]["op"] = dataclasses.replace(ir.op_of(scaled, name), scale=4.0)
+    plain = DenseSimulator(graph).simulate(images, 40, batch_size=len(images))
+    ours = DenseSimulator(scaled).simulate(4.0 * images, 40, batch_size=len(images))
+    np.testing.assert_array_equal(ours.predictions, plain.predictions)
+    np.testing.assert_allclose(ours.logits, plain.logits, rtol=1e-5, atol=1e-5)
