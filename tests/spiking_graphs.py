@@ -33,10 +33,12 @@ class Builder:
         return f"{base}{self._count}"
 
     def conv(self, src, cout, k=3, stride=1, pad=1, bias=True):
+        """A k x k conv; ``pad`` is one padding for all sides or ONNX's (top, left, bottom, right)."""
         cin = ir.shape_of(self.graph, src)[0]
         w = (self.rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
         b = (self.rng.standard_normal(cout) * 0.05).astype(np.float32) if bias else None
-        op = O.Conv(weight=w, bias=b, strides=(stride, stride), pads=(pad,) * 4, dilations=(1, 1))
+        pads = tuple(pad) if isinstance(pad, tuple) else (pad,) * 4
+        op = O.Conv(weight=w, bias=b, strides=(stride, stride), pads=pads, dilations=(1, 1))
         return ir.add_node(self.graph, self._name("conv"), op, [src])
 
     def gemm(self, src, out):
@@ -56,6 +58,9 @@ class Builder:
                 op.bias = (op.bias * factor).astype(np.float32)
         elif isinstance(op, O.Mul):
             op.constant = (op.constant * factor).astype(np.float32)
+        elif isinstance(op, (O.Concat, O.Sum)):
+            for src in ir.inputs_of(self.graph, name):
+                self._scale_input(src, factor)
         else:
             raise TypeError(f"cannot rescale {op.op_type}")
 
@@ -70,14 +75,16 @@ class Builder:
         return ir.add_node(self.graph, self._name("pop"), op, list(inputs))
 
     def synchronous(self, src, stage):
-        scale = ir.op_of(self.graph, src).scale if hasattr(ir.op_of(self.graph, src), "scale") else np.ones(())
-        op = O.SynchronousNeuron(mode=self.mode, phases=self.phases, stage=stage, scale=np.asarray(scale, np.float32))
+        """A synchronous neuron on ``src`` (a population, or a max gate: it carries its population's lambda)."""
+        pop = src if isinstance(ir.op_of(self.graph, src), O.Population) else ir.inputs_of(self.graph, src)[0]
+        scale = np.asarray(ir.op_of(self.graph, pop).scale, np.float32)
+        op = O.SynchronousNeuron(mode=self.mode, phases=self.phases, stage=stage, scale=scale)
         return ir.add_node(self.graph, self._name("sn"), op, [src])
 
-    def maxgate(self, src, k=2, stride=2, pad=0):
+    def maxgate(self, src, k=2, stride=2, pad=0, ceil_mode=False):
         stage = ir.op_of(self.graph, src).stage
         op = O.MaxGate(mode=self.mode, phases=self.phases, stage=stage, kernel_shape=(k, k), strides=(stride, stride),
-                       pads=(pad,) * 4, dilations=(1, 1))
+                       pads=(pad,) * 4, dilations=(1, 1), ceil_mode=ceil_mode)
         return ir.add_node(self.graph, self._name("gate"), op, [src])
 
     def output(self, src, stage):

@@ -30,6 +30,7 @@ from bsnn_graph.executor import _apply, evaluate, pool_nd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from dense_torch import DenseSimulator
+from spiking_graphs import Builder
 
 K = 8
 
@@ -46,88 +47,20 @@ def one_torch_thread():
 # --------------------------------------------------------------------------- hand-built graphs
 
 
-class _Graph:
-    """Builds a spiking graph op by op; ``normalise`` rescales a population's inputs to a 99th percentile of 1."""
-
-    def __init__(self, shape, mode="bsnn", phases=K, seed=0):
-        self.rng = np.random.default_rng(seed)
-        self.g = ir.new_graph("dense-test")
-        self.mode, self.phases = mode, phases
-        ir.add_node(self.g, "x", O.Input(shape=tuple(shape)))
-        self.calibration = self.rng.random((48,) + tuple(shape)).astype(np.float32)
-        self.count = 0
-
-    def add(self, base, op, inputs):
-        self.count += 1
-        return ir.add_node(self.g, f"{base}{self.count}", op, list(inputs))
-
-    def conv(self, src, cout, k=3, stride=1, pads=(1, 1, 1, 1), bias=True):
-        cin = ir.shape_of(self.g, src)[0]
-        w = (self.rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
-        b = (self.rng.standard_normal(cout) * 0.05).astype(np.float32) if bias else None
-        return self.add("conv", O.Conv(weight=w, bias=b, strides=(stride, stride), pads=pads, dilations=(1, 1)), [src])
-
-    def gemm(self, src, out):
-        n = ir.shape_of(self.g, src)[0]
-        w = (self.rng.standard_normal((out, n)) * np.sqrt(2.0 / n)).astype(np.float32)
-        b = (self.rng.standard_normal(out) * 0.05).astype(np.float32)
-        return self.add("fc", O.Gemm(weight=w, bias=b), [src])
-
-    def _rescale(self, name, factor):
-        op = ir.op_of(self.g, name)
-        if isinstance(op, (O.Conv, O.Gemm)):
-            op.weight = (op.weight * factor).astype(np.float32)
-            if op.bias is not None:
-                op.bias = (op.bias * factor).astype(np.float32)
-        elif isinstance(op, O.Mul):
-            op.constant = (op.constant * factor).astype(np.float32)
-        elif isinstance(op, (O.Concat, O.Sum)):
-            for src in ir.inputs_of(self.g, name):
-                self._rescale(src, factor)
-        else:
-            raise TypeError(op.op_type)
-
-    def population(self, inputs, stage):
-        pre = evaluate(self.g, self.calibration, outputs=list(inputs))
-        pre = sum(pre.values()) if isinstance(pre, dict) else pre
-        scale = float(np.percentile(pre[pre > 0], 99.0))
-        for name in inputs:
-            self._rescale(name, 1.0 / scale)
-        op = O.Population(mode=self.mode, phases=self.phases, stage=stage, scale=np.array(scale, np.float32))
-        return self.add("pop", op, inputs)
-
-    def synchronous(self, src, stage):
-        pop = src if isinstance(ir.op_of(self.g, src), O.Population) else ir.inputs_of(self.g, src)[0]
-        op = O.SynchronousNeuron(mode=self.mode, phases=self.phases, stage=stage,
-                                 scale=np.asarray(ir.op_of(self.g, pop).scale, np.float32))  # fmt: skip
-        return self.add("sn", op, [src])
-
-    def gate(self, src, k=2, stride=2, pad=0, ceil_mode=False):
-        op = O.MaxGate(mode=self.mode, phases=self.phases, stage=ir.op_of(self.g, src).stage, kernel_shape=(k, k),
-                       strides=(stride, stride), pads=(pad,) * 4, dilations=(1, 1), ceil_mode=ceil_mode)  # fmt: skip
-        return self.add("gate", op, [src])
-
-    def output(self, src, stage):
-        ir.add_node(self.g, "out", O.OutputAccumulator(mode=self.mode, phases=self.phases, stage=stage), [src])
-        self.g.graph["outputs"] = ["out"]
-        ir.verify(self.g)
-        return self.g
-
-
 def vgg_like(mode="bsnn", seed=0):
     """Pad, conv, max gate 2x2; two convs concatenated; max gate 3x3/2 pad 1 ceil mode; conv with a constant
     added before it; average pool (ceil mode, padded); fc; fc output. L = 4."""
-    b = _Graph((1, 12, 12), mode, seed=seed)
-    padded = b.add("pad", O.Pad(pads=(0, 0, 1, 1, 0, 0, 1, 1)), ["x"])
-    p1 = b.population([b.conv(padded, 4, pads=(0, 0, 0, 0))], 1)  # 12x12
-    g1 = b.gate(p1)  # 6x6
-    cat = b.add("cat", O.Concat(axis=1), [b.conv(g1, 4), b.conv(g1, 2, k=1, pads=(0, 0, 0, 0))])
+    b = Builder((1, 12, 12), mode, K, seed, calibration=48)
+    padded = b.op("pad", O.Pad(pads=(0, 0, 1, 1, 0, 0, 1, 1)), ["x"])
+    p1 = b.population([b.conv(padded, 4, pad=0)], 1)  # 12x12
+    g1 = b.maxgate(p1)  # 6x6
+    cat = b.op("cat", O.Concat(axis=1), [b.conv(g1, 4), b.conv(g1, 2, k=1, pad=0)])
     p2 = b.population([cat], 2)
-    g2 = b.gate(p2, k=3, stride=2, pad=1, ceil_mode=True)  # 4x4
-    shifted = b.add("shift", O.Add(constant=np.full((1, 6, 1, 1), 0.05, np.float32)), [g2])
-    p3 = b.population([b.conv(shifted, 8, pads=(1, 0, 1, 0))], 3)  # asymmetric pads: 4x4
-    avg = b.add("avg", O.AveragePool(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), ceil_mode=True), [p3])
-    flat = b.add("flat", O.Flatten(axis=1), [avg])
+    g2 = b.maxgate(p2, k=3, stride=2, pad=1, ceil_mode=True)  # 4x4
+    shifted = b.op("shift", O.Add(constant=np.full((1, 6, 1, 1), 0.05, np.float32)), [g2])
+    p3 = b.population([b.conv(shifted, 8, pad=(1, 0, 1, 0))], 3)  # asymmetric pads: 4x4
+    avg = b.op("avg", O.AveragePool(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), ceil_mode=True), [p3])
+    flat = b.op("flat", O.Flatten(axis=1), [avg])
     p4 = b.population([b.gemm(flat, 16)], 4)
     return b.output(b.gemm(p4, 10), 5)
 
@@ -135,20 +68,20 @@ def vgg_like(mode="bsnn", seed=0):
 def resnet_like(mode="bsnn", seed=1):
     """Stem conv + max gate; an identity block (SN + Mul on the shortcut); a projection block (SN + 1x1 conv
     stride 2); global average pool; fc output. L = 5."""
-    b = _Graph((1, 12, 12), mode, seed=seed)
+    b = Builder((1, 12, 12), mode, K, seed, calibration=48)
     sync = mode != "bsnn-nosn"
     p1 = b.population([b.conv("x", 4)], 1)
-    g = b.gate(p1)
+    g = b.maxgate(p1)
     p2 = b.population([b.conv(g, 4)], 2)
     short = b.synchronous(g, 2) if sync else g
-    ident = b.add("mul", O.Mul(constant=np.full((1, 4, 1, 1), 0.8, np.float32)), [short])
+    ident = b.op("mul", O.Mul(constant=np.full((1, 4, 1, 1), 0.8, np.float32)), [short])
     p3 = b.population([b.conv(p2, 4), ident], 3)
     p4 = b.population([b.conv(p3, 8, stride=2)], 4)
     short = b.synchronous(p3, 4) if sync else p3
-    proj = b.conv(short, 8, k=1, stride=2, pads=(0, 0, 0, 0))
+    proj = b.conv(short, 8, k=1, stride=2, pad=0)
     p5 = b.population([b.conv(p4, 8), proj], 5)
-    gap = b.add("gap", O.GlobalAveragePool(), [p5])
-    flat = b.add("flat", O.Flatten(axis=1), [gap])
+    gap = b.op("gap", O.GlobalAveragePool(), [p5])
+    flat = b.op("flat", O.Flatten(axis=1), [gap])
     return b.output(b.gemm(flat, 10), 6)
 
 
