@@ -300,10 +300,9 @@ class Clip(Op):
 
 
 @dataclass(eq=False)
-class MaxPool(Op):
-    """Max over windows; padding never wins (it is -inf)."""
+class _WindowOp(Op):
+    """The window attributes and output shape shared by MaxPool, AveragePool and MaxGate."""
 
-    op_type: ClassVar[str] = "MaxPool"
     kernel_shape: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()  # begins, then ends
@@ -316,21 +315,19 @@ class MaxPool(Op):
 
 
 @dataclass(eq=False)
-class AveragePool(Op):
+class MaxPool(_WindowOp):
+    """Max over windows; padding never wins (it is -inf)."""
+
+    op_type: ClassVar[str] = "MaxPool"
+
+
+@dataclass(eq=False)
+class AveragePool(_WindowOp):
     """Mean over windows. With ``count_include_pad`` the explicit padding counts in the divisor;
     the part of a ``ceil_mode`` window beyond the padded input never counts."""
 
     op_type: ClassVar[str] = "AveragePool"
-    kernel_shape: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    pads: tuple[int, ...] = ()
-    ceil_mode: bool = False
     count_include_pad: bool = False
-    dilations: tuple[int, ...] = ()
-
-    def output_shape(self, input_shapes):
-        shape = _one(input_shapes)
-        return (shape[0],) + _spatial_window_shape(self, shape)
 
 
 @dataclass(eq=False)
@@ -555,7 +552,7 @@ class SynchronousNeuron(Population):
 
 
 @dataclass(eq=False)
-class MaxGate(Op):
+class MaxGate(_WindowOp):
     """Spiking max pool. In ``bsnn`` and ``bsnn-nosn`` modes, at the first phase of each
     fire period all window members are candidates; at phase k the output spikes
     iff a candidate spikes, and candidates that did not spike drop out (exact,
@@ -569,15 +566,6 @@ class MaxGate(Op):
     mode: str = "bsnn"
     phases: int = 8
     stage: int = 1  # the stage of its source population (the gate adds no delay)
-    kernel_shape: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    pads: tuple[int, ...] = ()
-    dilations: tuple[int, ...] = ()
-    ceil_mode: bool = False
-
-    def output_shape(self, input_shapes):
-        shape = _one(input_shapes)
-        return (shape[0],) + _spatial_window_shape(self, shape)
 
 
 @dataclass(eq=False)
