@@ -31,9 +31,10 @@ scattered once per period (coalesced delivery); the step-by-step kernels
 
 Parallelism (threading layer: see below): :func:`_simulate_batch` runs the samples of a batch in
 ``prange`` (each thread owns its samples' state);
-:func:`_simulate_one` / :func:`_bsnn_one` run one sample and split the output channels of the
-larger convolution and dense scatters over the threads (each thread owns a slice of
-channels, so no two threads write the same V).
+:func:`_simulate_one` / :func:`_bsnn_one` run one sample and split the larger convolution and
+dense scatters over the threads: each thread owns a band of output rows of every conv target
+and a slice of the features of every dense target (:func:`_extent`), so no two threads write
+the same V, and a thread reads only the spikes whose receptive rows reach its band.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ _COALESCE = True
 
 @njit(cache=True)
 def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
-    """Scatter one spike of conv input neuron ``m`` (internal index) into channels [lo, hi) of the output."""
+    """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi)."""
     cin = proj[j, P_CIN]
     width = proj[j, P_W]
     cout = proj[j, P_COUT]
@@ -150,7 +151,7 @@ def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
         if ny % sh != 0:
             continue
         oy = ny // sh
-        if oy >= oh:
+        if oy >= oh or oy < lo or oy >= hi:
             continue
         for kx in range(kw):
             nx = ix + pl - kx * dw
@@ -164,9 +165,9 @@ def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
             base = vbase + (oy * ow + ox) * cout
             row = woff + ((ci * kh + ky) * kw + kw - 1 - kx) * cout  # kx reversed in the layout
             # slices, not V[base + co]: an index that is provably >= 0 lets LLVM vectorise (10x here)
-            v = V[base + lo : base + hi]
-            w = weights[row + lo : row + hi]
-            for co in range(hi - lo):
+            v = V[base : base + cout]
+            w = weights[row : row + cout]
+            for co in range(cout):
                 v[co] += value * w[co]
 
 
@@ -209,16 +210,18 @@ def _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, n)
 
 @njit(cache=True)
 def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, qoff, lo, hi):
-    """Scatter the active neurons ``active[soff:soff+count]`` (ascending) through conv core j.
+    """Scatter the active neurons ``active[soff:soff+count]`` (ascending) through conv core j into output rows
+    [lo, hi).
 
     Neuron m carries ``q[qoff + m]``, or ``value`` for all when ``qoff < 0``
     (one step's spikes: the four weight rows are summed, then scaled once).
 
     The active neurons of one input position are contiguous: the position's
     index math is done once, and for each kernel offset its output vector
-    ``V[base+lo:base+hi]`` takes all of that position's active channels, four
+    ``V[base:base+cout]`` takes all of that position's active channels, four
     at a time (so only the float32 summation order depends on the grouping,
-    never on ``lo``/``hi``).
+    never on ``lo``/``hi``: a split by rows gives every element the same terms
+    in the same order). Only the neurons whose input rows reach [lo, hi) are read.
     """
     cin = proj[j, P_CIN]
     width = proj[j, P_W]
@@ -235,8 +238,14 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
     dw = proj[j, P_DW]
     woff = proj[j, P_WOFF]
     stride = kh * kw * cout  # between the rows of consecutive input channels
-    contiguous = sw == 1 and dw == 1 and lo == 0 and hi == cout
+    contiguous = sw == 1 and dw == 1
     s = 0
+    if lo > 0 or hi < oh:  # a part of the rows: the neurons of input rows lo sh - pt .. (hi - 1) sh - pt + (kh - 1) dh
+        first = max(lo * sh - pt, 0) * width * cin
+        last = ((hi - 1) * sh - pt + (kh - 1) * dh + 1) * width * cin
+        spikes = active[soff : soff + count]
+        s = np.searchsorted(spikes, first)
+        count = np.searchsorted(spikes, last)
     while s < count:
         pos = active[soff + s] // cin
         limit = (pos + 1) * cin  # the position's neurons are active[s:e], found without a division each
@@ -255,7 +264,7 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
                 continue
             else:
                 oy = ny // sh
-            if oy >= oh:
+            if oy >= oh or oy < lo or oy >= hi:
                 continue
             if contiguous:  # the output positions ox_lo..ox_hi and their kernel rows, each one run
                 ox_lo = max(ix + pl - kw + 1, 0)
@@ -281,9 +290,9 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
                 if ox >= ow:
                     continue
                 base = vbase + (oy * ow + ox) * cout
-                v = V[base + lo : base + hi]
-                offset = woff + (ky * kw + kw - 1 - kx) * cout + lo - pos * cin * stride
-                _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, hi - lo)
+                v = V[base : base + cout]
+                offset = woff + (ky * kw + kw - 1 - kx) * cout - pos * cin * stride
+                _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, cout)
         s = e
 
 
@@ -298,12 +307,19 @@ def _dense_add(V, vbase, proj, j, weights, m, value, lo, hi):
 
 
 @njit(cache=True)
+def _extent(proj, j):
+    """What a delivery through projection j can be split along: the output rows of a conv, the features of a dense."""
+    return proj[j, P_OH] if proj[j, P_CORE] == CORE_CONV else proj[j, P_COUT]
+
+
+@njit(cache=True)
 def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, lo, hi):
     """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``, ascending) through projection j.
 
     Each spike of neuron m carries ``value`` when ``qoff < 0``, else its own
-    coalesced value ``q[qoff + m]``. Conv and dense cores update only output
-    channels ``[lo, hi)``; a CSR core (never split) updates all its targets.
+    coalesced value ``q[qoff + m]``. Only the part ``[lo, hi)`` of the target
+    is updated (see :func:`_extent`): output rows of a conv core, output
+    features of a dense core; a CSR core (never split) updates all its targets.
     """
     target = proj[j, P_TARGET]
     vbase = node_table[target, N_STATE]
@@ -627,7 +643,7 @@ def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, we
                 event = _record(events, event, event_end, t, n, spikes, soff, count)
             for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
                 _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, -1,
-                         0, proj[j, P_COUT])
+                         0, _extent(proj, j))
                 delivered += count
     deliveries[b] = delivered
 
@@ -835,7 +851,7 @@ def _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weig
                     if spiking == 0:
                         break
                 _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, spiking,
-                         node_threshold[n] * weight, q, -1, 0, proj[j, P_COUT])
+                         node_threshold[n] * weight, q, -1, 0, _extent(proj, j))
                 delivered += spiking
         if integrate:
             v = V[voff : voff + size]
@@ -896,7 +912,7 @@ def _bsnn_samples(first, last, phases, timesteps, node_table, node_threshold, pr
                     for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
                         if count > 0 and proj[j, P_TARGET] != output:
                             _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
-                                     np.float32(0.0), q, soff, 0, proj[j, P_COUT])
+                                     np.float32(0.0), q, soff, 0, _extent(proj, j))
                             delivered += count
             delivered += _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr,
                                       cols, vals, bias, drive, output_order, output, V, spikes, bits, q, active,
@@ -933,8 +949,8 @@ def _bsnn_batch(phases, timesteps, node_table, node_threshold, proj, weights, in
 
 @njit(cache=True, parallel=True)
 def _split_deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, blocks):
-    """:func:`_deliver` with the target's output channels split into ``blocks`` slices, one per thread."""
-    width = proj[j, P_COUT]
+    """:func:`_deliver` with the target split into ``blocks`` parts (:func:`_extent`), one per thread."""
+    width = _extent(proj, j)
     for blk in prange(blocks):
         _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff,
                  blk * width // blocks, (blk + 1) * width // blocks)
@@ -944,7 +960,7 @@ def _split_deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, 
 def _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, fanout,
                  threads, split_min_work):
     """One-sample delivery: split over the threads when the projection is a large conv or dense scatter."""
-    width = proj[j, P_COUT]
+    width = _extent(proj, j)
     blocks = min(threads, width)
     if proj[j, P_CORE] == CORE_CSR or blocks < 2 or count * fanout[soff + spikes[soff]] < split_min_work:
         _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, 0, width)
@@ -958,11 +974,11 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
                   fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
                   max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries, threads,
                   split_min_work):
-    """One sample (row 0); the larger conv and dense scatters are split over the threads by output channel.
+    """One sample (row 0); the larger conv and dense scatters are split over the threads (:func:`_extent`).
 
     The same schedule as :func:`_run_sample`. A projection is split when its
-    spikes of the step reach at least ``split_min_work`` synapses. Each thread owns a slice ``[lo, hi)`` of the
-    target's channels, so no two threads write the same membrane potential.
+    spikes of the step reach at least ``split_min_work`` synapses. Each thread owns a part ``[lo, hi)`` of the
+    target (conv rows, dense features), so no two threads write the same membrane potential.
     """
     nodes = node_table.shape[0]
     V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
@@ -998,7 +1014,7 @@ def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, wei
 
 @njit(cache=True)
 def _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blk, blocks):
-    """Block ``blk`` of ``blocks`` of a period's conv and dense deliveries: output channels of every target."""
+    """Block ``blk`` of ``blocks`` of a period's conv and dense deliveries: its part of every target (:func:`_extent`)."""
     for n in range(node_table.shape[0]):
         count = nactive[n]
         if count == 0:
@@ -1007,7 +1023,7 @@ def _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nac
         for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
             if proj[j, P_TARGET] == output or proj[j, P_CORE] == CORE_CSR:
                 continue
-            width = proj[j, P_COUT]
+            width = _extent(proj, j)
             lo = blk * width // blocks
             hi = (blk + 1) * width // blocks
             if hi > lo:
@@ -1025,8 +1041,8 @@ def _split_parallel(V, node_table, proj, weights, indptr, cols, vals, active, na
 def _split_period(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks):
     """All conv and dense deliveries of one period, in one parallel region when ``blocks > 1``.
 
-    Thread ``blk`` owns the slice ``[blk * C // blocks, (blk + 1) * C // blocks)``
-    of the output channels of every target, so no two threads write the same
+    Thread ``blk`` owns the part ``[blk * E // blocks, (blk + 1) * E // blocks)``
+    of every target (E = :func:`_extent`: conv output rows, dense features), so no two threads write the same
     membrane potential; each element gets its terms in the serial order.
     """
     if blocks < 2:
@@ -1042,8 +1058,8 @@ def _bsnn_one(phases, timesteps, node_table, node_threshold, proj, weights, indp
     """:func:`_bsnn_samples` for one sample (row 0): a period's conv and dense deliveries split over the threads.
 
     When a period's deliveries reach ``split_min_work`` synapses they run in one
-    parallel region (:func:`_split_period`), each thread owning a slice of the
-    output channels of every target; CSR deliveries stay serial.
+    parallel region (:func:`_split_period`), each thread owning a part of every
+    target (conv output rows, dense features); CSR deliveries stay serial.
     """
     nodes = node_table.shape[0]
     V, spikes, bits, q, active, nactive = _new_period_state(nodes, state_size, spike_size)
@@ -1064,7 +1080,7 @@ def _bsnn_one(phases, timesteps, node_table, node_threshold, proj, weights, indp
                         delivered += count
                         if proj[j, P_CORE] == CORE_CSR:
                             _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
-                                     np.float32(0.0), q, soff, 0, proj[j, P_COUT])
+                                     np.float32(0.0), q, soff, 0, _extent(proj, j))
                         else:
                             work += count * fanout[soff + active[soff]]
             if work > 0:

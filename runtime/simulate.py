@@ -170,7 +170,9 @@ def simulate(
     timesteps : T >= 1.
     batch_size : samples per kernel call; batches of one sample split the work
         of each step over the threads instead of the samples.
-    threads : number of threads (None: all cores).
+    threads : number of threads (None: all cores; a batch of one sample then
+        runs on one thread unless the threading layer is OpenMP or TBB, see
+        :func:`one_sample_threads`).
     record : names of spiking nodes whose spike events to return, or ``"all"``.
     record_samples : sample indices (into ``x``) whose events to return; None: all.
         Recording runs the recorded samples a second time with an event
@@ -230,12 +232,14 @@ def simulate(
         raise BsnnError(f"threads must be between 1 and {available}, got {threads!r}")
     previous = numba.get_num_threads()
     numba.set_num_threads(available if threads is None else int(threads))
+    one_sample = one_sample_threads(threads)
     try:
         parts = []
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             part = _run_batch(
-                lowered, x[start:stop], start, timesteps, record_flags, wanted[start:stop], per_neuron_counts
+                lowered, x[start:stop], start, timesteps, record_flags, wanted[start:stop], per_neuron_counts,
+                one_sample,
             )
             if on_batch is not None:
                 on_batch(start, stop, part)
@@ -273,12 +277,32 @@ def _kernel_args(lowered: LoweredGraph):
     )
 
 
-def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions, logits, events, event_start, record):
+def one_sample_threads(threads: int | None) -> int:
+    """Threads that split a batch of one sample (each owns a band of output rows, see runtime.kernels).
+
+    The caller's ``threads`` when given. Otherwise all threads under a
+    threading layer whose workers wake fast (OpenMP, TBB), and one under
+    workqueue, the runtime's default: its parallel regions cost more to start
+    than the split saves at the reference networks' size (VGG T = 56, idle
+    2-core machine: 3.6 ms on one thread, 4.0 ms split over two with
+    workqueue, 2.4 ms with OpenMP; docs/benchmarks.md).
+    """
+    if threads is not None:
+        return int(threads)
+    try:
+        layer = numba.threading_layer()  # the layer in use, once a parallel region has run
+    except ValueError:
+        layer = numba.config.THREADING_LAYER  # what will be used (kernels sets workqueue unless the user chose)
+    return numba.get_num_threads() if layer in ("omp", "tbb") else 1
+
+
+def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions, logits, events, event_start, record,
+             one_sample: int):
     tables, sizes = _kernel_args(lowered)
     mode = np.int64(MODE_CODES[lowered.mode])
     phases = np.int64(lowered.phases)
     deliveries = np.zeros(drive.shape[0], np.int64)
-    threads = np.int64(numba.get_num_threads())
+    threads = np.int64(numba.get_num_threads() if drive.shape[0] > 1 else min(one_sample, numba.get_num_threads()))
     split = np.int64(kernels._SPLIT_MIN_WORK)
     outputs = (counts, sops, predictions, logits, events, event_start, record, deliveries)
     if mode == 0 and kernels._COALESCE:  # bsnn: period by period, coalesced delivery
@@ -296,7 +320,7 @@ def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions,
     return deliveries
 
 
-def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_counts) -> SimulationResult:
+def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_counts, one_sample) -> SimulationResult:
     b = xb.shape[0]
     periods = math.ceil(timesteps / lowered.phases)
     drive = lowered.input_drive(xb)
@@ -317,6 +341,7 @@ def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_c
         no_events,
         np.zeros(b + 1, np.int64),
         np.zeros(count_nodes, np.uint8),
+        one_sample,
     )
 
     events_by_name: dict[str, np.ndarray] = {}
@@ -336,7 +361,8 @@ def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_c
         p2 = np.zeros((timesteps, rows.size), np.int32)
         l2 = np.zeros((periods, rows.size, lowered.classes), np.float32)
         _execute(
-            lowered, np.ascontiguousarray(drive[rows]), timesteps, c2, s2, p2, l2, events, event_start, record_flags
+            lowered, np.ascontiguousarray(drive[rows]), timesteps, c2, s2, p2, l2, events, event_start, record_flags,
+            one_sample,
         )
         sample_of = np.repeat(rows + start, per_sample).astype(np.int32)
         for i in recorded:

@@ -175,3 +175,31 @@ def test_input_lambda_set_at_conversion_is_applied_to_the_data():
     b = runtime.simulate(scaled, x, 40)
     np.testing.assert_array_equal(a.predictions, b.predictions)
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("layer", "expected"), [("workqueue", 1), ("omp", "all"), ("tbb", "all")])
+def test_one_sample_split_follows_the_threading_layer(monkeypatch, layer, expected):
+    """Batch of one, threads not given: split only under a layer that starts parallel regions fast."""
+    import numba
+
+    from runtime.simulate import one_sample_threads
+
+    monkeypatch.setattr(numba, "threading_layer", lambda: layer)
+    assert one_sample_threads(None) == (numba.get_num_threads() if expected == "all" else expected)
+    assert one_sample_threads(2) == 2  # the caller's choice stands
+
+
+def test_one_sample_threads_before_any_parallel_region(monkeypatch):
+    """Before the layer is initialised numba.threading_layer raises: the configured layer decides."""
+    import numba
+
+    from runtime.simulate import one_sample_threads
+
+    def not_yet():
+        raise ValueError("Threading layer is not initialized.")
+
+    monkeypatch.setattr(numba, "threading_layer", not_yet)
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "workqueue")
+    assert one_sample_threads(None) == 1
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "omp")
+    assert one_sample_threads(None) == numba.get_num_threads()

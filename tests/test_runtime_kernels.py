@@ -134,16 +134,18 @@ def test_numba_delivery_equals_numpy_scatter(name):
         V = np.zeros(lowered.state_size, np.float32)
         kernels._deliver(V, lowered.node_table, lowered.proj_table, j, lowered.weights, lowered.csr_indptr,
                          lowered.csr_cols, lowered.csr_vals, spiking, 0, spiking.size, np.float32(0.25), np.zeros(1, np.float32),
-                         -1, 0, lowered.proj_table[j, L.P_COUT])
+                         -1, 0, kernels._extent(lowered.proj_table, j))
         dense = np.zeros(size, np.float32)
         dense[spiking] = 0.25
         offset = lowered.node_table[tgt, L.N_STATE]
         got = V[offset : offset + lowered.node_table[tgt, L.N_SIZE]]
         np.testing.assert_allclose(got, numpy_deliver(lowered, j, dense), rtol=1e-5, atol=1e-6)
-        # coalesced: each active neuron (ascending) with its own value q, all channels and a channel slice
+        # coalesced: each active neuron (ascending) with its own value q, the whole target and a part of it
+        # (conv: a band of output rows, dense: a slice of the features)
         q = (rng.integers(1, 256, size) / np.float32(256)).astype(np.float32)
-        width = lowered.proj_table[j, L.P_COUT]
-        for lo, hi in ((0, width), (width // 3, width - 1)):
+        conv = row[L.P_CORE] == L.CORE_CONV
+        width = row[L.P_OH] if conv else row[L.P_COUT]
+        for lo, hi in ((0, width), (width // 3, width - 1), (1, 2)):
             V = np.zeros(lowered.state_size, np.float32)
             kernels._deliver(V, lowered.node_table, lowered.proj_table, j, lowered.weights, lowered.csr_indptr,
                              lowered.csr_cols, lowered.csr_vals, spiking, 0, spiking.size, np.float32(0), q, 0, lo, hi)
@@ -151,9 +153,10 @@ def test_numba_delivery_equals_numpy_scatter(name):
             dense[spiking] = q[spiking]
             expected = numpy_deliver(lowered, j, dense)
             got = V[offset : offset + lowered.node_table[tgt, L.N_SIZE]]
-            if row[L.P_CORE] != L.CORE_CSR:  # conv and dense cores update only channels [lo, hi)
-                channels = np.arange(got.size) % width
-                expected = np.where((channels >= lo) & (channels < hi), expected, 0)
+            if row[L.P_CORE] != L.CORE_CSR:  # conv and dense cores update only their part [lo, hi)
+                index = np.arange(got.size)
+                part = index // (row[L.P_COUT] * row[L.P_OW]) if conv else index
+                expected = np.where((part >= lo) & (part < hi), expected, 0)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
