@@ -17,7 +17,9 @@ Usage (full Fashion-MNIST test set, as reported in docs/benchmarks.md)::
 
     python benchmarks/headline.py --data /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-``--limit N`` uses the first N test images; ``--models`` picks models.
+``--limit N`` uses the first N test images; ``--models`` picks models; ``--images phase=2000``
+runs one mode on fewer images. Finished runs are cached in benchmarks/results/headline/ and reused
+when their settings match, so an interrupted run resumes and ``--workers 2`` runs two at a time.
 """
 
 from __future__ import annotations
@@ -87,11 +89,17 @@ def deepest_stage(graph) -> int:
 
 
 def _config(mode: str, k: int, depth: int, args, n_images: int) -> tuple[int, int]:
-    """(T_max, images) of one run: bsnn to (L + bsnn_periods) K on every image, the baselines further."""
-    t_bsnn = (depth + args.bsnn_periods) * k
+    """(T_max, images) of one run.
+
+    bsnn at K = 8 runs to (L + bsnn_periods) K, the K sweep to (L + sweep_periods) K (it settles within a few
+    periods of its first output, (L + 1) K), the baselines to max(--timesteps, bsnn's T_max at K = 8); every run
+    on all images unless ``--images MODE=N`` limits its mode.
+    """
+    t_bsnn = (depth + args.bsnn_periods) * 8
+    images = min(n_images, args.images.get(mode, n_images))
     if mode == "bsnn":
-        return t_bsnn, n_images
-    return max(args.timesteps, t_bsnn), min(n_images, args.baseline_limit or n_images)
+        return ((depth + (args.bsnn_periods if k == 8 else args.sweep_periods)) * k), images
+    return max(args.timesteps, t_bsnn), images
 
 
 def _cache_file(args, model: str, key: str) -> Path:
@@ -336,7 +344,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--timesteps", type=int, default=256, help="T_max of the baseline modes (at least bsnn's)")
     parser.add_argument("--bsnn-periods", type=int, default=12, help="bsnn runs to T = (L + this) K")
-    parser.add_argument("--baseline-limit", type=int, default=None, help="images for bsnn-nosn, phase, if-rate")
+    parser.add_argument("--sweep-periods", type=int, default=6, help="bsnn at K != 8 runs to T = (L + this) K")
+    parser.add_argument("--images", nargs="*", default=[], metavar="MODE=N",
+                        help="run MODE on the first N test images only (e.g. phase=2000)")
     parser.add_argument("--percentile", type=float, default=99.9)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--energy-images", type=int, default=1000)
@@ -346,6 +356,13 @@ def main() -> None:
                         help="finished runs are kept here and reused when their settings match")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     args = parser.parse_args()
+    try:
+        args.images = {mode: int(n) for mode, n in (item.split("=") for item in args.images)}
+    except ValueError:
+        parser.error(f"--images takes MODE=N items, got {args.images}")
+    unknown = set(args.images) - set(MODES)
+    if unknown:
+        parser.error(f"--images: unknown mode {min(unknown)} (use {', '.join(MODES)})")
     names = args.models or list(MODELS)
     jobs = [j for j in jobs_in_order(names) if args.only is None or f"{j[1]}@K{j[2]}" in args.only]
     workers = max(1, min(args.workers, len(jobs)))
