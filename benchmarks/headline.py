@@ -187,13 +187,18 @@ def run_job(job: tuple[str, str, int], args) -> dict:
     return entry
 
 
-def energy_job(model: str, t_energy: int, args) -> dict:
-    """SOPs per image of bsnn and if-rate (K = 8) at ``t_energy`` on the first ``--energy-images`` images."""
+def energy_job(model: str, runs: dict, args) -> dict:
+    """SOPs per image of bsnn and if-rate (K = 8), each at the first T where it is within 1 point of the ANN
+    (its T_max if it never is), on the first ``--energy-images`` images."""
     x, _, calib = _inputs(args)
     n_energy = min(len(x), args.energy_images)
     ann = load_onnx(ROOT / "data" / _onnx_file(MODELS[model]))
     energy = {}
     for mode in ("bsnn", "if-rate"):
+        run = runs.get(f"{mode}@K8")
+        if run is None:
+            continue
+        t_energy = run["t_within_1"] or run["timesteps"]
         settings = _settings(args, model, mode, 8, t_energy, n_energy)
         path = _cache_file(args, model, f"energy_{mode}")
         cached = _cached(path, settings)
@@ -204,6 +209,7 @@ def energy_job(model: str, t_energy: int, args) -> dict:
             sops, input_macs = float(result.sops.mean()), int(result.input_macs)
             cached = {
                 "settings": settings,
+                "timesteps": t_energy,
                 "sops_per_image": sops,
                 "input_layer_macs": input_macs,
                 "energy_uJ_estimate": (sops * runtime.E_AC_PJ + input_macs * runtime.E_MAC_PJ) * 1e-6,
@@ -237,11 +243,9 @@ def summarise(model: str, runs: dict, x, y, args) -> dict:
         run.update(ann_accuracy_same_images=ref, t_within_1=first_within(acc, ref, 1.0),
                    t_within_0_1=first_within(acc, ref, 0.1))
         out["runs"][key] = run
-    bsnn = out["runs"].get("bsnn@K8")
-    if bsnn is not None:
-        t_energy = bsnn["t_within_1"] or bsnn["timesteps"]
-        out["energy"] = {"timesteps": t_energy, "ann_energy_uJ_estimate": out["ann_macs"] * runtime.E_MAC_PJ * 1e-6,
-                         **energy_job(model, t_energy, args)}
+    if "bsnn@K8" in out["runs"] and "if-rate@K8" in out["runs"]:
+        out["energy"] = {"ann_energy_uJ_estimate": out["ann_macs"] * runtime.E_MAC_PJ * 1e-6,
+                         **energy_job(model, out["runs"], args)}
     return out
 
 
@@ -274,64 +278,100 @@ def plot(results: list[dict], folder: Path) -> list[str]:
     return files
 
 
+#: accuracy columns of the per-model tables (with the bsnn first output (L + 1) 8 and (L + 3) 8)
+_COLUMNS = (16, 32, 64, 128, 256)
+
+
+def _t(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def markdown(results: list[dict], meta: dict) -> str:
+    """The tables of docs/headline.md: per model (plot, accuracy at chosen T, T within 1 / 0.1 point), the ratio
+    bsnn / if-rate per depth, and the energy estimate."""
     lines = [
         (
-            f"Measured by `{meta['command']}` on {meta['machine']}, {meta['date']}, "
-            f"{meta['images']} test images, percentile {meta['percentile']}."
+            f"Measured by `{meta['command']}` on {meta['machine']}, {meta['date']} (commit {meta['commit']}), "
+            f"test images: {meta['images']} (fewer where the images column says so), percentile {meta['percentile']}. "
+            "\"T within 1 pt\" is the first T from which accuracy stays within 1 point of the ANN (on the same "
+            "images) up to the run's T_max; \"-\" if it never does. L is the deepest population stage: the bsnn "
+            "modes give their first full output at T = (L + 1) K."
+        ),
+        "",
+    ]
+    for res in results:
+        runs = res["runs"]
+        depth = next(iter(runs.values()))["deepest_stage"] if runs else 0
+        lines += [
+            f"### {res['model']} (L = {depth}, ANN {res['ann_accuracy']:.2f} %, {res['ann_macs'] / 1e6:.2f} M MACs)",
+            "",
+            f"![accuracy versus T, {res['model']}]({meta['plots'][results.index(res)]})",
+            "",
+        ]
+        t_max = max((r["timesteps"] for r in runs.values()), default=0)
+        columns = sorted({t for t in (*_COLUMNS, (depth + 1) * 8, (depth + 3) * 8) if t <= t_max})
+        lines.append(
+            "| mode | K | images | ANN % | " + " | ".join(f"T={t}" for t in columns)
+            + " | first output | T within 1 pt | T within 0.1 pt | T_max: acc. | SOPs/image at T_max |"
+        )
+        lines.append("|---" * (len(columns) + 9) + "|")
+        for run in runs.values():
+            acc = run["accuracy"]
+            cells = [f"{acc[t - 1]:.2f}" if t <= len(acc) else "" for t in columns]
+            first = f"T={run['t_first_output']}: {acc[run['t_first_output'] - 1]:.2f}" if run["mode"].startswith(
+                "bsnn") and run["t_first_output"] <= len(acc) else "-"
+            lines.append(
+                f"| {run['mode']} | {run['phases']} | {run['images']} | {run['ann_accuracy_same_images']:.2f} | "
+                + " | ".join(cells)
+                + f" | {first} | {_t(run['t_within_1'])} | {_t(run['t_within_0_1'])} | "
+                f"{run['timesteps']}: {run['final_accuracy']:.2f} | {run['sops_per_image_at_t_max'] / 1e6:.1f} M |"
+            )
+        lines.append("")
+    lines += [
+        "### T to come within 1 and 0.1 point of the ANN, K = 8, per depth",
+        "",
+        (
+            "| model | L | bsnn 1 pt | if-rate 1 pt | bsnn / if-rate | bsnn-nosn 1 pt | phase 1 pt | bsnn 0.1 pt | "
+            "if-rate 0.1 pt | bsnn / if-rate (0.1 pt) | bsnn-nosn 0.1 pt | phase 0.1 pt |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in sorted(results, key=lambda r: next(iter(r["runs"].values()))["deepest_stage"] if r["runs"] else 0):
+        runs = res["runs"]
+        cells = []
+        for field in ("t_within_1", "t_within_0_1"):
+            b, r, n, p = (runs[key][field] if key in runs else None for key in ("bsnn@K8", "if-rate@K8",
+                                                                                "bsnn-nosn@K8", "phase@K8"))
+            cells += [_t(b), _t(r), f"{b / r:.2f}" if b and r else "-", _t(n), _t(p)]
+        depth = next(iter(runs.values()))["deepest_stage"] if runs else "-"
+        lines.append(f"| {res['model']} | {depth} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        (
+            "Energy **estimate** (an estimate, not a measurement: 0.9 pJ per SOP, 4.6 pJ per MAC, 45 nm, Horowitz "
+            "2014; the SNN's analog input layer is counted as MACs), per image, each mode (K = 8) at the first T "
+            f"from which it stays within 1 point of the ANN, on the first {meta.get('energy_images', '')} test images:"
         ),
         "",
         (
-            "| model | mode | K | L | images | ANN % (same images) | first output T | acc. at first output | "
-            "T within 1 pt (and after) | T within 0.1 pt (and after) | final acc. (T_max) |"
+            "| model | ANN MACs | ANN uJ | bsnn T | bsnn SOPs | bsnn uJ | bsnn / ANN | if-rate T | if-rate SOPs | "
+            "if-rate uJ | if-rate / ANN |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for res in results:
-        for run in res["runs"].values():
-            acc = run["accuracy"]
-            t0 = run["t_first_output"]
-            first = f"{t0} | {acc[t0 - 1]:.2f}" if run["mode"].startswith("bsnn") else "- | -"
-            lines.append(
-                f"| {res['model']} | {run['mode']} | {run['phases']} | {run['deepest_stage']} | {run['images']} | "
-                f"{run['ann_accuracy_same_images']:.2f} | {first} | {run['t_within_1'] or '-'} | {run['t_within_0_1'] or '-'} | "
-                f"{run['final_accuracy']:.2f} (T={run['timesteps']}) |"
-            )
-    lines += [
-        "",
-        "| model | T(1 pt) bsnn | T(1 pt) if-rate | ratio bsnn / if-rate | T(0.1 pt) bsnn | T(0.1 pt) if-rate |",
-        "|---|---|---|---|---|---|",
-    ]
-    for res in results:
-        if "bsnn@K8" not in res["runs"] or "if-rate@K8" not in res["runs"]:
-            continue
-        b, r = res["runs"]["bsnn@K8"], res["runs"]["if-rate@K8"]
-        ratio = f"{b['t_within_1'] / r['t_within_1']:.3f}" if b["t_within_1"] and r["t_within_1"] else "-"
-        lines.append(
-            f"| {res['model']} | {b['t_within_1'] or '-'} | {r['t_within_1'] or '-'} | {ratio} | "
-            f"{b['t_within_0_1'] or '-'} | {r['t_within_0_1'] or '-'} |"
-        )
-    lines += [
-        "",
-        (
-            "Energy **estimate** (0.9 pJ per SOP, 4.6 pJ per MAC; the SNN's analog input layer is "
-            "counted as MACs), at the first T where bsnn K=8 is within 1 point of the ANN:"
-        ),
-        "",
-        (
-            "| model | T | ANN MACs/image | ANN uJ (est.) | bsnn SOPs/image | bsnn uJ (est.) | "
-            "if-rate SOPs/image | if-rate uJ (est.) |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         if "energy" not in res:
             continue
         e = res["energy"]
+        ann = e["ann_energy_uJ_estimate"]
         lines.append(
-            f"| {res['model']} | {e['timesteps']} | {res['ann_macs']:,} | {e['ann_energy_uJ_estimate']:.3f} | "
-            f"{e['bsnn']['sops_per_image']:,.0f} | {e['bsnn']['energy_uJ_estimate']:.3f} | "
-            f"{e['if-rate']['sops_per_image']:,.0f} | {e['if-rate']['energy_uJ_estimate']:.3f} |"
+            f"| {res['model']} | {res['ann_macs']:,} | {ann:.1f} | "
+            + " | ".join(
+                f"{e[m]['timesteps']} | {e[m]['sops_per_image']:,.0f} | {e[m]['energy_uJ_estimate']:.1f} | "
+                f"{e[m]['energy_uJ_estimate'] / ann:.2f}"
+                for m in ("bsnn", "if-rate")
+            )
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -386,6 +426,7 @@ def main() -> None:
         "commit": _commit(),
         "images": len(x),
         "percentile": args.percentile,
+        "energy_images": min(len(x), args.energy_images),
     }
     _write_json(out / "headline.json", {"meta": meta, "results": results})
     meta["plots"] = plot(results, out)
