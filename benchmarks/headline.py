@@ -257,22 +257,26 @@ def plot(results: list[dict], folder: Path) -> list[str]:
 
     files = []
     for res in results:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for run in res["runs"].values():
-            acc = np.array(run["accuracy"])
-            style = "-" if run["phases"] == 8 else ":"
-            ax.plot(np.arange(1, len(acc) + 1), acc, style, label=f"{run['mode']} K={run['phases']}", linewidth=1.2)
-        ax.axhline(res["ann_accuracy"], color="black", linewidth=0.8, label="ANN")
-        ax.axhline(res["ann_accuracy"] - 1, color="gray", linewidth=0.6, linestyle="--", label="ANN - 1")
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(max(0, res["ann_accuracy"] - 30), min(100, res["ann_accuracy"] + 3))
-        ax.set_xlabel("time steps T")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{res['model']}: accuracy versus T")
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        ann = res["ann_accuracy"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+        for ax, low, high in ((axes[0], max(0.0, ann - 40), min(100.0, ann + 3)), (axes[1], ann - 2.5, ann + 1)):
+            for run in res["runs"].values():
+                acc = np.array(run["accuracy"])
+                style = "-" if run["phases"] == 8 else ":"
+                ax.plot(np.arange(1, len(acc) + 1), acc, style, label=f"{run['mode']} K={run['phases']}", linewidth=1.2)
+            ax.axhline(ann, color="black", linewidth=0.8, label="ANN")
+            ax.axhline(ann - 1, color="gray", linewidth=0.6, linestyle="--", label="ANN - 1 pt")
+            ax.set_ylim(low, high)
+            ax.set_xlim(0, max(r["timesteps"] for r in res["runs"].values()))
+            ax.set_xlabel("time steps T")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("test accuracy (%)")
+        axes[0].set_title(f"{res['model']}: accuracy versus T")
+        axes[1].set_title("near the ANN")
+        axes[0].legend(fontsize=7, ncol=2, loc="lower right")
         fig.tight_layout()
         path = folder / f"acc_vs_T_{res['model']}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         files.append(path.name)
     return files
