@@ -123,6 +123,13 @@ def main() -> None:
         run["row_scatters_per_image"] = float(result.extra["deliveries"].mean())
         run["energy_estimate"] = result.energy_estimate()
         figures["runs"].append(run)
+    import numba
+
+    figures["threading_layer"] = numba.threading_layer()
+    figures["mode"] = lowered.mode
+    from headline import machine  # beside this script
+
+    figures["machine"] = machine()
     figures["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     json.dump(figures, sys.stdout, indent=2)
     print()

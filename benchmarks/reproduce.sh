@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every figure of docs/benchmarks.md, in one command (about 4 hours on 2 cores, most of it the headline's
+# step-by-step baselines; finished headline runs are cached in benchmarks/results/headline/ and reused).
+#
+#   bash benchmarks/reproduce.sh [TEST_IMAGES]     (default: Debian's dataset-fashion-mnist test set)
+#
+# Needs the package installed (pip install -e '.[plot]'); SKIP_HEADLINE=1 measures the speed only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz}
+RESULTS=benchmarks/results
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# 1. accuracy versus T of all four modes, K sweep, T within 1 / 0.1 point, ratio per depth, energy, plots
+#    -> docs/headline.md, docs/headline.json, docs/acc_vs_T_<model>.png
+if [ -z "${SKIP_HEADLINE:-}" ]; then
+    python benchmarks/headline.py --data "$DATA" --workers 2 --images phase=2000
+fi
+
+# 2. runtime speed: bsnn at its first full output (L + 1) K, the step-by-step modes at T = 256
+for model in vgg_max resnet14; do
+    for mode in bsnn bsnn-nosn phase if-rate; do
+        bsnn convert "data/$model.onnx" --calib data/fmnist_calib.npz --percentile 99.9 --mode "$mode" \
+            -o "$TMP/${model}_$mode.onnx" > /dev/null
+    done
+done
+python benchmarks/bench_runtime.py --model "$TMP/vgg_max_bsnn.onnx" --timesteps 56 --samples 512 \
+    > "$RESULTS/speed_vgg_max_bsnn.json"
+python benchmarks/bench_runtime.py --model "$TMP/resnet14_bsnn.onnx" --timesteps 112 --samples 512 --repeats 2 \
+    > "$RESULTS/speed_resnet14_bsnn.json"
+for mode in bsnn-nosn phase if-rate; do
+    python benchmarks/bench_runtime.py --model "$TMP/vgg_max_$mode.onnx" --timesteps 256 --samples 64 --repeats 2 \
+        > "$RESULTS/speed_vgg_max_$mode.json"
+done
+# batch-1 latency with the OpenMP threading layer (splits one sample over the threads; see runtime.simulate)
+NUMBA_THREADING_LAYER=omp python benchmarks/bench_runtime.py --model "$TMP/vgg_max_bsnn.onnx" --timesteps 56 \
+    --samples 256 > "$RESULTS/speed_vgg_max_bsnn_omp.json"
+NUMBA_THREADING_LAYER=omp python benchmarks/bench_runtime.py --model "$TMP/resnet14_bsnn.onnx" --timesteps 112 \
+    --samples 256 --repeats 2 > "$RESULTS/speed_resnet14_bsnn_omp.json"
+python benchmarks/speed_table.py "$RESULTS"/speed_*.json
+
+# 3. against the clock-driven dense PyTorch simulation (needs torch: pip install torch==2.13.0)
+if python -c "import torch" 2> /dev/null; then
+    python benchmarks/compare_runtime.py "$TMP/vgg_max_bsnn.onnx" --modes bsnn --threads 1,2 --repeats 2 --scheduled \
+        --json-out "$RESULTS/compare_vgg_idle.json"
+fi
+
+# 4. calibration memory
+python benchmarks/calib_memory.py --counts 500 10000
