@@ -124,22 +124,24 @@ _COALESCE = True
 
 
 @njit(cache=True)
+def _conv_geometry(proj, j):
+    """(cin, width, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff) of conv core j."""
+    return (proj[j, P_CIN], proj[j, P_W], proj[j, P_COUT], proj[j, P_OH], proj[j, P_OW], proj[j, P_KH],
+            proj[j, P_KW], proj[j, P_SH], proj[j, P_SW], proj[j, P_PT], proj[j, P_PL], proj[j, P_DH],
+            proj[j, P_DW], proj[j, P_WOFF])  # fmt: skip
+
+
+@njit(cache=True)
+def _gate_geometry(gate, g):
+    """(c, height, width, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw) of max gate row g."""
+    return (gate[g, G_C], gate[g, G_H], gate[g, G_W], gate[g, G_OH], gate[g, G_OW], gate[g, G_KH], gate[g, G_KW],
+            gate[g, G_SH], gate[g, G_SW], gate[g, G_PT], gate[g, G_PL], gate[g, G_DH], gate[g, G_DW])  # fmt: skip
+
+
+@njit(cache=True)
 def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
     """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi)."""
-    cin = proj[j, P_CIN]
-    width = proj[j, P_W]
-    cout = proj[j, P_COUT]
-    oh = proj[j, P_OH]
-    ow = proj[j, P_OW]
-    kh = proj[j, P_KH]
-    kw = proj[j, P_KW]
-    sh = proj[j, P_SH]
-    sw = proj[j, P_SW]
-    pt = proj[j, P_PT]
-    pl = proj[j, P_PL]
-    dh = proj[j, P_DH]
-    dw = proj[j, P_DW]
-    woff = proj[j, P_WOFF]
+    cin, width, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
     ci = m % cin
     pos = m // cin
     iy = pos // width
@@ -223,20 +225,7 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
     never on ``lo``/``hi``: a split by rows gives every element the same terms
     in the same order). Only the neurons whose input rows reach [lo, hi) are read.
     """
-    cin = proj[j, P_CIN]
-    width = proj[j, P_W]
-    cout = proj[j, P_COUT]
-    oh = proj[j, P_OH]
-    ow = proj[j, P_OW]
-    kh = proj[j, P_KH]
-    kw = proj[j, P_KW]
-    sh = proj[j, P_SH]
-    sw = proj[j, P_SW]
-    pt = proj[j, P_PT]
-    pl = proj[j, P_PL]
-    dh = proj[j, P_DH]
-    dw = proj[j, P_DW]
-    woff = proj[j, P_WOFF]
+    cin, width, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
     stride = kh * kw * cout  # between the rows of consecutive input channels
     contiguous = sw == 1 and dw == 1
     s = 0
@@ -378,18 +367,7 @@ def _fire(V, voff, size, threshold, spikes, soff, flags):
 @njit(cache=True)
 def _gate_touched(gate, g, spikes, ssoff, count, touched, tlist):
     """Outputs of gate row g whose window holds one of the source's spikes; returns how many."""
-    c = gate[g, G_C]
-    width = gate[g, G_W]
-    oh = gate[g, G_OH]
-    ow = gate[g, G_OW]
-    kh = gate[g, G_KH]
-    kw = gate[g, G_KW]
-    sh = gate[g, G_SH]
-    sw = gate[g, G_SW]
-    pt = gate[g, G_PT]
-    pl = gate[g, G_PL]
-    dh = gate[g, G_DH]
-    dw = gate[g, G_DW]
+    c, _, width, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw = _gate_geometry(gate, g)
     n = 0
     for s in range(count):
         m = spikes[ssoff + s]
@@ -429,22 +407,11 @@ def _gate_step(mode, k, gate, g, spikes, ssoff, scount, sflags, emitted, eoff, c
     member with the largest emitted value so far (this step included; ties to
     the lowest index) spikes.
     """
-    c = gate[g, G_C]
-    height = gate[g, G_H]
-    width = gate[g, G_W]
-    ow = gate[g, G_OW]
-    kh = gate[g, G_KH]
-    kw = gate[g, G_KW]
-    sh = gate[g, G_SH]
-    sw = gate[g, G_SW]
-    pt = gate[g, G_PT]
-    pl = gate[g, G_PL]
-    dh = gate[g, G_DH]
-    dw = gate[g, G_DW]
+    c, height, width, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw = _gate_geometry(gate, g)
     coff = gate[g, G_CAND]
     area = kh * kw
     if mode <= 1 and k == 0:
-        total = gate[g, G_OH] * ow * c * area
+        total = oh * ow * c * area
         for i in range(total):
             candidates[coff + i] = 1
     if scount == 0:
@@ -702,19 +669,7 @@ def _gate_period(gate, g, bits, q, ssoff, active, soff):
     candidates that did not" keeps exactly the members whose pattern so far is
     the largest, so the output pattern is the largest pattern in the window.
     """
-    c = gate[g, G_C]
-    height = gate[g, G_H]
-    width = gate[g, G_W]
-    oh = gate[g, G_OH]
-    ow = gate[g, G_OW]
-    kh = gate[g, G_KH]
-    kw = gate[g, G_KW]
-    sh = gate[g, G_SH]
-    sw = gate[g, G_SW]
-    pt = gate[g, G_PT]
-    pl = gate[g, G_PL]
-    dh = gate[g, G_DH]
-    dw = gate[g, G_DW]
+    c, height, width, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw = _gate_geometry(gate, g)
     zero = np.float32(0.0)
     for oy in range(oh):
         for ox in range(ow):
