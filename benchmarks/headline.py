@@ -11,7 +11,8 @@ For each reference model in data/models.json it measures, on the test set:
   MAC, Horowitz 2014, 45 nm; an estimate, not a measurement) at the first T
   where bsnn is within 1 point of the ANN;
 and writes docs/headline.json, one accuracy-versus-T plot per model
-(docs/acc_vs_T_<model>.png) and the markdown tables in docs/headline.md.
+(docs/acc_vs_T_<model>.png) and its tables into docs/benchmarks.md, between the lines
+``<!-- headline:start -->`` and ``<!-- headline:end -->``.
 
 Usage (full Fashion-MNIST test set, as reported in docs/benchmarks.md)::
 
@@ -291,7 +292,7 @@ def _t(value) -> str:
 
 
 def markdown(results: list[dict], meta: dict) -> str:
-    """The tables of docs/headline.md: per model (plot, accuracy at chosen T, T within 1 / 0.1 point), the ratio
+    """The headline tables of docs/benchmarks.md: per model (plot, accuracy at chosen T, T within 1 / 0.1 point), the ratio
     bsnn / if-rate per depth, and the energy estimate."""
     lines = [
         (
@@ -434,8 +435,22 @@ def main() -> None:
     }
     _write_json(out / "headline.json", {"meta": meta, "results": results})
     meta["plots"] = plot(results, out)
-    (out / "headline.md").write_text(markdown(results, meta))
+    insert_section(out / "benchmarks.md", markdown(results, meta), "headline")
     print(markdown(results, meta))
+
+
+def insert_section(doc: Path, text: str, tag: str) -> None:
+    """Put ``text`` between the lines ``<!-- tag:start -->`` and ``<!-- tag:end -->`` of ``doc``
+    (appended with them if it has none), through a temporary file."""
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    old = doc.read_text() if doc.exists() else ""
+    if start in old and end in old:
+        new = old[: old.index(start) + len(start)] + "\n" + text + old[old.index(end) :]
+    else:
+        new = old + f"\n{start}\n{text}{end}\n"
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(doc)
 
 
 def _commit() -> str:

@@ -13,7 +13,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
 # 1. accuracy versus T of all four modes, K sweep, T within 1 / 0.1 point, ratio per depth, energy, plots
-#    -> docs/headline.md, docs/headline.json, docs/acc_vs_T_<model>.png
+#    -> docs/benchmarks.md (between the headline markers), docs/headline.json, docs/acc_vs_T_<model>.png
 if [ -z "${SKIP_HEADLINE:-}" ]; then
     python benchmarks/headline.py --data "$DATA" --workers 2 --images phase=2000
 fi
@@ -38,7 +38,7 @@ NUMBA_THREADING_LAYER=omp python benchmarks/bench_runtime.py --model "$TMP/vgg_m
     --samples 256 > "$RESULTS/speed_vgg_max_bsnn_omp.json"
 NUMBA_THREADING_LAYER=omp python benchmarks/bench_runtime.py --model "$TMP/resnet14_bsnn.onnx" --timesteps 112 \
     --samples 256 --repeats 2 > "$RESULTS/speed_resnet14_bsnn_omp.json"
-python benchmarks/speed_table.py "$RESULTS"/speed_*.json
+python benchmarks/speed_table.py "$RESULTS"/speed_*.json --doc docs/benchmarks.md
 
 # 3. against the clock-driven dense PyTorch simulation (needs torch: pip install torch==2.13.0)
 if python -c "import torch" 2> /dev/null; then

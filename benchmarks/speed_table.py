@@ -2,13 +2,16 @@
 
 Usage::
 
-    python benchmarks/speed_table.py benchmarks/results/speed_*.json
+    python benchmarks/speed_table.py benchmarks/results/speed_*.json [--doc docs/benchmarks.md]
+
+With ``--doc`` the table also replaces the ``speed`` section of that file
+(between ``<!-- speed:start -->`` and ``<!-- speed:end -->``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -27,14 +30,28 @@ def rows(path: Path) -> list[str]:
 
 
 def main() -> None:
-    print(
-        "| model | mode | T | images/s, 1 thread | images/s, 2 threads | speed-up | batch-1 ms, 1 thread | "
-        "batch-1 ms, 2 threads | threading layer | SOPs/image | G SOPs/s, 1 thread | load before |"
-    )
-    print("|---" * 12 + "|")
-    for name in sys.argv[1:]:
-        for row in rows(Path(name)):
-            print(row)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--doc", type=Path)
+    args = parser.parse_args()
+    first = json.loads(args.results[0].read_text())
+    lines = [
+        f"Machine: {first.get('machine', '?')}. Batch 256 for images/s; batch-1 latency: one image, best of repeats.",
+        "",
+        (
+            "| model | mode | T | images/s, 1 thread | images/s, 2 threads | speed-up | batch-1 ms, 1 thread | "
+            "batch-1 ms, 2 threads | threading layer | SOPs/image | G SOPs/s, 1 thread | load before |"
+        ),
+        "|---" * 12 + "|",
+    ]
+    for path in args.results:
+        lines += rows(path)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.doc is not None:
+        from headline import insert_section  # beside this script
+
+        insert_section(args.doc, text, "speed")
 
 
 if __name__ == "__main__":
