@@ -381,7 +381,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT / "data" / "fmnist_test.npz"))
     parser.add_argument("--calib", default=str(ROOT / "data" / "fmnist_calib.npz"))
@@ -400,7 +400,7 @@ def main() -> None:
     parser.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "headline"),
                         help="finished runs are kept here and reused when their settings match")
     parser.add_argument("--out", default=str(ROOT / "docs"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         args.images = {mode: int(n) for mode, n in (item.split("=") for item in args.images)}
     except ValueError:
@@ -425,7 +425,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "commit": _commit(),

@@ -1,0 +1,74 @@
+"""benchmarks/headline.py: the 'within' rule, the doc sections it writes, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import headline
+
+import passes
+import runtime
+from bsnn_graph import evaluate, load_onnx
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_first_within_means_from_then_on():
+    acc = np.array([10.0, 91.5, 89.0, 91.2, 91.9, 92.0])
+    assert headline.first_within(acc, 92.0, 1.0) == 4  # T = 2 is within, but T = 3 drops out again
+    assert headline.first_within(acc, 92.0, 0.1) == 5
+    assert headline.first_within(acc, 93.5, 1.0) is None  # the last step is outside
+    assert headline.first_within(np.full(3, 92.0), 92.0, 0.1) == 1
+
+
+def test_insert_section_replaces_only_between_its_markers(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\n<!-- t:start -->\nold\n<!-- t:end -->\n\nhand-written\n")
+    headline.insert_section(doc, "new table\n", "t")
+    assert doc.read_text() == "# Title\n\n<!-- t:start -->\nnew table\n<!-- t:end -->\n\nhand-written\n"
+    headline.insert_section(doc, "other\n", "u")  # no markers yet: appended with them
+    assert doc.read_text().endswith("<!-- u:start -->\nother\n<!-- u:end -->\n")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tmp_path, monkeypatch):
+    model = DATA / "vgg_tiny_legacy.onnx"
+    samples = np.load(DATA / "vgg_tiny.npz")
+    x, y = samples["x"].astype(np.float32), samples["y"].argmax(axis=1)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=x, y=y)
+    monkeypatch.setattr(headline, "MODELS", {"tiny": {"exports": {"legacy": {"file": str(model)}}}})
+    monkeypatch.setattr(headline, "_DATA", {})
+    docs, cache = tmp_path / "docs", tmp_path / "cache"
+    docs.mkdir()
+    (docs / "benchmarks.md").write_text("intro\n<!-- headline:start -->\n<!-- headline:end -->\noutro\n")
+    argv = ["--data", str(data), "--calib", str(data), "--cache", str(cache), "--out", str(docs), "--timesteps", "60",
+            "--bsnn-periods", "2", "--only", "bsnn@K8", "if-rate@K8", "bsnn@K4", "--images", "if-rate=3"]
+    headline.main(argv)
+    report = json.loads((docs / "headline.json").read_text())["results"][0]
+    runs = report["runs"]
+    assert set(runs) == {"bsnn@K8", "if-rate@K8", "bsnn@K4"}
+    # the recorded accuracy per step is the runtime's on the same conversion
+    snn = passes.convert(load_onnx(model), x, mode="bsnn", phases=8, percentile=99.9)
+    depth = runs["bsnn@K8"]["deepest_stage"]
+    expected = runtime.simulate(snn, x, (depth + 2) * 8).accuracy(y) * 100
+    assert runs["bsnn@K8"]["accuracy"] == pytest.approx(expected, abs=1e-3)
+    assert runs["bsnn@K4"]["timesteps"] == (depth + 6) * 4  # the sweep's own T_max
+    assert runs["if-rate@K8"]["images"] == 3 and runs["if-rate@K8"]["timesteps"] == 60  # --timesteps, above (L + 2) 8
+    ann = evaluate(load_onnx(model), x).argmax(axis=1)
+    assert report["ann_accuracy"] == pytest.approx(100 * np.mean(ann == y))
+    assert runs["if-rate@K8"]["ann_accuracy_same_images"] == pytest.approx(100 * np.mean(ann[:3] == y[:3]))
+    assert set(report["energy"]) >= {"bsnn", "if-rate"}
+    text = (docs / "benchmarks.md").read_text()
+    assert text.startswith("intro\n<!-- headline:start -->\n") and text.endswith("<!-- headline:end -->\noutro\n")
+    assert "### tiny" in text and (docs / "acc_vs_T_tiny.png").exists()
+    # a second run reuses every cached result (the files are not rewritten)
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
+    headline.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")} == stamps
