@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
             for job, entry in pool.imap_unordered(_worker, [(j, args) for j in jobs]):
                 done[job[0]][f"{job[1]}@K{job[2]}"] = entry
     x, y, _ = _inputs(args)
+    args.threads = os.cpu_count() or 1  # the energy runs below, one at a time
     results = [summarise(n, done[n], x, y, args) for n in names]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
