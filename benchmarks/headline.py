@@ -97,7 +97,7 @@ def _config(mode: str, k: int, depth: int, args, n_images: int) -> tuple[int, in
     on all images unless ``--images MODE=N`` limits its mode.
     """
     t_bsnn = (depth + args.bsnn_periods) * 8
-    images = min(n_images, args.images.get(mode, n_images))
+    images = min(n_images, args.images.get(f"{mode}@K{k}", args.images.get(mode, n_images)))
     if mode == "bsnn":
         return ((depth + (args.bsnn_periods if k == 8 else args.sweep_periods)) * k), images
     return max(args.timesteps, t_bsnn), images
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bsnn-periods", type=int, default=12, help="bsnn runs to T = (L + this) K")
     parser.add_argument("--sweep-periods", type=int, default=6, help="bsnn at K != 8 runs to T = (L + this) K")
     parser.add_argument("--images", nargs="*", default=[], metavar="MODE=N",
-                        help="run MODE on the first N test images only (e.g. phase=2000)")
+                        help="run MODE (or one run, e.g. bsnn@K4) on the first N test images only (e.g. phase=2000)")
     parser.add_argument("--percentile", type=float, default=99.9)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--energy-images", type=int, default=1000)
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         args.images = {mode: int(n) for mode, n in (item.split("=") for item in args.images)}
     except ValueError:
         parser.error(f"--images takes MODE=N items, got {args.images}")
-    unknown = set(args.images) - set(MODES)
+    unknown = {key for key in args.images if key.split("@K")[0] not in MODES}
     if unknown:
         parser.error(f"--images: unknown mode {min(unknown)} (use {', '.join(MODES)})")
     names = args.models or list(MODELS)
