@@ -259,13 +259,16 @@ def plot(results: list[dict], folder: Path) -> list[str]:
     files = []
     for res in results:
         ann = res["ann_accuracy"]
+        len_x = max(run["images"] for run in res["runs"].values())
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
         for ax, low, high in ((axes[0], max(0.0, ann - 40), min(100.0, ann + 3)), (axes[1], ann - 2.5, ann + 1)):
             for run in res["runs"].values():
                 acc = np.array(run["accuracy"])
                 style = "-" if run["phases"] == 8 else ":"
-                ax.plot(np.arange(1, len(acc) + 1), acc, style, label=f"{run['mode']} K={run['phases']}", linewidth=1.2)
-            ax.axhline(ann, color="black", linewidth=0.8, label="ANN")
+                fewer = f", {run['images']} images" if run["images"] < len_x else ""
+                ax.plot(np.arange(1, len(acc) + 1), acc, style, label=f"{run['mode']} K={run['phases']}{fewer}",
+                        linewidth=1.2)
+            ax.axhline(ann, color="black", linewidth=0.8, label=f"ANN ({len_x} images)")
             ax.axhline(ann - 1, color="gray", linewidth=0.6, linestyle="--", label="ANN - 1 pt")
             ax.set_ylim(low, high)
             ax.set_xlim(0, max(r["timesteps"] for r in res["runs"].values()))
