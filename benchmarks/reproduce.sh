@@ -41,6 +41,8 @@ NUMBA_THREADING_LAYER=omp python benchmarks/bench_runtime.py --model "$TMP/vgg_m
     --samples 256 > "$RESULTS/speed_vgg_max_bsnn_omp.json"
 NUMBA_THREADING_LAYER=omp python benchmarks/bench_runtime.py --model "$TMP/resnet14_bsnn.onnx" --timesteps 112 \
     --samples 256 --repeats 2 > "$RESULTS/speed_resnet14_bsnn_omp.json"
+python benchmarks/latency.py
+NUMBA_THREADING_LAYER=omp python benchmarks/latency.py
 python benchmarks/speed_table.py "$RESULTS"/speed_*.json --doc docs/benchmarks.md
 
 # 3. against the clock-driven dense PyTorch simulation (needs torch: pip install torch==2.13.0)

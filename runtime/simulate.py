@@ -284,8 +284,8 @@ def one_sample_threads(threads: int | None) -> int:
     threading layer whose workers wake fast (OpenMP, TBB), and one under
     workqueue, the runtime's default: its parallel regions cost more to start
     than the split saves at the reference networks' size (VGG T = 56, idle
-    2-core machine: 3.6 ms on one thread, 4.0 ms split over two with
-    workqueue, 2.4 ms with OpenMP; docs/benchmarks.md).
+    2-core machine: 3.4 ms on one thread, 4.7 ms split over two with
+    workqueue, 2.7 ms with OpenMP; benchmarks/latency.py, docs/benchmarks.md).
     """
     if threads is not None:
         return int(threads)
