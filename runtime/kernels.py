@@ -141,7 +141,7 @@ def _gate_geometry(gate, g):
 @njit(cache=True)
 def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
     """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi)."""
-    cin, width, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
+    cin, width, cout, _, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
     ci = m % cin
     pos = m // cin
     iy = pos // width
@@ -153,7 +153,7 @@ def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
         if ny % sh != 0:
             continue
         oy = ny // sh
-        if oy >= oh or oy < lo or oy >= hi:
+        if oy < lo or oy >= hi:  # hi <= oh
             continue
         for kx in range(kw):
             nx = ix + pl - kx * dw
@@ -253,7 +253,7 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
                 continue
             else:
                 oy = ny // sh
-            if oy >= oh or oy < lo or oy >= hi:
+            if oy < lo or oy >= hi:  # hi <= oh
                 continue
             if contiguous:  # the output positions ox_lo..ox_hi and their kernel rows, each one run
                 ox_lo = max(ix + pl - kw + 1, 0)
