@@ -19,8 +19,10 @@ Usage (full Fashion-MNIST test set, as reported in docs/benchmarks.md)::
     python benchmarks/headline.py --data /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
 ``--limit N`` uses the first N test images; ``--models`` picks models; ``--images phase=2000``
-runs one mode on fewer images. Finished runs are cached in benchmarks/results/headline/ and reused
-when their settings match, so an interrupted run resumes and ``--workers 2`` runs two at a time.
+runs one mode on fewer images. Each run is measured in parts of ``--chunk`` images (2,000), cached in
+benchmarks/results/headline/<model>/<key>.parts/ and reused when their settings match, so an interrupted
+run resumes from its last finished part, a run on more images reuses the parts it covers, and
+``--workers 2`` measures two parts at a time. The merged run is cached as <model>/<key>.json.
 """
 
 from __future__ import annotations
@@ -147,46 +149,124 @@ def _settings(args, model: str, mode: str, k: int, t_max: int, images: int) -> d
     }
 
 
-def run_job(job: tuple[str, str, int], args) -> dict:
-    """One (model, mode, K) run over the test set; the result is cached under ``--cache``."""
-    model, mode, k = job
+def _parts_dir(args, model: str, key: str) -> Path:
+    return Path(args.cache) / model / f"{key}.parts"
+
+
+def _part_settings(settings: dict, first: int, last: int) -> dict:
+    """A part's settings: its run's, with the image range in place of the image count (a part is reused by any
+    run that covers its range)."""
+    return {**{k: v for k, v in settings.items() if k != "images"}, "first": first, "last": last}
+
+
+def parts(images: int, chunk: int) -> list[tuple[int, int]]:
+    """The image ranges a run of ``images`` images is measured in: chunks of ``chunk``, from 0."""
+    return [(first, min(first + chunk, images)) for first in range(0, images, chunk)]
+
+
+def _cached_depth(args, model: str, key: str) -> int | None:
+    """L of an earlier conversion (from the run's or a part's cache), so a cached result is checked without
+    converting again."""
+    for path in (_cache_file(args, model, key), *sorted(_parts_dir(args, model, key).glob("*.json"))):
+        if path.exists():
+            return json.loads(path.read_text())["deepest_stage"]
+    return None
+
+
+def _run_settings(args, model: str, mode: str, k: int, depth: int, n_images: int) -> dict:
+    return _settings(args, model, mode, k, *_config(mode, k, depth, args, n_images))
+
+
+def part_job(job: tuple[str, str, int, int, int], args) -> dict:
+    """One (model, mode, K) run over test images [first, last): correct predictions per step and SOPs, cached
+    under ``--cache`` as ``<model>/<key>.parts/<first>-<last>.json``."""
+    model, mode, k, first, last = job
     key = f"{mode}@K{k}"
     x, y, calib = _inputs(args)
-    path = _cache_file(args, model, key)
-    if path.exists():  # the cached run's own depth gives the settings to check, without converting again
-        depth = json.loads(path.read_text())["deepest_stage"]
-        cached = _cached(path, _settings(args, model, mode, k, *_config(mode, k, depth, args, len(x))))
+    path = _parts_dir(args, model, key) / f"{first}-{last}.json"
+    depth = _cached_depth(args, model, key)
+    if depth is not None:
+        cached = _cached(path, _part_settings(_run_settings(args, model, mode, k, depth, len(x)), first, last))
         if cached is not None:
             return cached
     ann = load_onnx(ROOT / "data" / _onnx_file(MODELS[model]))
     snn = passes.convert(ann, calib, mode=mode, phases=k, percentile=args.percentile)
     depth = deepest_stage(snn)
-    t_max, images = _config(mode, k, depth, args, len(x))
-    settings = _settings(args, model, mode, k, t_max, images)
+    settings = _part_settings(_run_settings(args, model, mode, k, depth, len(x)), first, last)
     started = time.perf_counter()
     result = runtime.simulate(
-        snn, x[:images], t_max, batch_size=args.batch_size, threads=args.threads, per_neuron_counts=False
+        snn, x[first:last], settings["timesteps"], batch_size=args.batch_size, threads=args.threads,
+        per_neuron_counts=False,
     )
     seconds = time.perf_counter() - started
-    acc = 100.0 * (result.predictions == y[None, :images]).mean(axis=1)
+    correct = (result.predictions == y[None, first:last]).sum(axis=1)
+    entry = {
+        "settings": settings,
+        "deepest_stage": depth,
+        "correct": [int(c) for c in correct],
+        "sops_sum": float(result.sops.sum()),
+        "seconds": seconds,
+        "threads": args.threads,
+        "commit": _commit(),
+    }
+    _write_json(path, entry)
+    print(f"  {model} {key:14s} L={depth:2d} images {first:5d}-{last:5d} T_max={settings['timesteps']:4d} "
+          f"final {100.0 * correct[-1] / (last - first):6.2f}%  {seconds:7.1f} s", flush=True)
+    return entry
+
+
+def pending_parts(job: tuple[str, str, int], args) -> list[tuple[str, str, int, int, int]]:
+    """The parts of one (model, mode, K) run still to measure; none if the whole run is cached."""
+    model, mode, k = job
+    key = f"{mode}@K{k}"
+    x, _, _ = _inputs(args)
+    depth = _cached_depth(args, model, key)
+    if depth is not None:
+        settings = _run_settings(args, model, mode, k, depth, len(x))
+        if _cached(_cache_file(args, model, key), settings) is not None:
+            return []
+        folder = _parts_dir(args, model, key)
+        return [(model, mode, k, a, b) for a, b in parts(settings["images"], args.chunk)
+                if _cached(folder / f"{a}-{b}.json", _part_settings(settings, a, b)) is None]
+    images = _config(mode, k, 0, args, len(x))[1]  # the image count does not depend on the depth
+    return [(model, mode, k, a, b) for a, b in parts(images, args.chunk)]
+
+
+def run_job(job: tuple[str, str, int], args) -> dict:
+    """One (model, mode, K) run over the test set, merged from its parts (measuring any that are missing) and
+    cached under ``--cache`` as ``<model>/<key>.json``."""
+    model, mode, k = job
+    key = f"{mode}@K{k}"
+    measured = [part_job(p, args) for p in pending_parts(job, args)]
+    x, _, _ = _inputs(args)
+    depth = _cached_depth(args, model, key)
+    settings = _run_settings(args, model, mode, k, depth, len(x))
+    path = _cache_file(args, model, key)
+    cached = _cached(path, settings)
+    if cached is not None and not measured:
+        return cached
+    folder = _parts_dir(args, model, key)
+    pieces = [json.loads((folder / f"{a}-{b}.json").read_text()) for a, b in parts(settings["images"], args.chunk)]
+    correct = np.sum([p["correct"] for p in pieces], axis=0)
+    acc = 100.0 * correct / settings["images"]
     entry = {
         "settings": settings,
         "mode": mode,
         "phases": k,
         "deepest_stage": depth,
         "t_first_output": (depth + 1) * k if mode.startswith("bsnn") else 1,
-        "timesteps": t_max,
-        "images": images,
+        "timesteps": settings["timesteps"],
+        "images": settings["images"],
         "accuracy": [round(float(a), 3) for a in acc],
         "final_accuracy": float(acc[-1]),
-        "sops_per_image_at_t_max": float(result.sops.mean()),
-        "seconds": seconds,
-        "threads": args.threads,
-        "commit": _commit(),
+        "sops_per_image_at_t_max": sum(p["sops_sum"] for p in pieces) / settings["images"],
+        "seconds": sum(p["seconds"] for p in pieces),
+        "parts": [{"first": p["settings"]["first"], "last": p["settings"]["last"], "seconds": p["seconds"],
+                   "threads": p["threads"], "commit": p["commit"]} for p in pieces],
     }
     _write_json(path, entry)
-    print(f"  {model} {key:14s} L={depth:2d} N={images:5d} T_max={t_max:4d} final {acc[-1]:6.2f}%  {seconds:7.1f} s",
-          flush=True)
+    print(f"  {model} {key:14s} L={depth:2d} N={settings['images']:5d} T_max={settings['timesteps']:4d} "
+          f"final {acc[-1]:6.2f}%  {entry['seconds']:7.1f} s in {len(pieces)} parts", flush=True)
     return entry
 
 
@@ -224,7 +304,7 @@ def energy_job(model: str, runs: dict, args) -> dict:
 
 def _worker(job_and_args):
     job, args = job_and_args
-    return job, run_job(job, args)
+    return part_job(job, args)
 
 
 def jobs_in_order(models: list[str]) -> list[tuple[str, str, int]]:
@@ -403,7 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--percentile", type=float, default=99.9)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--energy-images", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=1, help="runs in parallel, each on cores / workers threads")
+    parser.add_argument("--workers", type=int, default=1, help="parts in parallel, each on cores / workers threads")
+    parser.add_argument("--chunk", type=int, default=2000,
+                        help="a run is measured (and cached) in parts of this many images, so it resumes where it stopped")
     parser.add_argument("--only", nargs="*", default=None, help="run only these keys, e.g. bsnn@K8 if-rate@K8")
     parser.add_argument("--cache", default=str(ROOT / "benchmarks" / "results" / "headline"),
                         help="finished runs are kept here and reused when their settings match")
@@ -418,16 +500,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--images: unknown mode {min(unknown)} (use {', '.join(MODES)})")
     names = args.models or list(MODELS)
     jobs = [j for j in jobs_in_order(names) if args.only is None or f"{j[1]}@K{j[2]}" in args.only]
-    workers = max(1, min(args.workers, len(jobs)))
+    workers = max(1, args.workers)
     args.threads = max(1, (os.cpu_count() or 1) // workers)
-    done: dict[str, dict] = {n: {} for n in names}
-    if workers == 1:
-        for job in jobs:
-            done[job[0]][f"{job[1]}@K{job[2]}"] = run_job(job, args)
-    else:
+    pending = [p for job in jobs for p in pending_parts(job, args)]
+    if workers > 1 and len(pending) > 1:  # the parts two (or more) at a time; merged below
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for job, entry in pool.imap_unordered(_worker, [(j, args) for j in jobs]):
-                done[job[0]][f"{job[1]}@K{job[2]}"] = entry
+            for _ in pool.imap_unordered(_worker, [(p, args) for p in pending]):
+                pass
+    done: dict[str, dict] = {n: {} for n in names}
+    for job in jobs:
+        done[job[0]][f"{job[1]}@K{job[2]}"] = run_job(job, args)
     x, y, _ = _inputs(args)
     args.threads = os.cpu_count() or 1  # the energy runs below, one at a time
     results = [summarise(n, done[n], x, y, args) for n in names]

@@ -72,3 +72,29 @@ def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tmp_path, monkeypa
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
     headline.main(argv)
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")} == stamps
+
+
+def test_a_run_in_parts_is_the_run_on_all_images_and_longer_runs_reuse_them(tmp_path, monkeypatch):
+    model = DATA / "vgg_tiny_legacy.onnx"
+    samples = np.load(DATA / "vgg_tiny.npz")
+    x, y = samples["x"].astype(np.float32), samples["y"].argmax(axis=1)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=x, y=y)
+    monkeypatch.setattr(headline, "MODELS", {"tiny": {"exports": {"legacy": {"file": str(model)}}}})
+    monkeypatch.setattr(headline, "_DATA", {})
+    cache = tmp_path / "cache"
+    argv = ["--data", str(data), "--calib", str(data), "--cache", str(cache), "--out", str(tmp_path), "--timesteps",
+            "40", "--only", "if-rate@K8", "--chunk", "2"]
+    headline.main([*argv, "--images", "if-rate=3"])
+    parts = cache / "tiny" / "if-rate@K8.parts"
+    assert sorted(p.name for p in parts.glob("*.json")) == ["0-2.json", "2-3.json"]
+    first = (parts / "0-2.json").stat().st_mtime_ns
+    headline.main(argv)  # all 5 images: 0-2 is reused, 2-4 and 4-5 are measured
+    assert sorted(p.name for p in parts.glob("*.json")) == ["0-2.json", "2-3.json", "2-4.json", "4-5.json"]
+    assert (parts / "0-2.json").stat().st_mtime_ns == first
+    run = json.loads((cache / "tiny" / "if-rate@K8.json").read_text())
+    assert run["images"] == 5 and [(p["first"], p["last"]) for p in run["parts"]] == [(0, 2), (2, 4), (4, 5)]
+    snn = passes.convert(load_onnx(model), x, mode="if-rate", phases=8, percentile=99.9)
+    result = runtime.simulate(snn, x, run["timesteps"])
+    assert run["accuracy"] == pytest.approx(result.accuracy(y) * 100, abs=1e-3)
+    assert run["sops_per_image_at_t_max"] == pytest.approx(result.sops.mean(), rel=1e-9)
