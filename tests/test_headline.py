@@ -37,7 +37,9 @@ def test_insert_section_replaces_only_between_its_markers(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """headline's model list and data set replaced by the tiny VGG of tests/data and its five samples."""
     model = DATA / "vgg_tiny_legacy.onnx"
     samples = np.load(DATA / "vgg_tiny.npz")
     x, y = samples["x"].astype(np.float32), samples["y"].argmax(axis=1)
@@ -45,6 +47,11 @@ def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tmp_path, monkeypa
     np.savez(data, x=x, y=y)
     monkeypatch.setattr(headline, "MODELS", {"tiny": {"exports": {"legacy": {"file": str(model)}}}})
     monkeypatch.setattr(headline, "_DATA", {})
+    return model, x, y, data
+
+
+def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tiny, tmp_path):
+    model, x, y, data = tiny
     docs, cache = tmp_path / "docs", tmp_path / "cache"
     docs.mkdir()
     (docs / "benchmarks.md").write_text("intro\n<!-- headline:start -->\n<!-- headline:end -->\noutro\n")
@@ -74,14 +81,8 @@ def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tmp_path, monkeypa
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")} == stamps
 
 
-def test_a_run_in_parts_is_the_run_on_all_images_and_longer_runs_reuse_them(tmp_path, monkeypatch):
-    model = DATA / "vgg_tiny_legacy.onnx"
-    samples = np.load(DATA / "vgg_tiny.npz")
-    x, y = samples["x"].astype(np.float32), samples["y"].argmax(axis=1)
-    data = tmp_path / "tiny.npz"
-    np.savez(data, x=x, y=y)
-    monkeypatch.setattr(headline, "MODELS", {"tiny": {"exports": {"legacy": {"file": str(model)}}}})
-    monkeypatch.setattr(headline, "_DATA", {})
+def test_a_run_in_parts_is_the_run_on_all_images_and_longer_runs_reuse_them(tiny, tmp_path):
+    model, x, y, data = tiny
     cache = tmp_path / "cache"
     argv = ["--data", str(data), "--calib", str(data), "--cache", str(cache), "--out", str(tmp_path), "--timesteps",
             "40", "--only", "if-rate@K8", "--chunk", "2"]
