@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every figure of docs/benchmarks.md, in one command (about 3 hours on 2 cores, most of it the headline's
-# step-by-step baselines; finished headline runs are cached in benchmarks/results/headline/ and reused,
-# so with the committed cache only what is missing runs). Without the --images limits below, bsnn-nosn,
-# phase and the K sweep run on the whole test set too (several hours more).
+# Every figure of docs/benchmarks.md, in one command: about 5 hours on 2 cores from an empty cache (the
+# headline's runs add up to about 9 core-hours, most of it the step-by-step baselines on the full test set).
+# Each headline run is measured in parts of 2,000 images, cached in benchmarks/results/headline/ and reused,
+# so an interrupted run resumes from its last finished part and, with the committed cache, only what is
+# missing runs (the headline then takes a few minutes: the ANN accuracies and the plots).
 #
 #   bash benchmarks/reproduce.sh [TEST_IMAGES]     (default: Debian's dataset-fashion-mnist test set)
 #
@@ -17,8 +18,7 @@ trap 'rm -rf "$TMP"' EXIT
 # 1. accuracy versus T of all four modes, K sweep, T within 1 / 0.1 point, ratio per depth, energy, plots
 #    -> docs/benchmarks.md (between the headline markers), docs/headline.json, docs/acc_vs_T_<model>.png
 if [ -z "${SKIP_HEADLINE:-}" ]; then
-    python benchmarks/headline.py --data "$DATA" --workers 2 \
-        --images bsnn-nosn=2000 phase=2000 bsnn@K4=2000 bsnn@K6=2000 bsnn@K10=2000
+    python benchmarks/headline.py --data "$DATA" --workers 2
 fi
 
 # 2. runtime speed: bsnn at its first full output (L + 1) K, the step-by-step modes at T = 256
