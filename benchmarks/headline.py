@@ -237,13 +237,14 @@ def run_job(job: tuple[str, str, int], args) -> dict:
     cached under ``--cache`` as ``<model>/<key>.json``."""
     model, mode, k = job
     key = f"{mode}@K{k}"
-    measured = [part_job(p, args) for p in pending_parts(job, args)]
+    for part in pending_parts(job, args):  # none if the merged run is cached
+        part_job(part, args)
     x, _, _ = _inputs(args)
     depth = _cached_depth(args, model, key)
     settings = _run_settings(args, model, mode, k, depth, len(x))
     path = _cache_file(args, model, key)
     cached = _cached(path, settings)
-    if cached is not None and not measured:
+    if cached is not None:
         return cached
     folder = _parts_dir(args, model, key)
     pieces = [json.loads((folder / f"{a}-{b}.json").read_text()) for a, b in parts(settings["images"], args.chunk)]
@@ -500,10 +501,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--images: unknown mode {min(unknown)} (use {', '.join(MODES)})")
     names = args.models or list(MODELS)
     jobs = [j for j in jobs_in_order(names) if args.only is None or f"{j[1]}@K{j[2]}" in args.only]
-    workers = max(1, args.workers)
-    args.threads = max(1, (os.cpu_count() or 1) // workers)
     pending = [p for job in jobs for p in pending_parts(job, args)]
-    if workers > 1 and len(pending) > 1:  # the parts two (or more) at a time; merged below
+    workers = max(1, min(args.workers, len(pending)))
+    args.threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1:  # the parts two (or more) at a time; merged below
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for _ in pool.imap_unordered(_worker, [(p, args) for p in pending]):
                 pass
