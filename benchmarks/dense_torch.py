@@ -17,12 +17,18 @@ the nodes run in topological order, as in the runtime:
   current to V, then its constant current (bias, or the analog input drive
   ``W' x + b'``, divided by K except in ``if-rate``) if it integrates in this
   period, then fires if it fires in this period;
-- schedules (stage s): ``bsnn`` / ``bsnn-nosn`` integrate the constant
-  current in periods ``p >= s-1`` with ``p-s+1`` even and fire in periods
-  ``p >= s`` with ``p-s`` even (fire: ``V >= theta w_k`` emits ``theta w_k``
-  and subtracts it); ``phase`` integrates and fires every step the same
-  way; ``if-rate`` integrates ``W' s + b'`` every step and fires value
-  ``theta`` when ``V >= theta``;
+- schedules (stage s), read from :mod:`runtime.schedule` (the rules the
+  runtime's kernels and the oracle use): ``bsnn`` / ``bsnn-nosn`` integrate
+  the constant current in periods ``p >= s-1`` with ``p-s+1`` even and fire
+  in periods ``p >= s`` with ``p-s`` even (fire: ``V >= theta w_k`` emits
+  ``theta w_k`` and subtracts it); ``phase`` integrates and fires every step
+  the same way; ``if-rate`` integrates ``W' s + b'`` every step and fires
+  value ``theta`` when ``V >= theta``; V starts at the population's initial
+  potential; a population with a ceiling is bounded by it once its
+  integrate period is over (every step in ``phase`` / ``if-rate``);
+- ``light_cone=True``: a population fires only in the periods whose spikes
+  can still reach the output by T (``schedule.light_cone``), as the runtime
+  does by default (predictions are the same either way);
 - a max gate: in ``bsnn`` / ``bsnn-nosn`` every window member is a candidate
   at phase 0, the output spikes iff a candidate spikes, then the candidates
   that did not spike drop out; in ``phase`` / ``if-rate`` it passes the
@@ -56,6 +62,7 @@ import torch.nn.functional as F
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
+from runtime import schedule
 
 __all__ = ["LINEAR_OPS", "DenseResult", "DenseSimulator"]
 
@@ -86,6 +93,8 @@ class _Node:
     stage: int = 0
     threshold: float = 1.0  # populations; gates: their source's
     params: dict | None = None  # torch tensors and precomputed geometry
+    v0: float = 0.0  # initial membrane potential (schedule.initial_potential)
+    ceiling: np.ndarray | None = None  # upper bound of V ((), or per channel), None if unbounded
 
 
 def _tensor(a: np.ndarray | None) -> torch.Tensor | None:
@@ -122,7 +131,8 @@ class DenseSimulator:
         ``bsnn`` a population's sources are not all one stage earlier.
     """
 
-    def __init__(self, graph: nx.DiGraph, mode: str | None = None, skip_silent: bool = False) -> None:
+    def __init__(self, graph: nx.DiGraph, mode: str | None = None, skip_silent: bool = False,
+                 light_cone: bool = False) -> None:
         order = ir.topological_order(graph)
         inputs = [n for n in order if isinstance(ir.op_of(graph, n), O.Input)]
         outputs = [n for n in order if isinstance(ir.op_of(graph, n), O.OutputAccumulator)]
@@ -153,6 +163,8 @@ class DenseSimulator:
         self.input_scale = np.float32(np.asarray(ir.op_of(graph, self.input_name).scale))
         self.program = [self._compile(graph, name) for name in order]
         self._check_stages(graph)
+        self.light_cone = bool(light_cone)
+        self._targets = self._spiking_targets(graph)
         self.classes = int(math.prod(ir.shape_of(graph, self.output_name)))
 
     # ------------------------------------------------------------------ building
@@ -173,7 +185,11 @@ class DenseSimulator:
                 if not isinstance(src_op, (O.Population, O.MaxGate)):
                     raise ModelError(f"node {name!r} ({op.op_type}): reads {srcs[0]!r} ({src_op.op_type}); "
                                      "a synchronous neuron reads a spiking source directly")  # fmt: skip
-            return _Node(name, _POPULATION, op, srcs, shape, stage=int(op.stage), threshold=float(op.threshold))
+            bound = np.asarray(getattr(op, "ceiling", np.inf), np.float32)
+            return _Node(name, _POPULATION, op, srcs, shape, stage=int(op.stage), threshold=float(op.threshold),
+                         v0=float(schedule.initial_potential(self.mode, self.phases, op.threshold,
+                                                             op.initial_potential)),
+                         ceiling=bound if np.any(np.isfinite(bound)) else None)  # fmt: skip
         if isinstance(op, O.MaxGate):
             src_op = ir.op_of(graph, srcs[0])
             if not isinstance(src_op, O.Population):
@@ -299,6 +315,33 @@ class DenseSimulator:
                     raise ModelError(f"node {node.name!r} ({node.op.op_type}): stage {node.stage} but source {src!r} "
                                      f"has stage {stage}; mode bsnn needs the synchronisation pass (or bsnn-nosn)")  # fmt: skip
 
+    def _spiking_targets(self, graph: nx.DiGraph) -> dict[str, set[str]]:
+        """Spiking node -> the spiking nodes (and output) its spikes reach directly."""
+        nodes = {n.name: n for n in self.program}
+        targets: dict[str, set[str]] = {n.name: set() for n in self.program if n.kind in (_POPULATION, _GATE)}
+        for node in self.program:
+            if node.kind in (_POPULATION, _OUTPUT, _GATE):
+                for src in self._spiking_sources(graph, node.name, nodes):
+                    if src in targets:
+                        targets[src].add(node.name)
+        return targets
+
+    def _last_fire(self, timesteps: int) -> dict[str, int]:
+        """The light cone (``schedule.light_cone``): last period each spiking node fires in."""
+        names = [n.name for n in self.program if n.kind in (_POPULATION, _GATE, _OUTPUT)]
+        index = {name: i for i, name in enumerate(names)}
+        nodes = {n.name: n for n in self.program}
+        last = schedule.light_cone(
+            self.mode,
+            schedule.periods_of(timesteps, self.phases),
+            np.array([nodes[n].stage for n in names]),
+            np.array([nodes[n].kind == _POPULATION for n in names]),
+            [sorted(index[t] for t in self._targets.get(n, ())) for n in names],
+            index[self.output_name],
+            full_dynamics=not self.light_cone,
+        )
+        return {name: int(last[index[name]]) for name in names}
+
     @staticmethod
     def _spiking_sources(graph: nx.DiGraph, name: str, nodes: dict) -> set[str]:
         found, stack = set(), list(ir.inputs_of(graph, name))
@@ -397,14 +440,10 @@ class DenseSimulator:
         return constants
 
     def _integrates(self, stage: int, p: int) -> bool:
-        if self.mode in ("phase", "if-rate"):
-            return True
-        return p >= stage - 1 and (p - stage + 1) % 2 == 0
+        return schedule.integrates(schedule.MODE_CODES[self.mode], stage, p)
 
     def _fires(self, stage: int, p: int) -> bool:
-        if self.mode in ("phase", "if-rate"):
-            return True
-        return p >= stage and (p - stage) % 2 == 0
+        return schedule.fires(schedule.MODE_CODES[self.mode], stage, p)
 
     def _batch(self, x: torch.Tensor, timesteps: int, count_spikes: bool):
         n = x.shape[0]
@@ -412,7 +451,10 @@ class DenseSimulator:
         periods = math.ceil(timesteps / K)
         bistable = self.mode in ("bsnn", "bsnn-nosn")
         constants = self._constants(x)
-        V = {node.name: torch.zeros((n,) + node.shape) for node in self.program if node.kind in (_POPULATION, _OUTPUT)}
+        V = {node.name: torch.full((n,) + node.shape, np.float32(node.v0)) for node in self.program
+             if node.kind in (_POPULATION, _OUTPUT)}  # fmt: skip
+        last = self._last_fire(timesteps)
+        ceilings = {node.name: self._bound(node) for node in self.program if node.ceiling is not None}
         zeros = {node.name: torch.zeros((n,) + node.shape) for node in self.program if node.kind in (_POPULATION, _GATE)}
         gate_sources = {node.inputs[0] for node in self.program if node.kind == _GATE}
         emitted = {s: torch.zeros((n,) + V[s].shape[1:]) for s in gate_sources} if not bistable else {}
@@ -439,7 +481,8 @@ class DenseSimulator:
                 elif kind == _GATE:
                     value = float(np.float32(node.threshold) if self.mode == "if-rate" else
                                   np.float32(node.threshold) * weight)  # fmt: skip
-                    spk = self._gate(node, fired[node.inputs[0]], candidates.get(node.name), emitted, k, n)
+                    source_spikes = fired[node.inputs[0]] if p <= last[node.name] else None
+                    spk = self._gate(node, source_spikes, candidates.get(node.name), emitted, k, n)
                     fired[node.name] = spk
                     if spk is None:
                         values[node.name] = None if self.skip_silent else zeros[node.name]
@@ -461,10 +504,12 @@ class DenseSimulator:
                         if k == K - 1 or t == timesteps - 1:
                             logits[p] = flat
                         continue
-                    if not self._fires(node.stage, p):
+                    if not self._fires(node.stage, p) or p > last[node.name]:
                         fired[node.name] = None
                         values[node.name] = None if self.skip_silent else zeros[node.name]
                         continue
+                    if node.name in ceilings and (not bistable or k == 0):
+                        torch.minimum(v, ceilings[node.name], out=v)
                     if self.mode == "if-rate":
                         threshold = float(np.float32(node.threshold))
                     else:
@@ -479,6 +524,14 @@ class DenseSimulator:
                     if count_spikes:
                         spikes += spk.reshape(n, -1).sum(dim=1)
         return predictions, logits, spikes
+
+    @staticmethod
+    def _bound(node: _Node) -> torch.Tensor:
+        """A population's ceiling shaped to broadcast against its V (batch, *shape)."""
+        bound = np.asarray(node.ceiling, np.float32)
+        if bound.ndim == 1:
+            bound = bound.reshape((1, -1) + (1,) * (len(node.shape) - 1))
+        return torch.from_numpy(np.ascontiguousarray(bound))
 
     @staticmethod
     def _unfold(x: torch.Tensor, win: dict, fill: float) -> torch.Tensor:

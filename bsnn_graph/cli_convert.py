@@ -22,7 +22,13 @@ import networkx as nx
 import numpy as np
 
 from . import ops as O
-from .cli_options import channelwise_option, input_lambda_option, input_scale_option, json_option
+from .cli_options import (
+    channelwise_option,
+    initial_potential_option,
+    input_lambda_option,
+    input_scale_option,
+    json_option,
+)
 from .data import fit_to_input, load_dataset
 from .errors import BsnnError, DataError, ModelError
 from .ir import inputs_of, op_of, shape_of, topological_order
@@ -41,7 +47,8 @@ def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: floa
     Keys: ``model`` and ``output`` (paths), ``passes`` (names applied, in
     order), ``mode`` / ``phases`` (null before to_spiking), ``percentile``,
     ``channelwise``, ``input_lambda`` and ``calibration_samples`` (null
-    before normalise), ``removed_output_op`` (e.g. "Softmax" or null),
+    before normalise), ``initial_potential`` ("half" or "zero"; null before
+    to_spiking), ``removed_output_op`` (e.g. "Softmax" or null),
     ``synchronise`` ("applied", "skipped" or null), ``synchronous_neurons``
     (int), ``populations`` (spiking nodes in topological order, each
     ``name``, ``op`` (Population, SynchronousNeuron, MaxGate), ``inputs``,
@@ -83,6 +90,7 @@ def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: floa
         "channelwise": meta["bsnn.channelwise"] == "true" if "bsnn.channelwise" in meta else None,
         "input_lambda": float(meta["bsnn.input_scale"]) if "bsnn.input_scale" in meta else None,
         "calibration_samples": int(meta["bsnn.calibration_samples"]) if "bsnn.calibration_samples" in meta else None,
+        "initial_potential": meta.get("bsnn.initial_potential"),
         "removed_output_op": meta.get("bsnn.removed_output_op"),
         "synchronise": meta.get("bsnn.synchronise"),
         "synchronous_neurons": int(meta.get("bsnn.synchronous_neurons", 0)),
@@ -126,6 +134,7 @@ def _pass_names() -> list[str]:
     help="Percentile of the positive activations taken as each lambda.",
 )
 @channelwise_option
+@initial_potential_option
 @click.option("--until", type=click.Choice(_pass_names()), help="Stop after this pass (writes an intermediate graph).")
 @input_scale_option
 @input_lambda_option
@@ -141,6 +150,7 @@ def convert_command(
     phases: int,
     percentile: float,
     channelwise: bool,
+    initial_potential: str,
     until: str | None,
     input_scale: float | None,
     input_lambda: float | None,
@@ -177,6 +187,7 @@ def convert_command(
             progress=bar.update,
             batch_size=batch_size,
             input_lambda=input_lambda,
+            initial_potential=initial_potential,
         )
     seconds = time.perf_counter() - started
     _refuse_existing(output, overwrite)
@@ -191,7 +202,8 @@ def convert_command(
     if summary["mode"] is not None:
         click.echo(
             f"mode {summary['mode']}, K = {summary['phases']}, {len(spiking)} populations ({sns} synchronous), "
-            f"L = {summary['max_stage']}, output stage {summary['output_stage']}"
+            f"L = {summary['max_stage']}, output stage {summary['output_stage']}, "
+            f"initial potential {summary['initial_potential']}"
         )
     if summary["first_output_step"] is not None:
         click.echo(f"first full output at T = {summary['first_output_step']}")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["channelwise_option", "input_lambda_option", "input_scale_option", "json_option", "threads_option"]
+__all__ = [
+    "channelwise_option",
+    "full_dynamics_option",
+    "initial_potential_option",
+    "input_lambda_option",
+    "input_scale_option",
+    "json_option",
+    "threads_option",
+]
 
 #: ``--input-scale``: multiplies the raw data (see bsnn_graph.data.load_dataset)
 input_scale_option = click.option(
@@ -17,6 +25,22 @@ channelwise_option = click.option("--channelwise", is_flag=True, help="One lambd
 #: ``--input-lambda``: lambda of the analog input (conversion of an ANN)
 input_lambda_option = click.option(
     "--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1)."
+)
+
+#: ``--initial-potential``: where every spiking population's V starts (conversion of an ANN)
+initial_potential_option = click.option(
+    "--initial-potential",
+    type=click.Choice(["half", "zero"]),
+    default="half",
+    show_default=True,
+    help="V at the start: half the smallest spike value (rounds to K bits; if-rate: theta/2) or zero (truncates).",
+)
+
+#: ``--full-dynamics``: simulate every period instead of the light cone of the output
+full_dynamics_option = click.option(
+    "--full-dynamics",
+    is_flag=True,
+    help="Simulate every period (default: only the spikes that can still reach the output by T, the light cone).",
 )
 
 #: ``--threads``: Numba worker threads of the runtime

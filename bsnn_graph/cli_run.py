@@ -25,7 +25,15 @@ import click
 import numpy as np
 
 from . import ops as O
-from .cli_options import channelwise_option, input_lambda_option, input_scale_option, json_option, threads_option
+from .cli_options import (
+    channelwise_option,
+    full_dynamics_option,
+    initial_potential_option,
+    input_lambda_option,
+    input_scale_option,
+    json_option,
+    threads_option,
+)
 from .data import fit_to_input, iterate_batches, load_dataset
 from .errors import BsnnError, DataError, ModelError, TraceError
 from .executor import evaluate
@@ -236,6 +244,7 @@ def _simulate_with_progress(runtime, graph, x, timesteps, label, on_batch=None, 
 @threads_option
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @input_scale_option
+@full_dynamics_option
 @json_option()
 def run_command(
     model: str,
@@ -249,6 +258,7 @@ def run_command(
     threads: int | None,
     limit: int | None,
     input_scale: float | None,
+    full_dynamics: bool,
     as_json: bool,
 ) -> None:
     """Simulate the converted network SNN.onnx on DATA for T time steps."""
@@ -306,6 +316,8 @@ def run_command(
                         attributes={
                             "batch_size": batch_size,
                             "input_scale": -1.0 if input_scale is None else input_scale,
+                            "schedule": str(partial.schedule),
+                            "initial_potential": str(partial.initial_potential),
                         },
                     )
                 )
@@ -324,6 +336,8 @@ def run_command(
             threads=threads,
             record=chosen,
             record_samples=sample_indices,
+            full_dynamics=full_dynamics,
+            per_neuron_counts="batches" if trace_path is not None else False,  # the trace streams them
         )
     except BaseException as exc:
         where = writer[0].close(interrupted=True) if writer else None
@@ -351,6 +365,9 @@ def run_command(
         "timesteps": timesteps,
         "samples": n,
         "first_output_step": first_output,
+        "schedule": str(result.schedule),
+        "initial_potential": str(result.initial_potential),
+        "bytes_per_sample": result.extra["bytes_per_sample"],
         "accuracy": accuracy,
         "accuracy_first_output": accuracy_first,
         "accuracy_per_step": accuracy_per_step.tolist() if accuracy_per_step is not None else None,
@@ -370,7 +387,7 @@ def run_command(
     click.echo(f"model      {model} (mode {result.mode}, K = {result.phases})")
     click.echo(f"data       {data_path}: {n} samples" + ("" if y is not None else " (no labels)"))
     shown = f"T = {timesteps}" + (f" (first full output at T = {first_output})" if first_output else "")
-    click.echo(f"steps      {shown}")
+    click.echo(f"steps      {shown}, schedule {result.schedule}, initial potential {result.initial_potential}")
     if accuracy is not None:
         line = f"accuracy   {_percent(accuracy)} at T = {timesteps}"
         if accuracy_first is not None:
@@ -404,10 +421,12 @@ def run_command(
 )
 @channelwise_option
 @input_lambda_option
+@initial_potential_option
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
 @threads_option
 @input_scale_option
+@full_dynamics_option
 @json_option()
 def eval_command(
     model: str,
@@ -419,10 +438,12 @@ def eval_command(
     percentile: float | None,
     channelwise: bool,
     input_lambda: float | None,
+    initial_potential: str,
     limit: int | None,
     batch_size: int,
     threads: int | None,
     input_scale: float | None,
+    full_dynamics: bool,
     as_json: bool,
 ) -> None:
     """Accuracy versus time steps per neuron mode, against the ANN.
@@ -469,7 +490,7 @@ def eval_command(
         import passes
 
         calib, _ = _load_data(calib_path, graph, input_scale, None)
-        options = {"channelwise": channelwise, "input_lambda": input_lambda}
+        options = {"channelwise": channelwise, "input_lambda": input_lambda, "initial_potential": initial_potential}
         if phases is not None:
             options["phases"] = phases
         if percentile is not None:
@@ -494,6 +515,7 @@ def eval_command(
             label=f"{mode}: {len(x)} samples, T = {steps[-1]}",
             batch_size=batch_size,
             threads=threads,
+            full_dynamics=full_dynamics,
         )
         per_step = _accuracy_per_step(result.predictions, y)
         ann_macs_per_sample = int(result.ann_macs)
@@ -504,6 +526,9 @@ def eval_command(
             "accuracy_per_step": per_step.tolist(),
             "first_step_within_1_point": _first_step_within(per_step, ann_accuracy),
             "sops_per_sample": float(np.mean(result.sops)),
+            "schedule": str(result.schedule),
+            "initial_potential": str(result.initial_potential),
+            "bytes_per_sample": result.extra["bytes_per_sample"],
             "seconds": seconds,
         }
     document = {
@@ -526,6 +551,7 @@ def eval_command(
     rows.append(["first full output"] + [str(r["first_output_step"] or "-") for r in results.values()])
     rows.append(["first T within 1 pt"] + [str(r["first_step_within_1_point"] or "-") for r in results.values()])
     rows.append([f"SOPs/sample (T={steps[-1]})"] + [f"{r['sops_per_sample']:,.0f}" for r in results.values()])
+    rows.append(["schedule"] + [r["schedule"] for r in results.values()])
     _print_table(header, rows)
 
 

@@ -744,6 +744,8 @@ def _convert_bsnn(loader, node, attrs, ins):
         elif isinstance(value, bytes):
             value = value.decode()
         kwargs[name] = value
+    if issubclass(cls, O.Population) and "initial_potential" not in kwargs:
+        kwargs["initial_potential"] = "zero"  # converted before the attribute existed: truncation, as it ran then
     tensors = [_tensor(v, f"{node.op_type} input") for v in ins]
     return cls(**kwargs), [t.key for t in tensors]
 

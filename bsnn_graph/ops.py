@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "BSNN_DOMAIN",
+    "INITIAL_POTENTIALS",
     "LINEAR_PROJECTIONS",
     "MODES",
     "OP_CLASSES",
@@ -65,6 +66,8 @@ __all__ = [
 
 BSNN_DOMAIN = "ai.bsnn"
 MODES = ("bsnn", "bsnn-nosn", "phase", "if-rate")
+#: where a spiking population's V starts (BSNN_SPEC.md, "Initial potential"; runtime.schedule)
+INITIAL_POTENTIALS = ("half", "zero")
 
 Shape = tuple[int, ...]
 
@@ -523,7 +526,10 @@ class Population(Op):
     ``p >= s`` with ``p - s`` even: at phase k, if ``V >= 2^-(k+1)`` it emits
     a spike of that value and subtracts it. ``phase`` integrates and fires
     every step; ``if-rate`` integrates every step and fires value 1 when
-    ``V >= 1``. As an ANN op it is ``max(sum of inputs, 0)``.
+    ``V >= 1``. V starts at the ``initial_potential`` (``"half"``: half the
+    smallest spike value, so a fire period rounds V to K bits instead of
+    truncating it; runtime.schedule.initial_potential). As an ANN op it is
+    ``max(sum of inputs, 0)``.
     """
 
     op_type: ClassVar[str] = "Population"
@@ -534,6 +540,7 @@ class Population(Op):
     stage: int = 1  # 1 + stage of its sources
     threshold: float = 1.0
     scale: np.ndarray = field(default_factory=lambda: np.ones((), np.float32))  # lambda, () or (C,)
+    initial_potential: str = "half"  # V at the start: "half" (theta 2^-(K+1); if-rate theta/2) or "zero"
 
     def output_shape(self, input_shapes):
         return _broadcast(input_shapes)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import networkx as nx
 
+from bsnn_graph import ops as O
+
 from ._infra import NodeRefusal, Pass, PassError, PassResult, passes_applied
 from .canonicalise import canonicalise
 from .fold_batchnorm import fold_batchnorm
@@ -60,6 +62,7 @@ def convert(
     progress: Callable[[int], None] | None = None,
     batch_size: int = 64,
     input_lambda: float | None = None,
+    initial_potential: str = "half",
 ) -> nx.DiGraph:
     """Convert an ANN IR graph into a BSNN spiking graph (the input graph is not changed).
 
@@ -77,6 +80,9 @@ def convert(
     batch_size : calibration batch size when ``calibration`` is an array.
     input_lambda : lambda of the analog input (default ``Input.scale``, i.e. 1);
         the runtime must feed ``x / input_lambda``.
+    initial_potential : where every spiking population's V starts: ``"half"``
+        (the default: ``theta 2^-(K+1)``, ``theta / 2`` in ``if-rate``, so a
+        fire period rounds to K bits) or ``"zero"`` (truncation).
 
     Returns
     -------
@@ -103,23 +109,28 @@ def convert(
         "progress": progress,
         "batch_size": batch_size,
         "input_lambda": input_lambda,
+        "initial_potential": initial_potential,
     }
     for pass_ in PIPELINE:
         if pass_ is normalise and (until is None or names.index(until) >= names.index("to_spiking")):
-            _preflight(graph, mode, phases)
+            _preflight(graph, mode, phases, initial_potential)
         graph = pass_(graph, **options).graph
         if pass_.name == until:
             break
     return graph
 
 
-def _preflight(graph: nx.DiGraph, mode: str, phases: int) -> None:
+def _preflight(graph: nx.DiGraph, mode: str, phases: int, initial_potential: str = "half") -> None:
     """Refuse what to_spiking would refuse before spending time on calibration."""
     try:
         if mode not in ("bsnn", "bsnn-nosn", "phase", "if-rate"):
             raise NodeRefusal(None, None, f"mode {mode!r} is not one of bsnn, bsnn-nosn, phase, if-rate")
         if not (isinstance(phases, int) and 1 <= phases <= 16):
             raise NodeRefusal(None, None, f"phases (K) must be an integer in 1..16, got {phases!r}")
+        if initial_potential not in O.INITIAL_POTENTIALS:
+            raise NodeRefusal(
+                None, None, f"initial potential {initial_potential!r} is not one of {', '.join(O.INITIAL_POTENTIALS)}"
+            )
         check_convertible(graph)
     except NodeRefusal as exc:
         raise PassError("to_spiking", passes_applied(graph), exc) from None

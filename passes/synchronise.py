@@ -70,12 +70,15 @@ def _insert_chain(graph: nx.DiGraph, source: str, target: str, length: int, stag
                 f"lies on the path from {source!r} to {target!r} but also feeds {others}; "
                 "cannot delay it for synchronisation",
             )
-    mode, phases = ir.op_of(graph, target).mode, ir.op_of(graph, target).phases
+    target_op = ir.op_of(graph, target)
+    mode, phases = target_op.mode, target_op.phases
+    start = getattr(target_op, "initial_potential", None) or graph.graph["metadata"].get("bsnn.initial_potential", "half")
     scale = _source_scale(graph, source)
     chain, previous = [], source
     for i in range(length):
         name = ir.unique_name(graph, f"{source}_sn{stage + i + 1}")
-        sn = O.SynchronousNeuron(mode=mode, phases=phases, stage=stage + i + 1, scale=scale.copy())
+        sn = O.SynchronousNeuron(mode=mode, phases=phases, stage=stage + i + 1, scale=scale.copy(),
+                                 initial_potential=start)
         ir.add_node(graph, name, sn, [previous])
         chain.append(name)
         previous = name

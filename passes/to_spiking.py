@@ -12,7 +12,9 @@ Before / After:
   node is renamed ``<name>_current``); its ``scale`` is the unit of the
   logits (1: normalise keeps them in ANN units).
 Every spiking op gets ``mode`` (bsnn, bsnn-nosn, phase, if-rate) and
-``phases`` (K, 1..16); metadata ``bsnn.mode`` and ``bsnn.phases``.
+``phases`` (K, 1..16), every population its ``initial_potential``
+(``half``, the default: rounding; or ``zero``: truncation; BSNN_SPEC.md);
+metadata ``bsnn.mode``, ``bsnn.phases`` and ``bsnn.initial_potential``.
 Stages are set as in ``bsnn-nosn`` (1 + the largest source stage);
 synchronise fixes them (and inserts SNs) for ``bsnn``.
 
@@ -125,9 +127,11 @@ def compute_stages(graph: nx.DiGraph) -> int:
     return top
 
 
-def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8) -> bool:
+def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8, initial_potential: str = "half") -> bool:
     if mode not in O.MODES:
         refuse(graph, None, f"mode {mode!r} is not one of {', '.join(O.MODES)}")
+    if initial_potential not in O.INITIAL_POTENTIALS:
+        refuse(graph, None, f"initial potential {initial_potential!r} is not one of {', '.join(O.INITIAL_POTENTIALS)}")
     if not (isinstance(phases, (int, np.integer)) and 1 <= phases <= 16):
         refuse(graph, None, f"phases (K) must be an integer in 1..16, got {phases!r}")
     phases = int(phases)
@@ -140,7 +144,9 @@ def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8) -> bool:
                 refuse(graph, name, "has no lambda: run normalise first")
             add = merge_add(graph, name)
             inputs = ir.inputs_of(graph, add) if add is not None else ir.inputs_of(graph, name)
-            graph.nodes[name]["op"] = O.Population(mode=mode, phases=phases, scale=scales[name].astype(np.float32))
+            graph.nodes[name]["op"] = O.Population(
+                mode=mode, phases=phases, scale=scales[name].astype(np.float32), initial_potential=initial_potential
+            )
             ir.set_inputs(graph, name, inputs)
             if add is not None:
                 ir.remove_node(graph, add)
@@ -167,6 +173,7 @@ def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8) -> bool:
     meta = graph.graph["metadata"]
     meta["bsnn.mode"] = mode
     meta["bsnn.phases"] = str(phases)
+    meta["bsnn.initial_potential"] = initial_potential
     return True
 
 

@@ -1,45 +1,47 @@
 """Numba kernels of the event-driven simulation.
 
-They take only flat typed arrays (float32 state and weights, int32 tables,
-see :mod:`runtime.lowering` for the column layout) and are private; the public
-entry point is :func:`runtime.simulate`. Synaptic work is done only for the
-spikes that occur: a spike of a source neuron adds ``value * row`` to the
-membrane potentials of the neurons it reaches, through its projections
-(convolution scatter, dense row, sparse row, optionally chained through a
-sparse prefix such as average pooling).
+They take only flat typed arrays, packed in two named tuples: :class:`Net`
+(the lowered tables of a graph: float32 state and weights, int32 tables,
+see :mod:`runtime.lowering` for the column layout) and :class:`Run` (one
+call's schedule, inputs and outputs). They are private; the public entry
+point is :func:`runtime.simulate`. Synaptic work is done only for the spikes
+that occur: a spike of a source neuron adds ``value * row`` to the membrane
+potentials of the neurons it reaches, through its projections (convolution
+scatter, dense row, sparse row, optionally chained through a sparse prefix
+such as average pooling).
 
-Time: step ``t``, period ``p = t // K``, phase ``k = t % K``, phase weight
-``2^-(k+1)``. Within a step the nodes run in topological order; a node
-first receives its current (its sources already delivered this step's
-spikes into its V), adds its own constant current if it integrates in this
-period, then fires if it fires in this period, then delivers its spikes.
-
-Schedules (stage s): ``bsnn`` / ``bsnn-nosn`` integrate the constant
-current (bias, analog input) in periods ``p >= s-1`` with ``p-s+1`` even and
-fire in periods ``p >= s`` with ``p-s`` even; spike currents are added when
-they arrive (in ``bsnn`` only during integrate periods, by construction of
-the stages; in ``bsnn-nosn`` also during fire periods). ``phase`` and
-``if-rate`` integrate and fire every step.
+The schedule rules (who integrates and fires in which period, the initial
+potential, the light cone) are those of :mod:`runtime.schedule`; the
+kernels call its functions. Within a step the nodes run in topological
+order; a node first receives its current (its sources already delivered
+this step's spikes into its V), adds its own constant current if it
+integrates in this period, then fires if it fires in this period, then
+delivers its spikes. A node fires only in periods up to its light-cone
+limit ``Run.last_fire[n]`` (every period with ``full_dynamics``).
 
 Threshold comparisons are exact (no fastmath anywhere): a neuron fires at
 phase k iff ``V >= threshold * 2^-(k+1)`` (``V >= threshold`` in ``if-rate``).
 
-Mode ``bsnn`` runs period by period (:func:`_bsnn_samples`): a fire period
-is computed at once, and each active neuron's emitted value ``q`` is
-scattered once per period (coalesced delivery); the step-by-step kernels
-(:func:`_run_sample`) run the other modes and serve as its reference.
-
-Parallelism (threading layer: see below): :func:`_simulate_batch` runs the samples of a batch in
-``prange`` (each thread owns its samples' state);
-:func:`_simulate_one` / :func:`_bsnn_one` run one sample and split the larger convolution and
-dense scatters over the threads: each thread owns a band of output rows of every conv target
-and a slice of the features of every dense target (:func:`_extent`), so no two threads write
-the same V, and a thread reads only the spikes whose receptive rows reach its band.
+One path per mode family, the same arithmetic for any batch size and thread
+count (results are bit-identical):
+- mode ``bsnn`` runs period by period (:func:`_bsnn_samples`): a fire period
+  is computed at once, and each active neuron's emitted value ``q`` is
+  scattered once per period (coalesced delivery). In each period the sparse
+  (CSR) projections are delivered first, then the conv and dense ones, each
+  in source order. :func:`_bsnn_batch` runs chunks of samples in ``prange``;
+  one sample runs :func:`_bsnn_samples` directly, its conv and dense
+  deliveries split over the threads by bands of target rows
+  (:func:`_split_parallel`), which gives every membrane potential the same
+  terms in the same order.
+- the other modes (and ``bsnn`` as the tests' reference, ``_COALESCE = False``)
+  run step by step (:func:`_step_samples`, :func:`_step_batch`), every spike
+  delivered in its own step.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -65,6 +67,7 @@ from .lowering import (
     KIND_GATE,
     KIND_OUTPUT,
     KIND_POPULATION,
+    N_CEILING,
     N_DRIVE,
     N_EMITTED,
     N_GATE,
@@ -95,8 +98,18 @@ from .lowering import (
     P_W,
     P_WOFF,
 )
+from .schedule import (
+    MODE_BSNN,
+    MODE_IF_RATE,
+    MODE_NOSN,
+    MODE_PHASE,
+    fires,
+    first_fire_from,
+    integrates,
+    phase_weight,
+)
 
-__all__: list[str] = []
+__all__ = ["Net", "Run"]
 
 # Threading layer: "workqueue" unless the user chose one (NUMBA_THREADING_LAYER, or numba.config.THREADING_LAYER
 # set before importing the runtime), and only while no parallel Numba code has run in this process (the layer is
@@ -111,13 +124,60 @@ if (
 ):
     numba.config.THREADING_LAYER = "workqueue"
 
-#: below this many synaptic updates per projection and step, the one-sample path stays serial
+#: below this many synaptic updates per projection and step (or period), one sample stays serial
 #: (a parallel region costs microseconds, far more on a loaded machine)
 _SPLIT_MIN_WORK = 262144
 
-#: mode ``bsnn``: deliver a neuron's spikes into populations once per fire period (see :func:`_run_sample`);
-#: False delivers every spike in its own step (the tests compare the two)
+#: mode ``bsnn``: deliver a neuron's spikes into populations once per fire period (see :func:`_bsnn_samples`);
+#: False runs it step by step, every spike delivered in its own step (the tests compare the two)
 _COALESCE = True
+
+
+class Net(NamedTuple):
+    """The lowered tables of a graph as the kernels read them (columns: :mod:`runtime.lowering`)."""
+
+    node_table: np.ndarray  # int32 (S, NODE_FIELDS)
+    threshold: np.ndarray  # float32 (S,) threshold (gates: their source's)
+    v0: np.ndarray  # float32 (S,) initial membrane potential (schedule.initial_potential; 0 for gates, output)
+    proj: np.ndarray  # int32 (J, PROJ_FIELDS), sorted by source
+    weights: np.ndarray  # float32 scatter rows of conv and dense cores
+    indptr: np.ndarray  # int64 CSR row pointers
+    cols: np.ndarray  # int32 CSR columns
+    vals: np.ndarray  # float32 CSR values
+    gate: np.ndarray  # int32 (G, GATE_FIELDS)
+    fanout: np.ndarray  # int32 (spike_size,) synapses reached by one spike of each neuron
+    bias: np.ndarray  # float32 (state_size,) per-step constant current
+    ceiling: np.ndarray  # float32 (state_size,) upper bound of V after integrating (N_CEILING nodes), else (1,)
+    output_order: np.ndarray  # int32: internal position of the output's natural index i
+    output: np.int64  # row of the output accumulator
+    state_size: np.int64
+    spike_size: np.int64
+    candidate_size: np.int64
+    emitted_size: np.int64
+    max_gate_out: np.int64  # largest max gate (outputs)
+    mode: np.int64  # schedule.MODE_*
+    phases: np.int64  # K
+
+
+class Run(NamedTuple):
+    """One kernel call: the schedule, the inputs and the outputs of a batch of B samples."""
+
+    timesteps: np.int64  # T
+    periods: np.int64  # P = ceil(T / K)
+    last_fire: np.ndarray  # int32 (S,) last period each node fires in (schedule.light_cone)
+    drive: np.ndarray  # float32 (B, drive_size) per-step current of the input-fed targets
+    per_neuron: np.int64  # 1: count spikes per neuron in neuron_counts
+    neuron_counts: np.ndarray  # int32 (B, spike_size) when per_neuron, else (B, 1)
+    node_counts: np.ndarray  # int64 (B, S) spikes per node
+    sops: np.ndarray  # int64 (B, S) synaptic operations caused by each node's spikes
+    predictions: np.ndarray  # int32 (T, B)
+    logits: np.ndarray  # float32 (P, B, classes)
+    events: np.ndarray  # int32 (E, 3) rows (step, node, internal neuron index)
+    event_start: np.ndarray  # int64 (B + 1,) first event row of each sample
+    event_stop: np.ndarray  # int64 (B,) where each sample's event cursor ended (= event_start[b + 1] if consistent)
+    record: np.ndarray  # uint8 (S,) 1: record this node's events
+    deliveries: np.ndarray  # int64 (B,) row scatters done
+    split_min_work: np.int64  # one sample: split a delivery over the threads from this many synaptic updates
 
 
 # --------------------------------------------------------------------------- synaptic cores
@@ -301,8 +361,9 @@ def _extent(proj, j):
     return proj[j, P_OH] if proj[j, P_CORE] == CORE_CONV else proj[j, P_COUT]
 
 
+
 @njit(cache=True)
-def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, lo, hi):
+def _deliver(net, V, j, spikes, soff, count, value, q, qoff, lo, hi):
     """Deliver ``count`` spikes (internal indices at ``spikes[soff:]``, ascending) through projection j.
 
     Each spike of neuron m carries ``value`` when ``qoff < 0``, else its own
@@ -310,8 +371,13 @@ def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, 
     is updated (see :func:`_extent`): output rows of a conv core, output
     features of a dense core; a CSR core (never split) updates all its targets.
     """
+    proj = net.proj
+    weights = net.weights
+    indptr = net.indptr
+    cols = net.cols
+    vals = net.vals
     target = proj[j, P_TARGET]
-    vbase = node_table[target, N_STATE]
+    vbase = net.node_table[target, N_STATE]
     core = proj[j, P_CORE]
     prefix = proj[j, P_PREFIX_ROW]
     if core == CORE_CONV and prefix < 0:
@@ -339,6 +405,115 @@ def _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, 
                     _conv_add(V, vbase, proj, j, weights, cols[e], v * vals[e], lo, hi)
                 else:
                     _dense_add(V, vbase, proj, j, weights, cols[e], v * vals[e], lo, hi)
+
+
+@njit(cache=True)
+def _reaches(net, run, j, p):
+    """Whether a spike of period p through projection j can still matter to its target (light cone).
+
+    The output always takes it; a population only if its first fire period
+    from p (the same period in ``bsnn-nosn`` when it fires in p, else the next)
+    is within its light cone.
+    """
+    target = net.proj[j, P_TARGET]
+    if target == net.output or net.mode >= MODE_PHASE:
+        return True
+    return first_fire_from(net.node_table[target, N_STAGE], p) <= run.last_fire[target]
+
+
+@njit(cache=True, parallel=True)
+def _split_deliver(net, V, j, spikes, soff, count, value, q, qoff, blocks):
+    """:func:`_deliver` with the target split into ``blocks`` parts (:func:`_extent`), one per thread."""
+    width = _extent(net.proj, j)
+    for blk in prange(blocks):
+        _deliver(net, V, j, spikes, soff, count, value, q, qoff, blk * width // blocks, (blk + 1) * width // blocks)
+
+
+@njit(cache=True)
+def _deliver_split(net, V, j, spikes, soff, count, value, q, qoff, threads, split_min_work):
+    """One-sample delivery: split over the threads when the projection is a large conv or dense scatter.
+
+    A split gives every membrane potential the same terms in the same order as
+    the serial :func:`_deliver`, so the result does not depend on ``threads``.
+    """
+    width = _extent(net.proj, j)
+    blocks = min(threads, width)
+    if net.proj[j, P_CORE] == CORE_CSR or blocks < 2 or count * net.fanout[soff + spikes[soff]] < split_min_work:
+        _deliver(net, V, j, spikes, soff, count, value, q, qoff, 0, width)
+    else:
+        _split_deliver(net, V, j, spikes, soff, count, value, q, qoff, blocks)
+
+
+@njit(cache=True)
+def _reset_potentials(net, V):
+    """Every population's V at its initial potential (``Net.v0``), the output's at 0."""
+    table = net.node_table
+    for n in range(table.shape[0]):
+        if table[n, N_KIND] == KIND_GATE:
+            continue
+        v = V[table[n, N_STATE] : table[n, N_STATE] + table[n, N_SIZE]]
+        v0 = net.v0[n]
+        for i in range(v.size):
+            v[i] = v0
+
+
+@njit(cache=True)
+def _apply_ceiling(net, V, n):
+    """``V = min(V, ceiling)`` for node n (a population with a ceiling: Clip / ReLU6, BSNN_SPEC.md)."""
+    if net.node_table[n, N_CEILING] <= 0:
+        return
+    voff = net.node_table[n, N_STATE]
+    size = net.node_table[n, N_SIZE]
+    v = V[voff : voff + size]
+    c = net.ceiling[voff : voff + size]
+    for i in range(size):
+        v[i] = min(v[i], c[i])
+
+
+@njit(cache=True)
+def _add_current(net, run, b, n, V, repeat):
+    """Add node n's constant current (analog input drive or bias) ``repeat`` times (separate float32 additions)."""
+    table = net.node_table
+    voff = table[n, N_STATE]
+    size = table[n, N_SIZE]
+    doff = table[n, N_DRIVE]
+    v = V[voff : voff + size]
+    current = run.drive[b, doff : doff + size] if doff >= 0 else net.bias[voff : voff + size]
+    for _ in range(repeat):
+        for i in range(size):
+            v[i] += current[i]
+
+
+@njit(cache=True)
+def _count_spikes(net, run, b, n, spikes, soff, count):
+    """Bookkeeping of ``count`` single spikes of node n (step by step): counts and SOPs."""
+    fanout = net.fanout
+    synapses = 0
+    for i in range(count):
+        m = spikes[soff + i]
+        synapses += fanout[soff + m]
+        if run.per_neuron:
+            run.neuron_counts[b, soff + m] += 1
+    run.node_counts[b, n] += count
+    run.sops[b, n] += synapses
+
+
+@njit(cache=True)
+def _read_output(net, run, b, t, p, V):
+    """The output's prediction at step t (argmax of V) and, at the end of a period, its logits."""
+    voff = net.node_table[net.output, N_STATE]
+    order = net.output_order
+    best = 0
+    best_value = V[voff + order[0]]
+    for i in range(1, order.size):
+        x = V[voff + order[i]]
+        if x > best_value:
+            best_value = x
+            best = i
+    run.predictions[t, b] = best
+    if t - p * net.phases == net.phases - 1 or t == run.timesteps - 1:
+        for i in range(order.size):
+            run.logits[p, b, i] = V[voff + order[i]]
 
 
 # --------------------------------------------------------------------------- neurons
@@ -462,169 +637,132 @@ def _gate_step(mode, k, gate, g, spikes, ssoff, scount, sflags, emitted, eoff, c
     return out
 
 
-# --------------------------------------------------------------------------- one sample
+# --------------------------------------------------------------------------- step by step (every mode)
 
 
 @njit(cache=True)
-def _node_step(b, n, t, p, k, weight, mode, phases, timesteps, periods, node_table, node_threshold, gate, fanout,
-               bias, drive, output_order, output, V, spikes, flags, nspikes, candidates, emitted, touched, tlist,
-               counts, sops, predictions, logits):
-    """Node n at step t of sample b: receive constant current, fire (or gate), do the bookkeeping.
+def _node_step(net, run, b, n, t, p, k, V, spikes, flags, nspikes, candidates, emitted, touched, tlist):
+    """Node n at step t of sample b: constant current, ceiling, fire (or gate), bookkeeping.
 
     Returns the node's spike count this step (its spikes are at ``spikes[N_SPIKE:]``)
     and the value each spike carries.
     """
-    kind = node_table[n, N_KIND]
-    size = node_table[n, N_SIZE]
-    soff = node_table[n, N_SPIKE]
+    table = net.node_table
+    mode = net.mode
+    kind = table[n, N_KIND]
+    size = table[n, N_SIZE]
+    soff = table[n, N_SPIKE]
+    stage = table[n, N_STAGE]
     if kind != KIND_OUTPUT:
         for i in range(nspikes[n]):
             flags[soff + spikes[soff + i]] = 0
         nspikes[n] = 0
-    if mode == 3:
-        value = node_threshold[n]
-    else:
-        value = node_threshold[n] * weight
+    value = net.threshold[n] if mode == MODE_IF_RATE else net.threshold[n] * phase_weight(k)
+    in_cone = p <= run.last_fire[n]
     if kind == KIND_GATE:
-        src = node_table[n, N_SOURCE]
-        nspikes[n] = _gate_step(mode, k, gate, node_table[n, N_GATE], spikes, node_table[src, N_SPIKE], nspikes[src],
-                                flags, emitted, node_table[src, N_EMITTED], candidates, touched, tlist, soff,
-                                flags)
+        if in_cone and fires(mode, stage, p):
+            src = table[n, N_SOURCE]
+            nspikes[n] = _gate_step(mode, k, net.gate, table[n, N_GATE], spikes, table[src, N_SPIKE], nspikes[src],
+                                    flags, emitted, table[src, N_EMITTED], candidates, touched, tlist, soff, flags)
     else:
-        stage = node_table[n, N_STAGE]
-        voff = node_table[n, N_STATE]
-        if mode >= 2:
-            integrate = True
-            fire = True
-        else:
-            integrate = p >= stage - 1 and (p - stage + 1) % 2 == 0
-            fire = p >= stage and (p - stage) % 2 == 0
-            # a population's integrate period p only matters for its fire period p + 1
-            integrate = integrate and (kind == KIND_OUTPUT or p + 1 < periods)
+        integrate = integrates(mode, stage, p)
+        if kind == KIND_POPULATION and mode <= MODE_NOSN:
+            integrate = integrate and p + 1 <= run.last_fire[n]  # an integrate period matters for the next fire
         if integrate:
-            doff = node_table[n, N_DRIVE]
-            v = V[voff : voff + size]
-            if doff >= 0:
-                current = drive[b, doff : doff + size]
-            else:
-                current = bias[voff : voff + size]
-            for i in range(size):
-                v[i] += current[i]
-        if kind == KIND_POPULATION and fire:
-            nspikes[n] = _fire(V, voff, size, value, spikes, soff, flags)
-        elif kind == KIND_OUTPUT:
-            classes = output_order.size
-            best = 0
-            best_value = V[voff + output_order[0]]
-            for i in range(1, classes):
-                v = V[voff + output_order[i]]
-                if v > best_value:
-                    best_value = v
-                    best = i
-            predictions[t, b] = best
-            if k == phases - 1 or t == timesteps - 1:
-                for i in range(classes):
-                    logits[p, b, i] = V[voff + output_order[i]]
+            _add_current(net, run, b, n, V, 1)
+        if kind == KIND_OUTPUT:
+            _read_output(net, run, b, t, p, V)
             return 0, value
+        if in_cone and fires(mode, stage, p):
+            if mode >= MODE_PHASE or k == 0:  # bistable: the ceiling applies once the integrate period is over
+                _apply_ceiling(net, V, n)
+            nspikes[n] = _fire(V, table[n, N_STATE], size, value, spikes, soff, flags)
     count = nspikes[n]
-    eoff = node_table[n, N_EMITTED]
-    for i in range(count):
-        m = spikes[soff + i]
-        counts[b, soff + m] += 1
-        sops[b, n] += fanout[soff + m]
+    if count > 0:
+        _count_spikes(net, run, b, n, spikes, soff, count)
+        eoff = table[n, N_EMITTED]
         if eoff >= 0:
-            emitted[eoff + m] += value
+            for i in range(count):
+                emitted[eoff + spikes[soff + i]] += value
     return count, value
 
 
 @njit(cache=True)
 def _record(events, event, event_end, t, n, spikes, soff, count):
+    """Append ``count`` events of node n at step t; the cursor always advances (the caller checks it)."""
     for i in range(count):
         if event < event_end:
             events[event, 0] = t
             events[event, 1] = n
             events[event, 2] = spikes[soff + i]
-            event += 1
+        event += 1
     return event
 
 
 @njit(cache=True)
-def _new_state(nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out):
-    """Zeroed per-sample state (a serial function: in a parallel one each np.zeros would be a parallel region)."""
-    V = np.zeros(max(state_size, 1), np.float32)
-    spikes = np.zeros(max(spike_size, 1), np.int32)
-    flags = np.zeros(max(spike_size, 1), np.uint8)
+def _new_state(net):
+    """Per-chunk state of the step path (a serial function: in a parallel one each np.zeros is a parallel region)."""
+    nodes = net.node_table.shape[0]
+    V = np.zeros(max(net.state_size, 1), np.float32)
+    spikes = np.zeros(max(net.spike_size, 1), np.int32)
+    flags = np.zeros(max(net.spike_size, 1), np.uint8)
     nspikes = np.zeros(nodes, np.int32)
-    candidates = np.zeros(max(candidate_size, 1), np.uint8)
-    emitted = np.zeros(max(emitted_size, 1), np.float32)
-    touched = np.zeros(max(max_gate_out, 1), np.uint8)
-    tlist = np.zeros(max(max_gate_out, 1), np.int32)
+    candidates = np.zeros(max(net.candidate_size, 1), np.uint8)
+    emitted = np.zeros(max(net.emitted_size, 1), np.float32)
+    touched = np.zeros(max(net.max_gate_out, 1), np.uint8)
+    tlist = np.zeros(max(net.max_gate_out, 1), np.int32)
     return V, spikes, flags, nspikes, candidates, emitted, touched, tlist
 
 
 @njit(cache=True)
-def _new_period_state(nodes, state_size, spike_size):
-    """Zeroed per-sample state of :func:`_bsnn_samples`: V, spike list, patterns, values, active lists."""
-    V = np.zeros(max(state_size, 1), np.float32)
-    spikes = np.zeros(max(spike_size, 1), np.int32)
-    bits = np.zeros(max(spike_size, 1), np.int32)
-    q = np.zeros(max(spike_size, 1), np.float32)
-    active = np.zeros(max(spike_size, 1), np.int32)
-    nactive = np.zeros(nodes, np.int32)
-    return V, spikes, bits, q, active, nactive
+def _step_samples(net, run, first, last, threads):
+    """Samples ``first:last`` step by step (any mode), every spike delivered in its own step.
 
-
-@njit(cache=True)
-def _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
-                fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries):
-    """Simulate sample ``b`` step by step for ``timesteps`` steps, writing row b of the outputs.
-
-    Every node runs every step and every spike is delivered in its own step
-    (any mode; ``bsnn`` uses :func:`_bsnn_samples` unless ``_COALESCE`` is off).
+    ``threads > 1`` splits the large conv and dense scatters of a step over
+    the threads (:func:`_deliver_split`; same arithmetic as serial).
     """
-    nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
-        nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
-    )
+    nodes = net.node_table.shape[0]
+    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(net)
     q = emitted[:1]  # unused: spikes carry one value per step
-    periods = (timesteps + phases - 1) // phases
-    event = event_start[b]
-    event_end = event_start[b + 1]
-    delivered = 0
-    for t in range(timesteps):
-        p = t // phases
-        k = t - p * phases
-        weight = np.float32(1.0) / np.float32(1 << (k + 1))
-        for n in range(nodes):
-            count, value = _node_step(b, n, t, p, k, weight, mode, phases, timesteps, periods, node_table,
-                                      node_threshold, gate, fanout, bias, drive, output_order, output, V, spikes,
-                                      flags, nspikes, candidates, emitted, touched, tlist, counts, sops, predictions,
-                                      logits)
-            if count == 0:
-                continue
-            soff = node_table[n, N_SPIKE]
-            if node_table[n, N_KIND] == KIND_GATE:  # its spikes come in window order: the conv scatter needs them sorted
-                spikes[soff : soff + count].sort()
-            if record[n]:
-                event = _record(events, event, event_end, t, n, spikes, soff, count)
-            for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, -1,
-                         0, _extent(proj, j))
-                delivered += count
-    deliveries[b] = delivered
+    for b in range(first, last):
+        _reset_potentials(net, V)
+        flags[:] = 0
+        nspikes[:] = 0
+        emitted[:] = 0
+        event = run.event_start[b]
+        event_end = run.event_start[b + 1]
+        delivered = 0
+        for t in range(run.timesteps):
+            p = t // net.phases
+            k = t - p * net.phases
+            for n in range(nodes):
+                count, value = _node_step(net, run, b, n, t, p, k, V, spikes, flags, nspikes, candidates, emitted,
+                                          touched, tlist)
+                if count == 0:
+                    continue
+                soff = net.node_table[n, N_SPIKE]
+                if net.node_table[n, N_KIND] == KIND_GATE:  # window order: the conv scatter needs them sorted
+                    spikes[soff : soff + count].sort()
+                if run.record[n]:
+                    event = _record(run.events, event, event_end, t, n, spikes, soff, count)
+                for j in range(net.node_table[n, N_PROJ_START], net.node_table[n, N_PROJ_END]):
+                    if _reaches(net, run, j, p):
+                        _deliver_split(net, V, j, spikes, soff, count, value, q, -1, threads, run.split_min_work)
+                        delivered += count
+        run.deliveries[b] = delivered
+        run.event_stop[b] = event
+
+
+@njit(cache=True, parallel=True)
+def _step_batch(net, run, chunks):
+    """:func:`_step_samples` over the batch in ``chunks`` chunks of samples, one thread per chunk at a time."""
+    n = run.drive.shape[0]
+    chunks = max(1, min(n, chunks))
+    for c in prange(chunks):
+        _step_samples(net, run, c * n // chunks, (c + 1) * n // chunks, 1)
 
 
 # --------------------------------------------------------------------------- bsnn, period by period
-
-
-@njit(cache=True)
-def _integrate_period(V, voff, size, current, phases):
-    """Add the constant current of K steps (K separate float32 additions, as step by step)."""
-    v = V[voff : voff + size]
-    for _ in range(phases):
-        for i in range(size):
-            v[i] += current[i]
 
 
 @njit(cache=True)
@@ -712,89 +850,108 @@ def _popcount(x):
 
 
 @njit(cache=True)
-def _bsnn_nodes(b, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias, drive, V, bits, q,
-                active, nactive, counts, sops, events, event, event_end, record):
+def _new_period_state(net):
+    """Per-chunk state of :func:`_bsnn_samples`: V, spike list, patterns, values, active lists."""
+    size = max(net.spike_size, 1)
+    V = np.zeros(max(net.state_size, 1), np.float32)
+    spikes = np.zeros(size, np.int32)
+    bits = np.zeros(size, np.int32)
+    q = np.zeros(size, np.float32)
+    active = np.zeros(size, np.int32)
+    nactive = np.zeros(net.node_table.shape[0], np.int32)
+    return V, spikes, bits, q, active, nactive
+
+
+@njit(cache=True)
+def _bsnn_nodes(net, run, b, p, V, bits, q, active, nactive, event):
     """Period p of sample b for every spiking node: integrate (bias, analog input) or fire (or gate).
 
     Leaves each node's active neurons in ``active`` / ``nactive`` (0 if it does
     not fire in p) and does the spike bookkeeping; returns the event cursor.
     """
-    kmax = min(phases, timesteps - p * phases)
-    for n in range(node_table.shape[0]):
-        kind = node_table[n, N_KIND]
+    table = net.node_table
+    phases = net.phases
+    kmax = min(phases, run.timesteps - p * phases)
+    event_end = run.event_start[b + 1]
+    for n in range(table.shape[0]):
+        kind = table[n, N_KIND]
         nactive[n] = 0
         if kind == KIND_OUTPUT:
             continue
-        size = node_table[n, N_SIZE]
-        soff = node_table[n, N_SPIKE]
-        stage = node_table[n, N_STAGE]
-        fire = p >= stage and (p - stage) % 2 == 0
+        size = table[n, N_SIZE]
+        soff = table[n, N_SPIKE]
+        stage = table[n, N_STAGE]
+        fire = fires(MODE_BSNN, stage, p) and p <= run.last_fire[n]
         if kind == KIND_GATE:
             if not fire:
                 continue
-            count = _gate_period(gate, node_table[n, N_GATE], bits, q, node_table[node_table[n, N_SOURCE], N_SPIKE],
-                                 active, soff)
+            count = _gate_period(net.gate, table[n, N_GATE], bits, q, table[table[n, N_SOURCE], N_SPIKE], active,
+                                 soff)
         else:
-            voff = node_table[n, N_STATE]
-            if p >= stage - 1 and (p - stage + 1) % 2 == 0 and p + 1 < periods:  # matters only if it fires in p+1
-                doff = node_table[n, N_DRIVE]
-                if doff >= 0:
-                    _integrate_period(V, voff, size, drive[b, doff : doff + size], phases)
-                else:
-                    _integrate_period(V, voff, size, bias[voff : voff + size], phases)
+            if integrates(MODE_BSNN, stage, p) and p + 1 <= run.last_fire[n]:  # it matters only for the next fire
+                _add_current(net, run, b, n, V, phases)
             if not fire:
                 continue
-            count = _fire_period(V, voff, size, node_threshold[n], phases, kmax, bits, q, active, soff)
+            _apply_ceiling(net, V, n)
+            count = _fire_period(V, table[n, N_STATE], size, net.threshold[n], phases, kmax, bits, q, active, soff)
         nactive[n] = count
         if count > 0:
             pattern = bits[soff : soff + size]
-            spike_count = counts[b, soff : soff + size]
-            fan = fanout[soff : soff + size]
+            fan = net.fanout[soff : soff + size]
+            spikes_total = 0
             synapses = 0
-            for i in range(size):  # every neuron, branch-free: vectorises
-                s = _popcount(pattern[i])
-                spike_count[i] += s
-                synapses += s * np.int64(fan[i])
-            sops[b, n] += synapses
-        if record[n]:
+            if run.per_neuron:
+                spike_count = run.neuron_counts[b, soff : soff + size]
+                for i in range(size):  # every neuron, branch-free: vectorises
+                    s = _popcount(pattern[i])
+                    spike_count[i] += s
+                    spikes_total += s
+                    synapses += s * np.int64(fan[i])
+            else:
+                for i in range(size):
+                    s = _popcount(pattern[i])
+                    spikes_total += s
+                    synapses += s * np.int64(fan[i])
+            run.node_counts[b, n] += spikes_total
+            run.sops[b, n] += synapses
+        if run.record[n]:
             for k in range(kmax):
                 bit = 1 << (phases - 1 - k)
                 for i in range(count):
                     m = active[soff + i]
-                    if bits[soff + m] & bit and event < event_end:
-                        events[event, 0] = p * phases + k
-                        events[event, 1] = n
-                        events[event, 2] = m
+                    if bits[soff + m] & bit:
+                        if event < event_end:
+                            run.events[event, 0] = p * phases + k
+                            run.events[event, 1] = n
+                            run.events[event, 2] = m
                         event += 1
     return event
 
 
 @njit(cache=True)
-def _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, bias, drive,
-                 output_order, output, V, spikes, bits, q, active, nactive, predictions, logits):
+def _bsnn_output(net, run, b, p, V, spikes, bits, active, nactive):
     """Period p of the output, step by step: its sources' spikes of each phase, then its constant current.
 
     Returns the number of row scatters done.
     """
-    kmax = min(phases, timesteps - p * phases)
-    stage = node_table[output, N_STAGE]
-    integrate = p >= stage - 1 and (p - stage + 1) % 2 == 0
-    voff = node_table[output, N_STATE]
-    size = node_table[output, N_SIZE]
-    doff = node_table[output, N_DRIVE]
-    classes = output_order.size
+    table = net.node_table
+    proj = net.proj
+    output = net.output
+    phases = net.phases
+    kmax = min(phases, run.timesteps - p * phases)
+    integrate = integrates(MODE_BSNN, table[output, N_STAGE], p)
     delivered = 0
     for k in range(kmax):
         t = p * phases + k
-        weight = np.float32(1.0) / np.float32(1 << (k + 1))
+        weight = phase_weight(k)
         bit = 1 << (phases - 1 - k)
-        for n in range(node_table.shape[0]):
+        for n in range(table.shape[0]):
             count = nactive[n]
             if count == 0:
                 continue
-            soff = node_table[n, N_SPIKE]
+            soff = table[n, N_SPIKE]
             spiking = 0
-            for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
+            for j in range(table[n, N_PROJ_START], table[n, N_PROJ_END]):
                 if proj[j, P_TARGET] != output:
                     continue
                 if spiking == 0:
@@ -805,35 +962,79 @@ def _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weig
                             spiking += 1
                     if spiking == 0:
                         break
-                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, spiking,
-                         node_threshold[n] * weight, q, -1, 0, _extent(proj, j))
+                _deliver(net, V, j, spikes, soff, spiking, net.threshold[n] * weight, spikes, -1, 0, _extent(proj, j))
                 delivered += spiking
         if integrate:
-            v = V[voff : voff + size]
-            if doff >= 0:
-                current = drive[b, doff : doff + size]
-            else:
-                current = bias[voff : voff + size]
-            for i in range(size):
-                v[i] += current[i]
-        best = 0
-        best_value = V[voff + output_order[0]]
-        for i in range(1, classes):
-            x = V[voff + output_order[i]]
-            if x > best_value:
-                best_value = x
-                best = i
-        predictions[t, b] = best
-        if k == phases - 1 or t == timesteps - 1:
-            for i in range(classes):
-                logits[p, b, i] = V[voff + output_order[i]]
+            _add_current(net, run, b, output, V, 1)
+        _read_output(net, run, b, t, p, V)
     return delivered
 
 
 @njit(cache=True)
-def _bsnn_samples(first, last, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals,
-                  gate, fanout, bias, drive, output_order, output, state_size, spike_size, counts, sops, predictions,
-                  logits, events, event_start, record, deliveries):
+def _period_blocks(net, run, p, V, active, nactive, q, blk, blocks):
+    """Block ``blk`` of ``blocks`` of a period's conv and dense deliveries: its part of every target (:func:`_extent`)."""
+    table = net.node_table
+    proj = net.proj
+    for n in range(table.shape[0]):
+        count = nactive[n]
+        if count == 0:
+            continue
+        soff = table[n, N_SPIKE]
+        for j in range(table[n, N_PROJ_START], table[n, N_PROJ_END]):
+            if proj[j, P_TARGET] == net.output or proj[j, P_CORE] == CORE_CSR or not _reaches(net, run, j, p):
+                continue
+            width = _extent(proj, j)
+            lo = blk * width // blocks
+            hi = (blk + 1) * width // blocks
+            if hi > lo:
+                _deliver(net, V, j, active, soff, count, np.float32(0.0), q, soff, lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def _split_parallel(net, run, p, V, active, nactive, q, blocks):
+    """:func:`_period_blocks` over ``blocks`` threads: thread ``blk`` owns the rows ``[blk E / blocks, ...)``
+    of every target, so no two threads write the same membrane potential."""
+    for blk in prange(blocks):
+        _period_blocks(net, run, p, V, active, nactive, q, blk, blocks)
+
+
+@njit(cache=True)
+def _bsnn_deliver(net, run, p, V, active, nactive, q, threads):
+    """The coalesced deliveries of fire period p into populations: ``q * row`` per active neuron and projection.
+
+    The sparse (CSR) projections first, serially, then the conv and dense ones
+    (:func:`_period_blocks`), split over ``threads`` when the work is large
+    enough; in either case every membrane potential gets the same terms in the
+    same order. Targets that cannot fire again within their light cone are
+    skipped. Returns the number of row scatters.
+    """
+    table = net.node_table
+    proj = net.proj
+    delivered = 0
+    work = 0
+    for n in range(table.shape[0]):
+        count = nactive[n]
+        if count == 0:
+            continue
+        soff = table[n, N_SPIKE]
+        for j in range(table[n, N_PROJ_START], table[n, N_PROJ_END]):
+            if proj[j, P_TARGET] == net.output or not _reaches(net, run, j, p):
+                continue
+            delivered += count
+            if proj[j, P_CORE] == CORE_CSR:
+                _deliver(net, V, j, active, soff, count, np.float32(0.0), q, soff, 0, _extent(proj, j))
+            else:
+                work += count * net.fanout[soff + active[soff]]
+    if work > 0:
+        if threads > 1 and work >= run.split_min_work:
+            _split_parallel(net, run, p, V, active, nactive, q, threads)
+        else:
+            _period_blocks(net, run, p, V, active, nactive, q, 0, 1)
+    return delivered
+
+
+@njit(cache=True)
+def _bsnn_samples(net, run, first, last, threads):
     """Mode ``bsnn`` for samples ``first:last``, period by period, each neuron's spikes into populations delivered once.
 
     In a fire period a population's V cannot change (its sources integrate),
@@ -843,205 +1044,30 @@ def _bsnn_samples(first, last, phases, timesteps, node_table, node_threshold, pr
     the target integrates during the whole period and cannot fire before the
     next one, so only the float32 summation order differs from delivering
     every spike in its step. Spikes into the output are delivered phase by
-    phase (its V is read every step). Periods whose targets could not fire
-    before ``timesteps`` are neither integrated nor delivered.
+    phase (its V is read every step). ``threads > 1``: one sample's conv and
+    dense deliveries split over the threads (:func:`_bsnn_deliver`).
 
-    The state is allocated once for the samples (only V needs zeroing between
-    them: the rest is written before it is read in every period).
+    The state is allocated once for the samples (V is reset to the initial
+    potential; the rest is written before it is read in every period).
     """
-    nodes = node_table.shape[0]
-    V, spikes, bits, q, active, nactive = _new_period_state(nodes, state_size, spike_size)
-    periods = (timesteps + phases - 1) // phases
+    V, spikes, bits, q, active, nactive = _new_period_state(net)
     for b in range(first, last):
-        V[:] = 0
-        event = event_start[b]
-        event_end = event_start[b + 1]
+        _reset_potentials(net, V)
+        event = run.event_start[b]
         delivered = 0
-        for p in range(periods):
-            event = _bsnn_nodes(b, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias,
-                                drive, V, bits, q, active, nactive, counts, sops, events, event, event_end, record)
-            if p + 1 < periods:
-                for n in range(nodes):
-                    count = nactive[n]
-                    soff = node_table[n, N_SPIKE]
-                    for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                        if count > 0 and proj[j, P_TARGET] != output:
-                            _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
-                                     np.float32(0.0), q, soff, 0, _extent(proj, j))
-                            delivered += count
-            delivered += _bsnn_output(b, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr,
-                                      cols, vals, bias, drive, output_order, output, V, spikes, bits, q, active,
-                                      nactive, predictions, logits)
-        deliveries[b] = delivered
+        for p in range(run.periods):
+            event = _bsnn_nodes(net, run, b, p, V, bits, q, active, nactive, event)
+            if p + 1 < run.periods:
+                delivered += _bsnn_deliver(net, run, p, V, active, nactive, q, threads)
+            delivered += _bsnn_output(net, run, b, p, V, spikes, bits, active, nactive)
+        run.deliveries[b] = delivered
+        run.event_stop[b] = event
 
 
 @njit(cache=True, parallel=True)
-def _simulate_batch(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
-                    fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries):
-    """All samples of a batch step by step (any mode), one thread per sample at a time."""
-    for b in prange(drive.shape[0]):
-        _run_sample(b, mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
-                    fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                    max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries)
-
-
-@njit(cache=True, parallel=True)
-def _bsnn_batch(phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout, bias,
-                drive, output_order, output, state_size, spike_size, counts, sops, predictions, logits, events,
-                event_start, record, deliveries, chunks):
-    """Mode ``bsnn``, all samples of a batch period by period, in ``chunks`` chunks of samples at a time.
-
-    Each chunk reuses one allocation of the state; a few chunks per thread balance the load.
-    """
-    n = drive.shape[0]
+def _bsnn_batch(net, run, chunks):
+    """:func:`_bsnn_samples` over the batch in ``chunks`` chunks of samples (a few per thread balance the load)."""
+    n = run.drive.shape[0]
     chunks = max(1, min(n, chunks))
     for c in prange(chunks):
-        _bsnn_samples(c * n // chunks, (c + 1) * n // chunks, phases, timesteps, node_table, node_threshold, proj,
-                      weights, indptr, cols, vals, gate, fanout, bias, drive, output_order, output, state_size,
-                      spike_size, counts, sops, predictions, logits, events, event_start, record, deliveries)
-
-
-@njit(cache=True, parallel=True)
-def _split_deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, blocks):
-    """:func:`_deliver` with the target split into ``blocks`` parts (:func:`_extent`), one per thread."""
-    width = _extent(proj, j)
-    for blk in prange(blocks):
-        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff,
-                 blk * width // blocks, (blk + 1) * width // blocks)
-
-
-@njit(cache=True)
-def _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, fanout,
-                 threads, split_min_work):
-    """One-sample delivery: split over the threads when the projection is a large conv or dense scatter."""
-    width = _extent(proj, j)
-    blocks = min(threads, width)
-    if proj[j, P_CORE] == CORE_CSR or blocks < 2 or count * fanout[soff + spikes[soff]] < split_min_work:
-        _deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff, 0, width)
-    else:
-        _split_deliver(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q, qoff,
-                       blocks)
-
-
-@njit(cache=True)
-def _simulate_one(mode, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate,
-                  fanout, bias, drive, output_order, output, state_size, spike_size, candidate_size, emitted_size,
-                  max_gate_out, counts, sops, predictions, logits, events, event_start, record, deliveries, threads,
-                  split_min_work):
-    """One sample (row 0); the larger conv and dense scatters are split over the threads (:func:`_extent`).
-
-    The same schedule as :func:`_run_sample`. A projection is split when its
-    spikes of the step reach at least ``split_min_work`` synapses. Each thread owns a part ``[lo, hi)`` of the
-    target (conv rows, dense features), so no two threads write the same membrane potential.
-    """
-    nodes = node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(
-        nodes, state_size, spike_size, candidate_size, emitted_size, max_gate_out
-    )
-    q = emitted[:1]  # unused: spikes carry one value per step
-    periods = (timesteps + phases - 1) // phases
-    event = event_start[0]
-    event_end = event_start[1]
-    delivered = 0
-    for t in range(timesteps):
-        p = t // phases
-        k = t - p * phases
-        weight = np.float32(1.0) / np.float32(1 << (k + 1))
-        for n in range(nodes):
-            count, value = _node_step(0, n, t, p, k, weight, mode, phases, timesteps, periods, node_table,
-                                      node_threshold, gate, fanout, bias, drive, output_order, output, V, spikes,
-                                      flags, nspikes, candidates, emitted, touched, tlist, counts, sops, predictions,
-                                      logits)
-            if count == 0:
-                continue
-            soff = node_table[n, N_SPIKE]
-            if node_table[n, N_KIND] == KIND_GATE:  # its spikes come in window order: the conv scatter needs them sorted
-                spikes[soff : soff + count].sort()
-            if record[n]:
-                event = _record(events, event, event_end, t, n, spikes, soff, count)
-            for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                _deliver_one(V, node_table, proj, j, weights, indptr, cols, vals, spikes, soff, count, value, q,
-                             -1, fanout, threads, split_min_work)
-                delivered += count
-    deliveries[0] = delivered
-
-
-@njit(cache=True)
-def _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blk, blocks):
-    """Block ``blk`` of ``blocks`` of a period's conv and dense deliveries: its part of every target (:func:`_extent`)."""
-    for n in range(node_table.shape[0]):
-        count = nactive[n]
-        if count == 0:
-            continue
-        soff = node_table[n, N_SPIKE]
-        for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-            if proj[j, P_TARGET] == output or proj[j, P_CORE] == CORE_CSR:
-                continue
-            width = _extent(proj, j)
-            lo = blk * width // blocks
-            hi = (blk + 1) * width // blocks
-            if hi > lo:
-                _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count, np.float32(0.0),
-                         q, soff, lo, hi)
-
-
-@njit(cache=True, parallel=True)
-def _split_parallel(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks):
-    for blk in prange(blocks):
-        _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blk, blocks)
-
-
-@njit(cache=True)
-def _split_period(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks):
-    """All conv and dense deliveries of one period, in one parallel region when ``blocks > 1``.
-
-    Thread ``blk`` owns the part ``[blk * E // blocks, (blk + 1) * E // blocks)``
-    of every target (E = :func:`_extent`: conv output rows, dense features), so no two threads write the same
-    membrane potential; each element gets its terms in the serial order.
-    """
-    if blocks < 2:
-        _period_blocks(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, 0, 1)
-    else:
-        _split_parallel(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks)
-
-
-@njit(cache=True)
-def _bsnn_one(phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols, vals, gate, fanout, bias,
-              drive, output_order, output, state_size, spike_size, counts, sops, predictions, logits, events,
-              event_start, record, deliveries, threads, split_min_work):
-    """:func:`_bsnn_samples` for one sample (row 0): a period's conv and dense deliveries split over the threads.
-
-    When a period's deliveries reach ``split_min_work`` synapses they run in one
-    parallel region (:func:`_split_period`), each thread owning a part of every
-    target (conv output rows, dense features); CSR deliveries stay serial.
-    """
-    nodes = node_table.shape[0]
-    V, spikes, bits, q, active, nactive = _new_period_state(nodes, state_size, spike_size)
-    periods = (timesteps + phases - 1) // phases
-    event = event_start[0]
-    event_end = event_start[1]
-    delivered = 0
-    for p in range(periods):
-        event = _bsnn_nodes(0, p, phases, timesteps, periods, node_table, node_threshold, gate, fanout, bias, drive,
-                            V, bits, q, active, nactive, counts, sops, events, event, event_end, record)
-        if p + 1 < periods:
-            work = 0
-            for n in range(nodes):
-                count = nactive[n]
-                soff = node_table[n, N_SPIKE]
-                for j in range(node_table[n, N_PROJ_START], node_table[n, N_PROJ_END]):
-                    if count > 0 and proj[j, P_TARGET] != output:
-                        delivered += count
-                        if proj[j, P_CORE] == CORE_CSR:
-                            _deliver(V, node_table, proj, j, weights, indptr, cols, vals, active, soff, count,
-                                     np.float32(0.0), q, soff, 0, _extent(proj, j))
-                        else:
-                            work += count * fanout[soff + active[soff]]
-            if work > 0:
-                blocks = threads if work >= split_min_work else 1
-                _split_period(V, node_table, proj, weights, indptr, cols, vals, active, nactive, q, output, blocks)
-        delivered += _bsnn_output(0, p, phases, timesteps, node_table, node_threshold, proj, weights, indptr, cols,
-                                  vals, bias, drive, output_order, output, V, spikes, bits, q, active, nactive,
-                                  predictions, logits)
-    deliveries[0] = delivered
+        _bsnn_samples(net, run, c * n // chunks, (c + 1) * n // chunks, 1)

@@ -41,6 +41,8 @@ from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError
 from bsnn_graph.executor import _windows, evaluate, macs, pool_nd
 
+from .schedule import MODE_CODES, initial_potential, light_cone, periods_of
+
 __all__ = [
     "LINEAR_OPS",
     "MODE_CODES",
@@ -55,7 +57,6 @@ class LoweringError(BsnnError):
     """The spiking graph breaks the contract the runtime needs (names the node and op)."""
 
 
-MODE_CODES = {"bsnn": 0, "bsnn-nosn": 1, "phase": 2, "if-rate": 3}
 
 #: ops allowed between spiking nodes (the spiking graph contract)
 LINEAR_OPS = O.LINEAR_PROJECTIONS
@@ -78,7 +79,8 @@ N_PROJ_START = 7  # projections whose source is this node: rows [start, end) of 
 N_PROJ_END = 8
 N_EMITTED = 9  # offset of the emitted-value-so-far array (phase / if-rate max gates), -1 if none
 N_SOURCE = 10  # a gate's source node, -1 otherwise
-NODE_FIELDS = 11
+N_CEILING = 11  # 1: V is bounded by ceiling[N_STATE:] after each integrate period (Clip / ReLU6), else -1
+NODE_FIELDS = 12
 
 # cores of a projection
 CORE_CSR = 0
@@ -411,6 +413,9 @@ class LoweredGraph:
     names: list[str]  # spiking nodes and the output, in topological order
     node_table: np.ndarray  # int32 (S, NODE_FIELDS)
     node_threshold: np.ndarray  # float32 (S,) threshold (gates: their source's)
+    node_v0: np.ndarray  # float32 (S,) initial membrane potential (schedule.initial_potential; gates, output: 0)
+    initial_potential: str  # the graph's setting: "half" or "zero" (BSNN_SPEC.md, "Initial potential")
+    ceiling: np.ndarray  # float32 (state_size,) V bound of N_CEILING populations (inf elsewhere), or (1,) if none
     proj_table: np.ndarray  # int32 (J, PROJ_FIELDS), sorted by source
     weights: np.ndarray  # float32 scatter rows of conv and dense cores
     csr_indptr: np.ndarray  # int64, CSR row pointers (absolute into csr_cols / csr_vals)
@@ -448,6 +453,52 @@ class LoweredGraph:
     def classes(self) -> int:
         return int(self.node_table[self.output, N_SIZE])
 
+    def targets(self) -> list[list[int]]:
+        """For each node, the nodes its spikes reach directly: its projections' targets and the max gates reading it."""
+        out: list[list[int]] = [[] for _ in self.names]
+        for row in self.proj_table:
+            out[int(row[P_SOURCE])].append(int(row[P_TARGET]))
+        for i in range(len(self.names)):
+            if self.node_table[i, N_KIND] == KIND_GATE:
+                out[int(self.node_table[i, N_SOURCE])].append(i)
+        return [sorted(set(t)) for t in out]
+
+    def last_fire(self, timesteps: int, full_dynamics: bool = False) -> np.ndarray:
+        """The light cone of a run of ``timesteps`` steps: the last period each node fires in, int32 (S,).
+
+        See :func:`runtime.schedule.light_cone`; ``full_dynamics``: every period.
+        """
+        return light_cone(
+            self.mode,
+            periods_of(timesteps, self.phases),
+            self.node_table[:, N_STAGE],
+            self.node_table[:, N_KIND] == KIND_POPULATION,
+            self.targets(),
+            self.output,
+            full_dynamics,
+        )
+
+    def bytes_per_sample(self, timesteps: int, per_neuron_counts: bool = False) -> dict[str, int]:
+        """Memory of a run, in bytes: what grows with the samples, with the batch, and with the threads.
+
+        - ``result``: kept per sample in the returned result (predictions and
+          logits of every step and period, SOPs, and spike counts per
+          population, or per neuron with ``per_neuron_counts``);
+        - ``batch``: per sample of a batch while it runs (analog input drive,
+          counters, outputs);
+        - ``thread``: the state of one running sample (membrane potentials,
+          spike lists), per thread.
+        A run of N samples in batches of B on H threads needs about
+        ``N result + B batch + H thread`` besides the lowered graph.
+        """
+        nodes = len(self.names)
+        periods = periods_of(timesteps, self.phases)
+        counts = 4 * self.spike_size if per_neuron_counts else 4 * nodes
+        result = 4 * timesteps + 4 * periods * self.classes + 8 + 8 * nodes + counts
+        batch = result + 4 * max(self.drive_size, 1) + 16 * nodes + 8
+        thread = 4 * max(self.state_size, 1) + 13 * max(self.spike_size, 1) + self.candidate_size + 4 * self.emitted_size
+        return {"result": int(result), "batch": int(batch), "thread": int(thread)}
+
     def input_drive(self, x: np.ndarray) -> np.ndarray:
         """Per-step current of the input-fed targets: float32 (N, drive_size), internal layout.
 
@@ -465,6 +516,18 @@ class LoweredGraph:
                 total = np.moveaxis(total, 1, -1)
             drive[:, offset : offset + size] = total.reshape(n, -1) * step
         return drive
+
+
+def _per_neuron(name: str, op: O.Op, value: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A per-population () or per-channel (C,) parameter as one value per neuron, internal layout."""
+    channels = shape[0] if shape else 1
+    if value.ndim == 0:
+        full = np.full(shape, value, np.float32)
+    elif value.shape == (channels,):
+        full = np.broadcast_to(value.reshape((channels,) + (1,) * (len(shape) - 1)), shape)
+    else:
+        raise _refuse(name, op, f"{what} of shape {value.shape} fits neither the population nor its {channels} channels")
+    return np.ascontiguousarray(full, np.float32).reshape(-1)[internal_order(shape)]
 
 
 def _graph_mode(graph: nx.DiGraph, spiking: list[str]) -> tuple[str, int]:
@@ -552,6 +615,9 @@ def lower(graph: nx.DiGraph) -> LoweredGraph:
     state_size = spike_size = candidate_size = emitted_size = drive_size = 0
     gate_rows: list[list[int]] = []
     emitted_needed = set()
+    v0 = np.zeros(count, np.float32)
+    settings: set[str] = set()
+    ceilings: dict[int, np.ndarray] = {}
 
     def stage_of(name: str) -> int:
         return 0 if name == input_name else int(ir.op_of(graph, name).stage)
@@ -593,12 +659,27 @@ def lower(graph: nx.DiGraph) -> LoweredGraph:
                 threshold[i] = np.float32(op.threshold)
                 if not threshold[i] > 0:
                     raise _refuse(name, op, f"threshold {op.threshold} is not positive")
+                settings.add(op.initial_potential)
+                try:
+                    v0[i] = initial_potential(mode, phases, float(op.threshold), op.initial_potential)
+                except ValueError as exc:
+                    raise _refuse(name, op, str(exc)) from None
+                bound = np.asarray(getattr(op, "ceiling", np.inf), np.float32)
+                if np.any(np.isfinite(bound)):
+                    ceilings[i] = _per_neuron(name, op, bound, shapes[name], "ceiling")
         if not isinstance(op, O.OutputAccumulator):
             node_table[i, N_SPIKE] = spike_size
             spike_size += size
     for src in emitted_needed:
         node_table[index[src], N_EMITTED] = emitted_size
         emitted_size += int(node_table[index[src], N_SIZE])
+    if len(settings) > 1:
+        raise LoweringError(f"populations disagree on the initial potential: {sorted(settings)}")
+    ceiling = np.full(state_size if ceilings else 1, np.inf, np.float32)
+    for i, bound in ceilings.items():
+        node_table[i, N_CEILING] = 1
+        offset = int(node_table[i, N_STATE])
+        ceiling[offset : offset + bound.size] = bound
 
     # projections, biases, analog input
     projections: list[tuple[int, list[int], np.ndarray | None, tuple | None]] = []  # per projection
@@ -751,6 +832,9 @@ def lower(graph: nx.DiGraph) -> LoweredGraph:
         names=names,
         node_table=node_table,
         node_threshold=threshold,
+        node_v0=v0,
+        initial_potential=settings.pop() if settings else "zero",
+        ceiling=ceiling,
         proj_table=proj_table,
         weights=np.concatenate(weights).astype(np.float32) if weights else np.zeros(0, np.float32),
         csr_indptr=indptr,

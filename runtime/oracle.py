@@ -3,7 +3,9 @@
 In mode ``bsnn`` the network is a K-bit quantised ANN evaluated once per
 period with the residual carried (BSNN_SPEC.md, "Exactness oracle"): in its
 m-th fire period a population emits ``Q_K(V)`` with
-``V = residual + W' q + b'``, where ``q`` are the values its sources emitted
+``V = min(residual + W' q + b', ceiling)`` (the residual starts at the
+population's initial potential, :func:`runtime.schedule.initial_potential`;
+the ceiling is infinite unless the population has one), where ``q`` are the values its sources emitted
 in their m-th fire period (the analog input: ``x``), ``Q_K`` is the MSB-first
 greedy binary expansion to K bits (phase weights ``2^-(k+1)`` times the
 threshold) and the residual is ``V - Q_K(V)``. A max gate emits the max of
@@ -32,6 +34,8 @@ import numpy as np
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.executor import _apply, pool_nd
+
+from .schedule import fire_period, initial_potential
 
 __all__ = ["OracleResult", "WaveCheck", "dense_bsnn", "emitted_per_wave", "quantise", "teacher_forced_check"]
 
@@ -75,6 +79,16 @@ def quantise(v: np.ndarray, phases: int, threshold: float = 1.0) -> tuple[np.nda
     return emitted, margin
 
 
+def _bounded(op: O.Population, v: np.ndarray) -> np.ndarray:
+    """``min(V, ceiling)`` for a population with a ceiling (Clip / ReLU6; () or per channel), else V."""
+    ceiling = np.asarray(getattr(op, "ceiling", np.inf), np.float32)
+    if not np.any(np.isfinite(ceiling)):
+        return v
+    if ceiling.ndim == 1:
+        ceiling = ceiling.reshape((1, -1) + (1,) * (v.ndim - 2))
+    return np.minimum(v, ceiling).astype(np.float32)
+
+
 def _waves(graph: nx.DiGraph, x: np.ndarray, waves: int, forced: dict[str, np.ndarray] | None):
     order = ir.topological_order(graph)
     phases = next(ir.op_of(graph, n).phases for n in order if isinstance(ir.op_of(graph, n), O.OutputAccumulator))
@@ -95,7 +109,10 @@ def _waves(graph: nx.DiGraph, x: np.ndarray, waves: int, forced: dict[str, np.nd
                 pre = args[0]
                 for a in args[1:]:
                     pre = pre + a
-                v = residual.get(name, np.zeros_like(pre)) + pre
+                if name not in residual:
+                    v0 = initial_potential(op.mode, op.phases, op.threshold, op.initial_potential)
+                    residual[name] = np.full(pre.shape, v0, np.float32)
+                v = _bounded(op, residual[name] + pre)
                 q, margin = quantise(v, phases, op.threshold)
                 values.setdefault(name, []).append(q)
                 margins.setdefault(name, []).append(margin)
@@ -182,9 +199,8 @@ def emitted_per_wave(result, graph: nx.DiGraph, name: str, waves: int) -> np.nda
     if len(events):
         sample, step, neuron = events[:, 0], events[:, 1], events[:, 2]
         period, phase = step // k_phases, step % k_phases
-        offset = period - op.stage
-        assert np.all(offset >= 0) and np.all(offset % 2 == 0), f"{name}: spike outside a fire period"
-        wave = offset // 2
+        wave = (period - op.stage) // 2
+        assert np.all(fire_period(op.stage, wave) == period) and np.all(wave >= 0), f"{name}: spike outside a fire period"
         keep = wave < waves
         value = (np.float32(threshold) * (np.float32(2.0) ** -(phase + 1).astype(np.float32))).astype(np.float32)
         np.add.at(out, (wave[keep], sample[keep], neuron[keep]), value[keep])

@@ -8,7 +8,6 @@ BSNN_SPEC.md and :mod:`runtime.kernels` for the schedules).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,15 +23,15 @@ from . import kernels
 from .lowering import (
     KIND_GATE,
     KIND_OUTPUT,
-    MODE_CODES,
     N_KIND,
     N_SIZE,
     N_SPIKE,
     LoweredGraph,
     lower,
 )
+from .schedule import MODE_CODES, periods_of
 
-__all__ = ["E_AC_PJ", "E_MAC_PJ", "SimulationResult", "load", "simulate"]
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "SimulationResult", "kernel_tables", "load", "one_sample_threads", "simulate"]
 
 #: energy per synaptic operation (an accumulate), pJ, 45 nm (Horowitz 2014)
 E_AC_PJ = 0.9
@@ -60,7 +59,9 @@ class SimulationResult:
     populations: list[dict]  # ordered: name, op_type, shape, stage, scale
     ann_macs: int = 0  # multiply-accumulates per sample of the ANN the graph encodes
     input_macs: int = 0  # MACs per sample of the analog input layer, computed densely by the SNN too
-    extra: dict = field(default_factory=dict)
+    schedule: str = "light-cone"  # "light-cone" (pruned to what can reach the output by T) or "full"
+    initial_potential: str = "half"  # the graph's: "half" (rounding) or "zero" (truncation)
+    extra: dict = field(default_factory=dict)  # deliveries (row scatters per sample), bytes_per_sample
 
     @property
     def samples(self) -> int:
@@ -159,33 +160,45 @@ def simulate(
     record: Iterable[str] | str = (),
     record_samples: Iterable[int] | None = None,
     on_batch: Callable[[int, int, SimulationResult], None] | None = None,
-    per_neuron_counts: bool = True,
+    per_neuron_counts: bool | str = False,
+    full_dynamics: bool = False,
 ) -> SimulationResult:
     """Run a spiking graph event-driven on the inputs ``x`` for ``timesteps`` steps.
+
+    Results (predictions, logits, spikes, SOPs, events) are bit-identical for
+    any ``batch_size`` and ``threads``.
 
     Parameters
     ----------
     graph : a spiking IR graph (or one already lowered with :func:`runtime.lowering.lower`).
     x : float array (N, *input_shape) (a single sample without the batch axis is accepted).
     timesteps : T >= 1.
-    batch_size : samples per kernel call; batches of one sample split the work
-        of each step over the threads instead of the samples.
+    batch_size : samples per kernel call; a batch of one sample splits the
+        work of each period (or step) over the threads instead of the samples.
     threads : number of threads (None: all cores; a batch of one sample then
         runs on one thread unless the threading layer is OpenMP or TBB, see
         :func:`one_sample_threads`).
     record : names of spiking nodes whose spike events to return, or ``"all"``.
     record_samples : sample indices (into ``x``) whose events to return; None: all.
         Recording runs the recorded samples a second time with an event
-        buffer of exactly the size the first run counted.
+        buffer of exactly the size the first run counted (a mismatch raises).
     on_batch : called as ``on_batch(start, stop, batch_result)`` after each
         batch; ``batch_result`` holds samples ``start:stop`` only (its events
         carry global sample indices), so a trace writer can stream.
-    per_neuron_counts : False keeps only spikes per sample, ``spike_counts[name]``
-        then being int32 (N,) (saves memory on large evaluations).
+    per_neuron_counts : False (default): ``spike_counts[name]`` is int32 (N,),
+        spikes per sample, and no per-neuron counts are kept; True: int32
+        (N, *shape) per neuron; ``"batches"``: per neuron in the batch results
+        given to ``on_batch`` only (a trace writer streams them), per sample
+        in the returned result.
+    full_dynamics : False (default): the light-cone schedule
+        (:func:`runtime.schedule.light_cone`): populations fire and integrate
+        only in the periods whose spikes can still reach the output by T
+        (predictions and logits are those of the full run; spike counts,
+        SOPs and events are the pruned run's). True: every period.
 
     Returns
     -------
-    SimulationResult
+    SimulationResult (``schedule`` says which schedule ran)
 
     Raises
     ------
@@ -205,16 +218,56 @@ def simulate(
         raise BsnnError(f"timesteps must be an integer >= 1, got {timesteps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise BsnnError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if per_neuron_counts not in (False, True, "batches"):
+        raise BsnnError(f"per_neuron_counts must be False, True or 'batches', got {per_neuron_counts!r}")
     timesteps = int(timesteps)
+    record_flags, wanted = _record_plan(lowered, record, record_samples, x.shape[0])
+
+    available = numba.config.NUMBA_NUM_THREADS
+    if threads is not None and (isinstance(threads, bool) or not 1 <= int(threads) <= available):
+        raise BsnnError(f"threads must be between 1 and {available}, got {threads!r}")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(available if threads is None else int(threads))
+    plan = _Plan(
+        lowered=lowered,
+        net=kernel_tables(lowered),
+        timesteps=timesteps,
+        last_fire=lowered.last_fire(timesteps, full_dynamics),
+        schedule="full" if full_dynamics else "light-cone",
+        one_sample=one_sample_threads(threads),
+        per_neuron=per_neuron_counts is not False,
+    )
+    try:
+        parts = []
+        for start in range(0, x.shape[0], batch_size):
+            stop = min(start + batch_size, x.shape[0])
+            part = _run_batch(plan, x[start:stop], start, record_flags, wanted[start:stop])
+            if on_batch is not None:
+                on_batch(start, stop, part)
+            if per_neuron_counts == "batches":
+                part.spike_counts = {k: _per_sample(v) for k, v in part.spike_counts.items()}
+            parts.append(part)
+    finally:
+        numba.set_num_threads(previous)
+    result = _concatenate(parts)
+    result.extra["bytes_per_sample"] = lowered.bytes_per_sample(timesteps, per_neuron_counts is True)
+    return result
+
+
+def _per_sample(counts: np.ndarray) -> np.ndarray:
+    """Per-neuron counts (N, *shape) summed to spikes per sample, int32 (N,)."""
+    return counts.reshape(counts.shape[0], -1).sum(axis=1, dtype=np.int64).astype(np.int32)
+
+
+def _record_plan(lowered: LoweredGraph, record, record_samples, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 flag per node, bool per sample) of what to record; refuses unknown names and samples."""
     spiking = lowered.spiking
-    index = lowered.index
     if isinstance(record, str):
         record = spiking if record == "all" else [record]
     record = list(record)
     for name in record:
         if name not in spiking:
             raise BsnnError(f"cannot record {name!r}: not a spiking node; spiking nodes are {', '.join(spiking)}")
-    n = x.shape[0]
     if record_samples is None:
         wanted = np.ones(n, bool)
     else:
@@ -223,58 +276,45 @@ def simulate(
             if not 0 <= int(s) < n:
                 raise BsnnError(f"record sample {s} is outside 0..{n - 1}")
             wanted[int(s)] = True
-    record_flags = np.zeros(len(lowered.names), np.uint8)
+    flags = np.zeros(len(lowered.names), np.uint8)
+    index = lowered.index
     for name in record:
-        record_flags[index[name]] = 1
-
-    available = numba.config.NUMBA_NUM_THREADS
-    if threads is not None and (isinstance(threads, bool) or not 1 <= int(threads) <= available):
-        raise BsnnError(f"threads must be between 1 and {available}, got {threads!r}")
-    previous = numba.get_num_threads()
-    numba.set_num_threads(available if threads is None else int(threads))
-    one_sample = one_sample_threads(threads)
-    try:
-        parts = []
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            part = _run_batch(
-                lowered, x[start:stop], start, timesteps, record_flags, wanted[start:stop], per_neuron_counts,
-                one_sample,
-            )
-            if on_batch is not None:
-                on_batch(start, stop, part)
-            parts.append(part)
-    finally:
-        numba.set_num_threads(previous)
-    return _concatenate(parts, lowered, timesteps)
+        flags[index[name]] = 1
+    return flags, wanted
 
 
-def _kernel_args(lowered: LoweredGraph):
+def kernel_tables(lowered: LoweredGraph) -> kernels.Net:
+    """The lowered tables packed for the kernels (:class:`runtime.kernels.Net`), built once per lowered graph."""
+    cached = lowered.__dict__.get("_kernel_tables")
+    if cached is not None:
+        return cached
     lo = lowered
-    max_gate_out = 0
-    for i in range(len(lo.names)):
-        if lo.node_table[i, N_KIND] == KIND_GATE:
-            max_gate_out = max(max_gate_out, int(lo.node_table[i, N_SIZE]))
-    return (
-        lo.node_table,
-        lo.node_threshold,
-        lo.proj_table,
-        lo.weights,
-        lo.csr_indptr,
-        lo.csr_cols,
-        lo.csr_vals,
-        lo.gate_table,
-        lo.fanout,
-        lo.bias,
-    ), (
-        lo.output_order,
-        np.int64(lo.output),
-        np.int64(lo.state_size),
-        np.int64(lo.spike_size),
-        np.int64(lo.candidate_size),
-        np.int64(lo.emitted_size),
-        np.int64(max_gate_out),
+    gates = lo.node_table[:, N_KIND] == KIND_GATE
+    net = kernels.Net(
+        node_table=lo.node_table,
+        threshold=lo.node_threshold,
+        v0=lo.node_v0,
+        proj=lo.proj_table,
+        weights=lo.weights,
+        indptr=lo.csr_indptr,
+        cols=lo.csr_cols,
+        vals=lo.csr_vals,
+        gate=lo.gate_table,
+        fanout=lo.fanout,
+        bias=lo.bias,
+        ceiling=lo.ceiling,
+        output_order=lo.output_order,
+        output=np.int64(lo.output),
+        state_size=np.int64(lo.state_size),
+        spike_size=np.int64(lo.spike_size),
+        candidate_size=np.int64(lo.candidate_size),
+        emitted_size=np.int64(lo.emitted_size),
+        max_gate_out=np.int64(lo.node_table[gates, N_SIZE].max() if gates.any() else 0),
+        mode=np.int64(MODE_CODES[lo.mode]),
+        phases=np.int64(lo.phases),
     )
+    lowered.__dict__["_kernel_tables"] = net
+    return net
 
 
 def one_sample_threads(threads: int | None) -> int:
@@ -296,117 +336,129 @@ def one_sample_threads(threads: int | None) -> int:
     return numba.get_num_threads() if layer in ("omp", "tbb") else 1
 
 
-def _execute(lowered: LoweredGraph, drive, timesteps, counts, sops, predictions, logits, events, event_start, record,
-             one_sample: int):
-    tables, sizes = _kernel_args(lowered)
-    mode = np.int64(MODE_CODES[lowered.mode])
-    phases = np.int64(lowered.phases)
-    deliveries = np.zeros(drive.shape[0], np.int64)
-    threads = np.int64(numba.get_num_threads() if drive.shape[0] > 1 else min(one_sample, numba.get_num_threads()))
-    split = np.int64(kernels._SPLIT_MIN_WORK)
-    outputs = (counts, sops, predictions, logits, events, event_start, record, deliveries)
-    if mode == 0 and kernels._COALESCE:  # bsnn: period by period, coalesced delivery
-        period_args = (phases, np.int64(timesteps), *tables, drive, *sizes[:4], *outputs)
-        if drive.shape[0] == 1:
-            kernels._bsnn_one(*period_args, threads, split)
-        else:
-            kernels._bsnn_batch(*period_args, np.int64(4 * threads))
-        return deliveries
-    args = (mode, phases, np.int64(timesteps), *tables, drive, *sizes, *outputs)
-    if drive.shape[0] == 1:
-        kernels._simulate_one(*args, threads, split)
-    else:
-        kernels._simulate_batch(*args)
-    return deliveries
+@dataclass
+class _Plan:
+    """What every batch of one simulate call shares."""
+
+    lowered: LoweredGraph
+    net: kernels.Net
+    timesteps: int
+    last_fire: np.ndarray  # int32 (S,) light cone (schedule.light_cone)
+    schedule: str  # "light-cone" or "full"
+    one_sample: int  # threads that split a batch of one sample
+    per_neuron: bool  # count spikes per neuron
 
 
-def _run_batch(lowered, xb, start, timesteps, record_flags, wanted, per_neuron_counts, one_sample) -> SimulationResult:
-    b = xb.shape[0]
-    periods = math.ceil(timesteps / lowered.phases)
-    drive = lowered.input_drive(xb)
-    count_nodes = len(lowered.names)
-    counts = np.zeros((b, max(lowered.spike_size, 1)), np.int32)
-    sops = np.zeros((b, count_nodes), np.int64)
-    predictions = np.zeros((timesteps, b), np.int32)
-    logits = np.zeros((periods, b, lowered.classes), np.float32)
-    no_events = np.zeros((0, 3), np.int32)
-    deliveries = _execute(
-        lowered,
-        drive,
-        timesteps,
-        counts,
-        sops,
-        predictions,
-        logits,
-        no_events,
-        np.zeros(b + 1, np.int64),
-        np.zeros(count_nodes, np.uint8),
-        one_sample,
+def _new_run(plan: _Plan, drive: np.ndarray, per_neuron: bool, record: np.ndarray, event_start: np.ndarray,
+             events: np.ndarray) -> kernels.Run:
+    lo = plan.lowered
+    b = drive.shape[0]
+    nodes = len(lo.names)
+    periods = periods_of(plan.timesteps, lo.phases)
+    return kernels.Run(
+        timesteps=np.int64(plan.timesteps),
+        periods=np.int64(periods),
+        last_fire=plan.last_fire,
+        drive=drive,
+        per_neuron=np.int64(per_neuron),
+        neuron_counts=np.zeros((b, max(lo.spike_size, 1) if per_neuron else 1), np.int32),
+        node_counts=np.zeros((b, nodes), np.int64),
+        sops=np.zeros((b, nodes), np.int64),
+        predictions=np.zeros((plan.timesteps, b), np.int32),
+        logits=np.zeros((periods, b, lo.classes), np.float32),
+        events=events,
+        event_start=event_start,
+        event_stop=np.zeros(b, np.int64),
+        record=record,
+        deliveries=np.zeros(b, np.int64),
+        split_min_work=np.int64(kernels._SPLIT_MIN_WORK),
     )
+
+
+def _launch(plan: _Plan, run: kernels.Run) -> None:
+    """One path per mode: ``bsnn`` period by period, the others step by step; samples in parallel, or one split."""
+    samples = run.drive.shape[0]
+    threads = numba.get_num_threads()
+    period = plan.lowered.mode == "bsnn" and kernels._COALESCE
+    if samples == 1:
+        split = np.int64(min(plan.one_sample, threads))
+        (kernels._bsnn_samples if period else kernels._step_samples)(plan.net, run, 0, 1, split)
+    else:
+        (kernels._bsnn_batch if period else kernels._step_batch)(plan.net, run, np.int64(4 * threads))
+
+
+def _run_batch(plan: _Plan, xb: np.ndarray, start: int, record_flags: np.ndarray, wanted: np.ndarray) -> SimulationResult:
+    lo = plan.lowered
+    b = xb.shape[0]
+    count_nodes = len(lo.names)
+    drive = lo.input_drive(xb)
+    run = _new_run(plan, drive, plan.per_neuron, np.zeros(count_nodes, np.uint8), np.zeros(b + 1, np.int64),
+                   np.zeros((0, 3), np.int32))
+    _launch(plan, run)
 
     events_by_name: dict[str, np.ndarray] = {}
     recorded = [i for i in range(count_nodes) if record_flags[i]]
     if recorded and wanted.any():
         # second pass over the recorded samples, with an event buffer of exactly the right size
         rows = np.nonzero(wanted)[0]
-        per_sample = np.zeros(rows.size, np.int64)
-        for i in recorded:
-            off, size = int(lowered.node_table[i, N_SPIKE]), int(lowered.node_table[i, N_SIZE])
-            per_sample += counts[rows, off : off + size].sum(axis=1)
+        per_sample = run.node_counts[rows][:, recorded].sum(axis=1)
         event_start = np.zeros(rows.size + 1, np.int64)
         np.cumsum(per_sample, out=event_start[1:])
         events = np.zeros((int(event_start[-1]), 3), np.int32)
-        c2 = np.zeros((rows.size, counts.shape[1]), np.int32)
-        s2 = np.zeros((rows.size, count_nodes), np.int64)
-        p2 = np.zeros((timesteps, rows.size), np.int32)
-        l2 = np.zeros((periods, rows.size, lowered.classes), np.float32)
-        _execute(
-            lowered, np.ascontiguousarray(drive[rows]), timesteps, c2, s2, p2, l2, events, event_start, record_flags,
-            one_sample,
-        )
+        again = _new_run(plan, np.ascontiguousarray(drive[rows]), False, record_flags, event_start, events)
+        _launch(plan, again)
+        if not (np.array_equal(again.event_stop, event_start[1:]) and np.array_equal(again.node_counts,
+                                                                                      run.node_counts[rows])):
+            bad = int(rows[np.argmax((again.event_stop != event_start[1:]) | (again.node_counts != run.node_counts[rows]).any(1))])
+            raise BsnnError(
+                f"internal error: the recording pass of sample {start + bad} gave other spikes than the first pass "
+                "(events would not match the spike counts); please report this with the model"
+            )
         sample_of = np.repeat(rows + start, per_sample).astype(np.int32)
         for i in recorded:
-            name = lowered.names[i]
+            name = lo.names[i]
             mask = events[:, 1] == i
-            flat = lowered.orders[name][events[mask, 2]]
+            flat = lo.orders[name][events[mask, 2]]
             events_by_name[name] = np.stack([sample_of[mask], events[mask, 0], flat.astype(np.int32)], axis=1)
     for i in recorded:
-        events_by_name.setdefault(lowered.names[i], np.zeros((0, 3), np.int32))
+        events_by_name.setdefault(lo.names[i], np.zeros((0, 3), np.int32))
 
     spike_counts, sops_per = {}, {}
-    for i, name in enumerate(lowered.names):
-        if lowered.node_table[i, N_KIND] == KIND_OUTPUT:
+    for i, name in enumerate(lo.names):
+        if lo.node_table[i, N_KIND] == KIND_OUTPUT:
             continue
-        off, size = int(lowered.node_table[i, N_SPIKE]), int(lowered.node_table[i, N_SIZE])
-        block = counts[:, off : off + size]
-        if per_neuron_counts:
-            shape = lowered.shapes[name]
+        if plan.per_neuron:
+            off, size = int(lo.node_table[i, N_SPIKE]), int(lo.node_table[i, N_SIZE])
+            block = run.neuron_counts[:, off : off + size]
+            shape = lo.shapes[name]
             if len(shape) >= 2:  # internal layout = channels last (lowering.internal_order)
                 natural = np.moveaxis(block.reshape((b,) + shape[1:] + shape[:1]), -1, 1)
                 spike_counts[name] = np.ascontiguousarray(natural)
             else:
                 spike_counts[name] = block.copy().reshape((b,) + shape)
         else:
-            spike_counts[name] = block.sum(axis=1, dtype=np.int64).astype(np.int32)
-        sops_per[name] = sops[:, i].copy()
+            spike_counts[name] = run.node_counts[:, i].astype(np.int32)
+        sops_per[name] = run.sops[:, i].copy()
     return SimulationResult(
-        predictions=predictions,
-        logits=logits,
+        predictions=run.predictions,
+        logits=run.logits,
         spike_counts=spike_counts,
-        sops=sops.sum(axis=1),
+        sops=run.sops.sum(axis=1),
         sops_per_population=sops_per,
         events=events_by_name,
-        timesteps=timesteps,
-        phases=lowered.phases,
-        mode=lowered.mode,
-        populations=_populations(lowered),
-        ann_macs=lowered.ann_macs,
-        input_macs=lowered.input_macs,
-        extra={"deliveries": deliveries},
+        timesteps=plan.timesteps,
+        phases=lo.phases,
+        mode=lo.mode,
+        populations=_populations(lo),
+        ann_macs=lo.ann_macs,
+        input_macs=lo.input_macs,
+        schedule=plan.schedule,
+        initial_potential=lo.initial_potential,
+        extra={"deliveries": run.deliveries},
     )
 
 
-def _concatenate(parts: list[SimulationResult], lowered: LoweredGraph, timesteps: int) -> SimulationResult:
+def _concatenate(parts: list[SimulationResult]) -> SimulationResult:
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
@@ -419,11 +471,13 @@ def _concatenate(parts: list[SimulationResult], lowered: LoweredGraph, timesteps
             k: np.concatenate([p.sops_per_population[k] for p in parts]) for k in first.sops_per_population
         },
         events={k: np.concatenate([p.events[k] for p in parts]) for k in first.events},
-        timesteps=timesteps,
-        phases=lowered.phases,
-        mode=lowered.mode,
+        timesteps=first.timesteps,
+        phases=first.phases,
+        mode=first.mode,
         populations=first.populations,
-        ann_macs=lowered.ann_macs,
-        input_macs=lowered.input_macs,
+        ann_macs=first.ann_macs,
+        input_macs=first.input_macs,
+        schedule=first.schedule,
+        initial_potential=first.initial_potential,
         extra={"deliveries": np.concatenate([p.extra["deliveries"] for p in parts])},
     )

@@ -20,10 +20,11 @@ __all__ = ["Builder", "chain_graph", "resnet_graph", "vgg_graph"]
 class Builder:
     """Adds ops to a graph one at a time; populations normalise their inputs as they are added."""
 
-    def __init__(self, input_shape, mode="bsnn", phases=8, seed=0, calibration=64):
+    def __init__(self, input_shape, mode="bsnn", phases=8, seed=0, calibration=64, initial_potential="half"):
         self.rng = np.random.default_rng(seed)
         self.graph = ir.new_graph("test")
         self.mode, self.phases = mode, phases
+        self.initial_potential = initial_potential
         ir.add_node(self.graph, "x", O.Input(shape=tuple(input_shape)))
         self.calibration = self.rng.random((calibration,) + tuple(input_shape)).astype(np.float32)
         self._count = 0
@@ -71,14 +72,16 @@ class Builder:
         scale = float(np.percentile(positive, percentile)) if positive.size else 1.0
         for name in inputs:
             self._scale_input(name, 1.0 / scale)
-        op = O.Population(mode=self.mode, phases=self.phases, stage=stage, scale=np.array(scale, np.float32))
+        op = O.Population(mode=self.mode, phases=self.phases, stage=stage, scale=np.array(scale, np.float32),
+                          initial_potential=self.initial_potential)
         return ir.add_node(self.graph, self._name("pop"), op, list(inputs))
 
     def synchronous(self, src, stage):
         """A synchronous neuron on ``src`` (a population, or a max gate: it carries its population's lambda)."""
         pop = src if isinstance(ir.op_of(self.graph, src), O.Population) else ir.inputs_of(self.graph, src)[0]
         scale = np.asarray(ir.op_of(self.graph, pop).scale, np.float32)
-        op = O.SynchronousNeuron(mode=self.mode, phases=self.phases, stage=stage, scale=scale)
+        op = O.SynchronousNeuron(mode=self.mode, phases=self.phases, stage=stage, scale=scale,
+                                 initial_potential=self.initial_potential)
         return ir.add_node(self.graph, self._name("sn"), op, [src])
 
     def maxgate(self, src, k=2, stride=2, pad=0, ceil_mode=False):
@@ -95,9 +98,9 @@ class Builder:
         return self.graph
 
 
-def vgg_graph(mode="bsnn", phases=8, seed=0, size=12, width=4):
+def vgg_graph(mode="bsnn", phases=8, seed=0, size=12, width=4, initial_potential="half"):
     """conv-pop, conv-pop, max gate, conv-pop, average pool, conv-pop, flatten, fc-pop, fc-output (L = 5)."""
-    b = Builder((1, size, size), mode, phases, seed)
+    b = Builder((1, size, size), mode, phases, seed, initial_potential=initial_potential)
     p1 = b.population([b.conv("x", width)], 1)
     p2 = b.population([b.conv(p1, width + 2)], 2)
     g = b.maxgate(p2)
@@ -109,14 +112,14 @@ def vgg_graph(mode="bsnn", phases=8, seed=0, size=12, width=4):
     return b.output(b.gemm(p5, 10), 6)
 
 
-def resnet_graph(mode="bsnn", phases=8, seed=1, size=12, width=4):
+def resnet_graph(mode="bsnn", phases=8, seed=1, size=12, width=4, initial_potential="half"):
     """stem conv-pop + max gate, an identity block and a projection (stride 2) block, GAP, fc (L = 5).
 
     With ``mode="bsnn"`` the shortcuts get synchronous neurons (SN before the
     shortcut's Mul / 1x1 conv); with ``"bsnn-nosn"`` they read the early
     population directly and stages follow the largest source.
     """
-    b = Builder((1, size, size), mode, phases, seed)
+    b = Builder((1, size, size), mode, phases, seed, initial_potential=initial_potential)
     sync = mode != "bsnn-nosn"
     p1 = b.population([b.conv("x", width)], 1)
     g = b.maxgate(p1)  # stage 1
@@ -135,11 +138,13 @@ def resnet_graph(mode="bsnn", phases=8, seed=1, size=12, width=4):
     return b.output(b.gemm(flat, 10), 6)
 
 
-def chain_graph(weights, biases, mode="bsnn", phases=8, stages=None, threshold=1.0):
+def chain_graph(weights, biases, mode="bsnn", phases=8, stages=None, threshold=1.0, initial_potential="zero"):
     """A chain of one-neuron populations: x (1,) -> fc -> pop -> fc -> pop ... -> fc -> output.
 
     ``weights[i]`` and ``biases[i]`` are the scalars of layer i (the last
-    one feeds the output accumulator).
+    one feeds the output accumulator). The populations start at
+    ``initial_potential`` ("zero" here: the hand-worked spike times of the
+    schedule tests are easiest to read with truncation).
     """
     graph = ir.new_graph("chain")
     ir.add_node(graph, "x", O.Input(shape=(1,)))
@@ -151,7 +156,8 @@ def chain_graph(weights, biases, mode="bsnn", phases=8, stages=None, threshold=1
         bias = np.array([biases[i]], np.float32)
         fc = ir.add_node(graph, f"fc{i}", O.Gemm(weight=w, bias=bias), [src])
         if i < layers - 1:
-            op = O.Population(mode=mode, phases=phases, stage=stages[i], threshold=threshold)
+            op = O.Population(mode=mode, phases=phases, stage=stages[i], threshold=threshold,
+                              initial_potential=initial_potential)
             src = ir.add_node(graph, f"pop{i}", op, [fc])
         else:
             ir.add_node(graph, "out", O.OutputAccumulator(mode=mode, phases=phases, stage=stages[i]), [fc])

@@ -206,7 +206,7 @@ def test_run_with_trace_then_inspect(snn, tmp_path):
     assert doc["trace"] == str(trace_path) and doc["seconds_per_sample"] > 0
 
     reference = runtime.simulate(
-        runtime.load(model), x, SNN_T, record=["relu1", "relu2"], record_samples=[0, 3, 10, 11]
+        runtime.load(model), x, SNN_T, record=["relu1", "relu2"], record_samples=[0, 3, 10, 11], per_neuron_counts=True
     )
     assert doc["predictions"] == reference.predictions[-1].tolist()
     with open_trace(trace_path) as trace:

@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
-from bsnn_graph.executor import _apply, evaluate, pool_nd
+from bsnn_graph.executor import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from dense_torch import DenseSimulator
@@ -98,43 +98,11 @@ def with_mode(graph, mode):
 # --------------------------------------------------------------------------- numpy oracle
 
 
-def quantise(v, phases, threshold=1.0):
-    """Q_K(V): MSB-first greedy expansion in float32, as one bistable fire period computes it."""
-    rest = v.astype(np.float32).copy()
-    q = np.zeros_like(rest)
-    for k in range(phases):
-        w = np.float32(threshold) * np.float32(2.0 ** -(k + 1))
-        fire = rest >= w
-        rest = np.where(fire, rest - w, rest)
-        q = np.where(fire, q + w, q)
-    return q
-
-
 def oracle_logits(graph, x, waves):
-    """Output V after each of ``waves`` output integrate periods, per the spec's exactness oracle."""
-    order = ir.topological_order(graph)
-    residual, logits, acc = {}, [], None
-    for _ in range(waves):
-        current = {}
-        for name in order:
-            op = ir.op_of(graph, name)
-            args = [current[s] for s in ir.inputs_of(graph, name)]
-            if isinstance(op, O.Input):
-                current[name] = x
-            elif isinstance(op, O.Population):  # and SynchronousNeuron
-                v = residual.get(name, 0) + sum(args[1:], args[0])
-                q = quantise(v, op.phases, op.threshold)
-                residual[name] = v - q
-                current[name] = q
-            elif isinstance(op, O.MaxGate):
-                current[name] = pool_nd(args[0], op)
-            elif isinstance(op, O.OutputAccumulator):
-                acc = args[0] if acc is None else acc + args[0]
-                logits.append(acc.reshape(len(x), -1).copy())
-                current[name] = acc
-            else:
-                current[name] = np.asarray(_apply(op, args), np.float32)
-    return np.stack(logits)
+    """Output V after each of ``waves`` output integrate periods: the spec's exactness oracle (runtime.oracle)."""
+    from runtime import oracle
+
+    return oracle.dense_bsnn(graph, x, waves).logits
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +176,7 @@ def _gate_graph(mode, drive):
     g = ir.new_graph("gate")
     ir.add_node(g, "x", O.Input(shape=(16,)))
     ir.add_node(g, "r", O.Reshape(shape=(1, 4, 4)), ["x"])
-    ir.add_node(g, "pop", O.Population(mode=mode, phases=4, stage=1), ["r"])
+    ir.add_node(g, "pop", O.Population(mode=mode, phases=4, stage=1, initial_potential="zero"), ["r"])
     ir.add_node(g, "gate", O.MaxGate(mode=mode, phases=4, stage=1, kernel_shape=(2, 2), strides=(2, 2),
                                      pads=(0, 0, 0, 0), dilations=(1, 1)), ["pop"])  # fmt: skip
     ir.add_node(g, "f", O.Flatten(axis=1), ["gate"])
@@ -296,14 +264,15 @@ def test_predictions_equal_runtime(mode, make, images):
         pytest.skip("runtime.simulate is not available")
     graph = make(mode) if mode == "bsnn-nosn" else with_mode(make(), mode)
     T = 56
-    theirs = runtime.simulate(graph, images, T, batch_size=len(images), threads=1)
-    ours = DenseSimulator(graph).simulate(images, T, batch_size=len(images), count_spikes=True)
-    np.testing.assert_array_equal(ours.predictions, theirs.predictions)
-    np.testing.assert_allclose(ours.logits, theirs.logits, rtol=1e-3, atol=1e-3)
-    spikes = sum(c.reshape(len(images), -1).sum(axis=1) for c in theirs.spike_counts.values())
-    assert spikes.sum() > 0
-    # float32 summation order may flip a spike at an exact threshold tie, nothing more
-    assert np.abs(ours.spikes - spikes).sum() <= 1e-4 * spikes.sum()
+    for cone in (False, True):  # both simulate every period, or both only the light cone of the output
+        theirs = runtime.simulate(graph, images, T, batch_size=len(images), threads=1, full_dynamics=not cone)
+        ours = DenseSimulator(graph, light_cone=cone).simulate(images, T, batch_size=len(images), count_spikes=True)
+        np.testing.assert_array_equal(ours.predictions, theirs.predictions)
+        np.testing.assert_allclose(ours.logits, theirs.logits, rtol=1e-3, atol=1e-3)
+        spikes = sum(c.reshape(len(images), -1).sum(axis=1) for c in theirs.spike_counts.values())
+        assert spikes.sum() > 0
+        # float32 summation order may flip a spike at an exact threshold tie, nothing more
+        assert np.abs(ours.spikes - spikes).sum() <= 1e-4 * spikes.sum()
 
 
 def test_compare_script_quick(tmp_path):

@@ -27,13 +27,14 @@ def _largest_stage(graph):
     return max(graph.nodes[n]["op"].stage for n in graph.nodes if graph.nodes[n]["op"].op_type == "Population")
 
 
+@pytest.mark.parametrize("initial_potential", ["half", "zero"])
 @pytest.mark.parametrize("build", [vgg_graph, resnet_graph], ids=["vgg-max-avg", "resnet-sn"])
-def test_event_run_matches_oracle(build):
-    graph = build(mode="bsnn", phases=K)
+def test_event_run_matches_oracle(build, initial_potential):
+    graph = build(mode="bsnn", phases=K, initial_potential=initial_potential)
     x = _inputs((1, 12, 12))
     L = _largest_stage(graph)
     timesteps = (L + 2 * WAVES) * K  # the output's WAVES integrate periods are L, L+2, L+4
-    result = runtime.simulate(graph, x, timesteps, batch_size=4, record="all")
+    result = runtime.simulate(graph, x, timesteps, batch_size=4, record="all", full_dynamics=True)
     emitted = {name: oracle.emitted_per_wave(result, graph, name, WAVES) for name in result.spike_counts}
     checks, logits = oracle.teacher_forced_check(graph, x, emitted)
     total = sum(c.neuron_periods for c in checks.values())
@@ -80,7 +81,7 @@ def test_quantise_is_the_k_bit_binary_expansion():
 def test_chain_run_equals_oracle_waves():
     graph = chain_graph([1.0, 0.75, 1.0], [0.0, 0.125, 0.0], phases=4)
     x = np.array([[0.703125], [0.203125], [0.90625]], np.float32)  # exact in float32: no ties
-    result = runtime.simulate(graph, x, (2 + 2 * 5) * 4, record="all")
+    result = runtime.simulate(graph, x, (2 + 2 * 5) * 4, record="all", full_dynamics=True)
     dense = oracle.dense_bsnn(graph, x, 5)
     for name in ("pop0", "pop1"):
         np.testing.assert_array_equal(oracle.emitted_per_wave(result, graph, name, 5), dense.values[name])

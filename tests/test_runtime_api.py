@@ -26,7 +26,7 @@ def images():
 
 
 def test_result_fields(vgg, images):
-    result = runtime.simulate(vgg, images, 50, batch_size=2)
+    result = runtime.simulate(vgg, images, 50, batch_size=2, per_neuron_counts=True)
     assert result.predictions.shape == (50, 5) and result.predictions.dtype == np.int32
     assert result.logits.shape == (7, 5, 10) and result.logits.dtype == np.float32  # P = ceil(50 / 8)
     np.testing.assert_array_equal(result.predictions[-1], result.logits[-1].argmax(axis=1))
@@ -40,6 +40,9 @@ def test_result_fields(vgg, images):
     assert result.sops.dtype == np.int64 and result.sops.shape == (5,)
     assert result.events == {}
     assert (result.timesteps, result.phases, result.mode) == (50, 8, "bsnn")
+    assert (result.schedule, result.initial_potential) == ("light-cone", "half")
+    memory = result.extra["bytes_per_sample"]
+    assert memory["result"] > 4 * 50 + 4 * 7 * 10 and memory["batch"] > memory["result"] and memory["thread"] > 0
     assert result.accuracy(result.predictions[-1]).shape == (50,)
     assert result.accuracy(result.predictions[-1])[-1] == 1.0
 
@@ -62,17 +65,20 @@ def test_on_batch_streams_and_results_concatenate(vgg, images):
     def on_batch(start, stop, part):
         seen.append((start, stop, part.predictions.shape, sorted(set(part.events["gate5"][:, 0].tolist()))))
 
-    whole = runtime.simulate(vgg, images, 24, batch_size=2, record=["gate5"], on_batch=on_batch)
+    # T = 24 < T_first = 48: nothing can reach the output, so only the full schedule fires at all
+    whole = runtime.simulate(vgg, images, 24, batch_size=2, record=["gate5"], on_batch=on_batch, full_dynamics=True)
     assert [s[:3] for s in seen] == [(0, 2, (24, 2)), (2, 4, (24, 2)), (4, 5, (24, 1))]
     assert [s[3] for s in seen] == [[0, 1], [2, 3], [4]]  # global sample indices
-    alone = runtime.simulate(vgg, images[3:4], 24, record=["gate5"])
+    alone = runtime.simulate(vgg, images[3:4], 24, record=["gate5"], full_dynamics=True)
+    assert runtime.simulate(vgg, images, 24, record=["gate5"]).events["gate5"].size == 0  # the light cone
     events = whole.events["gate5"]
     mine = events[events[:, 0] == 3]
     np.testing.assert_array_equal(mine[:, 1:], alone.events["gate5"][:, 1:])
 
 
 def test_recorded_events_match_counts(vgg, images):
-    result = runtime.simulate(vgg, images, 40, batch_size=3, record="all", record_samples=[1, 4])
+    result = runtime.simulate(vgg, images, 40, batch_size=3, record="all", record_samples=[1, 4],
+                              per_neuron_counts=True)
     for name, counts in result.spike_counts.items():
         events = result.events[name]
         assert set(events[:, 0].tolist()) <= {1, 4}
@@ -84,10 +90,16 @@ def test_recorded_events_match_counts(vgg, images):
 
 
 def test_total_counts_option(vgg, images):
-    full = runtime.simulate(vgg, images[:2], 32)
-    totals = runtime.simulate(vgg, images[:2], 32, per_neuron_counts=False)
+    full = runtime.simulate(vgg, images[:2], 32, per_neuron_counts=True)
+    totals = runtime.simulate(vgg, images[:2], 32)  # the default: spikes per sample only
+    streamed = []
+    batches = runtime.simulate(vgg, images[:2], 32, batch_size=1, per_neuron_counts="batches",
+                               on_batch=lambda start, stop, part: streamed.append(part.spike_counts))
     for name in full.spike_counts:
         assert totals.spike_counts[name].tolist() == full.spike_counts[name].reshape(2, -1).sum(axis=1).tolist()
+        assert batches.spike_counts[name].tolist() == totals.spike_counts[name].tolist()
+        np.testing.assert_array_equal(np.concatenate([s[name] for s in streamed]), full.spike_counts[name])
+    assert full.extra["bytes_per_sample"]["result"] > totals.extra["bytes_per_sample"]["result"]
 
 
 def test_single_sample_without_batch_axis(vgg, images):

@@ -27,7 +27,7 @@ def test_bistable_schedule_one_neuron():
     assert _times(result, "pop0") == [4, 6, 7, 12, 14, 15]
     # the output integrates during its sources' fire periods: nothing in period 0, 0.6875 per fire period
     np.testing.assert_array_equal(result.logits[:, 0, 0], [0.0, 0.6875, 0.6875, 1.375])
-    assert result.spike_counts["pop0"].tolist() == [[6]]
+    assert result.spike_counts["pop0"].tolist() == [6]  # spikes per sample (per neuron: per_neuron_counts=True)
     assert result.sops.tolist() == [6]  # one synapse per spike
 
 
@@ -65,8 +65,8 @@ def _sn_chain(mode="bsnn"):
     graph = ir.new_graph("sn")
     ir.add_node(graph, "x", O.Input(shape=(1,)))
     ir.add_node(graph, "fc0", O.Gemm(weight=np.ones((1, 1), np.float32), bias=np.zeros(1, np.float32)), ["x"])
-    ir.add_node(graph, "pop0", O.Population(mode=mode, phases=4, stage=1), ["fc0"])
-    ir.add_node(graph, "sn", O.SynchronousNeuron(mode=mode, phases=4, stage=2), ["pop0"])
+    ir.add_node(graph, "pop0", O.Population(mode=mode, phases=4, stage=1, initial_potential="zero"), ["fc0"])
+    ir.add_node(graph, "sn", O.SynchronousNeuron(mode=mode, phases=4, stage=2, initial_potential="zero"), ["pop0"])
     ir.add_node(graph, "fc1", O.Gemm(weight=np.ones((1, 1), np.float32), bias=np.zeros(1, np.float32)), ["sn"])
     ir.add_node(graph, "out", O.OutputAccumulator(mode=mode, phases=4, stage=3), ["fc1"])
     graph.graph["outputs"] = ["out"]
@@ -90,7 +90,8 @@ def _gate_graph(mode, values, timesteps_phases=4):
     conv = O.Conv(weight=np.ones((1, 1, 1, 1), np.float32), bias=None, strides=(1, 1), pads=(0, 0, 0, 0),
                   dilations=(1, 1))
     ir.add_node(graph, "conv", conv, ["x"])
-    ir.add_node(graph, "pop", O.Population(mode=mode, phases=timesteps_phases, stage=1), ["conv"])
+    pop = O.Population(mode=mode, phases=timesteps_phases, stage=1, initial_potential="zero")
+    ir.add_node(graph, "pop", pop, ["conv"])
     gate = O.MaxGate(mode=mode, phases=timesteps_phases, stage=1, kernel_shape=(1, width), strides=(1, width),
                      pads=(0, 0, 0, 0), dilations=(1, 1))
     ir.add_node(graph, "gate", gate, ["pop"])
@@ -174,15 +175,16 @@ def _residual_graph(mode):
     graph = ir.new_graph("residual")
     ir.add_node(graph, "x", O.Input(shape=(1,)))
     ir.add_node(graph, "fc1", O.Gemm(weight=one, bias=zero), ["x"])
-    ir.add_node(graph, "p1", O.Population(mode=mode, phases=4, stage=1), ["fc1"])
+    ir.add_node(graph, "p1", O.Population(mode=mode, phases=4, stage=1, initial_potential="zero"), ["fc1"])
     ir.add_node(graph, "fc2", O.Gemm(weight=one, bias=zero), ["p1"])
-    ir.add_node(graph, "p2", O.Population(mode=mode, phases=4, stage=2), ["fc2"])
+    ir.add_node(graph, "p2", O.Population(mode=mode, phases=4, stage=2, initial_potential="zero"), ["fc2"])
     ir.add_node(graph, "fc3", O.Gemm(weight=one, bias=zero), ["p2"])
     short = "p1"
     if mode == "bsnn":
-        short = ir.add_node(graph, "sn", O.SynchronousNeuron(mode=mode, phases=4, stage=2), ["p1"])
+        sn = O.SynchronousNeuron(mode=mode, phases=4, stage=2, initial_potential="zero")
+        short = ir.add_node(graph, "sn", sn, ["p1"])
     ir.add_node(graph, "mul", O.Mul(constant=np.ones((1, 1), np.float32)), [short])
-    ir.add_node(graph, "p3", O.Population(mode=mode, phases=4, stage=3), ["fc3", "mul"])
+    ir.add_node(graph, "p3", O.Population(mode=mode, phases=4, stage=3, initial_potential="zero"), ["fc3", "mul"])
     ir.add_node(graph, "fc4", O.Gemm(weight=one, bias=zero), ["p3"])
     ir.add_node(graph, "out", O.OutputAccumulator(mode=mode, phases=4, stage=4), ["fc4"])
     graph.graph["outputs"] = ["out"]
