@@ -142,6 +142,7 @@ def _settings(args, model: str, mode: str, k: int, t_max: int, images: int) -> d
         "data": str(Path(args.data).name),
         "calib": str(Path(args.calib).name),
         "percentile": args.percentile,
+        "initial_potential": args.initial_potential,
         "mode": mode,
         "phases": k,
         "timesteps": t_max,
@@ -190,7 +191,8 @@ def part_job(job: tuple[str, str, int, int, int], args) -> dict:
         if cached is not None:
             return cached
     ann = load_onnx(ROOT / "data" / _onnx_file(MODELS[model]))
-    snn = passes.convert(ann, calib, mode=mode, phases=k, percentile=args.percentile)
+    snn = passes.convert(ann, calib, mode=mode, phases=k, percentile=args.percentile,
+                         initial_potential=args.initial_potential)
     depth = deepest_stage(snn)
     settings = _part_settings(_run_settings(args, model, mode, k, depth, len(x)), first, last)
     started = time.perf_counter()
@@ -283,13 +285,15 @@ def energy_job(model: str, runs: dict, args) -> dict:
         if run is None:
             continue
         t_energy = run["t_within_1"] or run["timesteps"]
-        settings = _settings(args, model, mode, 8, t_energy, n_energy)
+        settings = {**_settings(args, model, mode, 8, t_energy, n_energy),
+                    "schedule": "light-cone" if args.light_cone else "full"}
         path = _cache_file(args, model, f"energy_{mode}")
         cached = _cached(path, settings)
         if cached is None:
-            snn = passes.convert(ann, calib, mode=mode, phases=8, percentile=args.percentile)
+            snn = passes.convert(ann, calib, mode=mode, phases=8, percentile=args.percentile,
+                                 initial_potential=args.initial_potential)
             result = runtime.simulate(snn, x[:n_energy], t_energy, batch_size=args.batch_size, threads=args.threads,
-                                      per_neuron_counts=False)
+                                      per_neuron_counts=False, full_dynamics=not args.light_cone)
             sops, input_macs = float(result.sops.mean()), int(result.input_macs)
             cached = {
                 "settings": settings,
@@ -482,6 +486,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", nargs="*", default=[], metavar="MODE=N",
                         help="run MODE (or one run, e.g. bsnn@K4) on the first N test images only (e.g. phase=2000)")
     parser.add_argument("--percentile", type=float, default=99.9)
+    parser.add_argument("--initial-potential", choices=["half", "zero"], default="zero",
+                        help="of every population (zero: truncation, what the committed cache was measured with)")
+    parser.add_argument("--light-cone", action="store_true",
+                        help="energy runs on the light-cone schedule (default: every period, as the cache was)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--energy-images", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1, help="parts in parallel, each on cores / workers threads")

@@ -62,7 +62,7 @@ def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tiny, tmp_path):
     runs = report["runs"]
     assert set(runs) == {"bsnn@K8", "if-rate@K8", "bsnn@K4"}
     # the recorded accuracy per step is the runtime's on the same conversion
-    snn = passes.convert(load_onnx(model), x, mode="bsnn", phases=8, percentile=99.9)
+    snn = passes.convert(load_onnx(model), x, mode="bsnn", phases=8, percentile=99.9, initial_potential="zero")  # headline.py default
     depth = runs["bsnn@K8"]["deepest_stage"]
     expected = runtime.simulate(snn, x, (depth + 2) * 8).accuracy(y) * 100
     assert runs["bsnn@K8"]["accuracy"] == pytest.approx(expected, abs=1e-3)
@@ -95,7 +95,7 @@ def test_a_run_in_parts_is_the_run_on_all_images_and_longer_runs_reuse_them(tiny
     assert (parts / "0-2.json").stat().st_mtime_ns == first
     run = json.loads((cache / "tiny" / "if-rate@K8.json").read_text())
     assert run["images"] == 5 and [(p["first"], p["last"]) for p in run["parts"]] == [(0, 2), (2, 4), (4, 5)]
-    snn = passes.convert(load_onnx(model), x, mode="if-rate", phases=8, percentile=99.9)
+    snn = passes.convert(load_onnx(model), x, mode="if-rate", phases=8, percentile=99.9, initial_potential="zero")  # headline.py default
     result = runtime.simulate(snn, x, run["timesteps"])
     assert run["accuracy"] == pytest.approx(result.accuracy(y) * 100, abs=1e-3)
     assert run["sops_per_image_at_t_max"] == pytest.approx(result.sops.mean(), rel=1e-9)
