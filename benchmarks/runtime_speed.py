@@ -111,10 +111,11 @@ def _onnxruntime(path: Path, x, spec: dict) -> dict:
         fixed = isinstance(session.get_inputs()[0].shape[0], int)
         one = x[: spec["latency_images"]]
         session.run(None, {name: one[:1]})
-        seconds, _ = _best(spec["repeats"], lambda: [session.run(None, {name: one[i : i + 1]}) for i in range(len(one))])
+        seconds, _ = _best(spec["repeats"], lambda s=session, n=name, o=one: [s.run(None, {n: o[i : i + 1]})
+                                                                             for i in range(len(o))])  # fmt: skip
         out[f"batch1_ms_{threads}t"] = 1000 * seconds / len(one)
         if not fixed:
-            seconds, _ = _best(spec["repeats"], lambda: session.run(None, {name: x}))
+            seconds, _ = _best(spec["repeats"], lambda s=session, n=name: s.run(None, {n: x}))
             out[f"batch_ms_{threads}t"] = 1000 * seconds / len(x)
         if threads == spec["threads"][-1]:
             logits = session.run(None, {name: x})[0] if not fixed else np.concatenate(
@@ -158,8 +159,8 @@ def worker(spec: dict) -> dict:
                 lowered, x, timesteps, batch_size=batch, threads=t))  # fmt: skip
             out[f"batch_ms_{threads}t"] = 1000 * seconds / len(x)
             one = x[: spec["latency_images"]]
-            seconds, _ = _best(spec["repeats"], lambda t=threads: [runtime.simulate(
-                lowered, one[i : i + 1], timesteps, batch_size=1, threads=t) for i in range(len(one))])  # fmt: skip
+            seconds, _ = _best(spec["repeats"], lambda t=threads, o=one: [runtime.simulate(
+                lowered, o[i : i + 1], timesteps, batch_size=1, threads=t) for i in range(len(o))])  # fmt: skip
             out[f"batch1_ms_{threads}t"] = 1000 * seconds / len(one)
         out["sops_per_image"] = float(result.sops.mean())
         out["deliveries_per_image"] = float(result.extra["deliveries"].mean())
@@ -195,10 +196,10 @@ def _dense(snn, x, timesteps, spec: dict, result) -> dict | None:
         import torch  # noqa: F401
     except ImportError:
         return {"skipped": "torch is not installed"}
+    import numpy as np
+
     sys.path.insert(0, str(HERE))
     from dense_torch import DenseSimulator
-
-    import numpy as np
 
     sim = DenseSimulator(snn, skip_silent=True, light_cone=True)
     sim.simulate(x[:2], timesteps, batch_size=2, threads=2)
@@ -239,7 +240,7 @@ def _run_worker(tree: Path, spec: dict) -> dict:
         json.dump(spec, f)
     try:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", f.name], cwd=tree,
-                              env=env, capture_output=True, text=True)  # fmt: skip
+                              env=env, capture_output=True, text=True, check=False)  # fmt: skip
     finally:
         os.unlink(f.name)
     if done.returncode != 0:
@@ -257,14 +258,14 @@ def _fmt(value, digits=2) -> str:
 
 def markdown(doc: dict) -> str:
     """The docs/benchmarks.md section: one table per question, ratios next to the times."""
-    lines = [f"Measured {doc['date']} by `{doc['command']}` on {doc['machine']['cpu']} ({doc['machine']['cores']} "
+    lines = [(f"Measured {doc['date']} by `{doc['command']}` on {doc['machine']['cpu']} ({doc['machine']['cores']} "
              f"cores), Python {doc['machine']['python']}, numba {doc['machine']['numba']}, threading layer "
              f"{doc['machine']['threading_layer']}; load average before the run {doc['machine']['load_before']:.2f}. "
              "bsnn at its first full output T = (L + 1) K, K = 8, light-cone schedule; every figure the best of "
-             f"{doc['repeats']} runs, all in one run, one process at a time.", ""]  # fmt: skip
-    lines += ["| model | L | T | bsnn ms/image batch, 1 / 2 threads | bsnn batch 1, 1 / 2 threads | ANN onnxruntime "
+             f"{doc['repeats']} runs, all in one run, one process at a time."), ""]  # fmt: skip
+    lines += [("| model | L | T | bsnn ms/image batch, 1 / 2 threads | bsnn batch 1, 1 / 2 threads | ANN onnxruntime "
               "batch 1, 1 / 2 threads | dense PyTorch batch / batch 1 (2 threads) | dense / bsnn (batch, 2 threads) | "
-              "bsnn batch 1 / ANN batch 1 (2 threads) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "bsnn batch 1 / ANN batch 1 (2 threads) |"), "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in doc["models"]:
         a = row["after"]
         ort = a.get("onnxruntime") or {}
@@ -277,9 +278,9 @@ def markdown(doc: dict) -> str:
                      f"{_fmt(a['batch_ms_2t'])} | {_fmt(a['batch1_ms_1t'])} / {_fmt(a['batch1_ms_2t'])} | "
                      f"{_fmt(ort.get('batch1_ms_1t'), 3)} / {_fmt(ort.get('batch1_ms_2t'), 3)} | {dense_cell} | "
                      f"{_fmt(ratio_dense, 1)}x | {_fmt(ratio_ann, 1)}x |")  # fmt: skip
-    lines += ["", "| model | SOPs/image | row scatters/image | light cone: share of the full run's SOPs | energy "
+    lines += ["", ("| model | SOPs/image | row scatters/image | light cone: share of the full run's SOPs | energy "
               "estimate SNN / ANN (light cone; full run) | accuracy bsnn / ANN (same images) | peak RSS MB | "
-              "bytes/sample (result, batch, thread) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "bytes/sample (result, batch, thread) |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in doc["models"]:
         a = row["after"]
         accuracy = (f"{100 * a['accuracy']:.2f} / {100 * a['ann_accuracy']:.2f} %" if "accuracy" in a else
@@ -291,8 +292,8 @@ def markdown(doc: dict) -> str:
                      f"{memory.get('result', 0):,} / {memory.get('batch', 0):,} / {memory.get('thread', 0):,} |")
     if any("before" in row for row in doc["models"]):
         lines += ["", f"Before and after (runtime of commit {doc['before']} vs this one, same run; ms per image):", "",
-                  "| model | before batch, 2 threads | after | before batch 1, 2 threads | after | before SOPs/image | "
-                  "after |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  ("| model | before batch, 2 threads | after | before batch 1, 2 threads | after | before SOPs/image | "
+                  "after |"), "|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in doc["models"]:
             if "before" not in row:
                 continue
