@@ -23,10 +23,12 @@ T = (L + 1) K it measures, each figure the best of ``--repeats``:
 - the ANN in onnxruntime: ms per image at batch 1 (and at batch 256 when the
   graph's batch axis is not fixed), 1 and 2 intra-op threads;
 - the dense clock-driven PyTorch simulation of the same spiking graph at the
-  same T (benchmarks/dense_torch.py, its strongest setting: silent layers
-  skipped and the light cone), which gives the same predictions: ms per
-  image at batch 256 and 1, 2 threads (needs torch; skipped for ResNet-50,
-  where one image takes minutes);
+  same T (benchmarks/dense_torch.py), which gives the same predictions:
+  ``plain`` (every neuron every step, how SpikingJelly / snnTorch run a
+  converted network) and ``scheduled`` (its strongest setting here: silent
+  layers skipped, the light cone); ms per image at batch 256 (on
+  ``min(64, --images)`` images) and batch 1, 2 threads, one run each (needs
+  torch; skipped for ResNet-50, where one image takes minutes);
 - with ``--before REV``: the bsnn figures of the runtime at commit REV (a
   temporary git worktree; it converts with its own passes), so before and
   after are timed on the same machine in the same run.
@@ -201,17 +203,20 @@ def _dense(snn, x, timesteps, spec: dict, result) -> dict | None:
     sys.path.insert(0, str(HERE))
     from dense_torch import DenseSimulator
 
-    sim = DenseSimulator(snn, skip_silent=True, light_cone=True)
-    sim.simulate(x[:2], timesteps, batch_size=2, threads=2)
     out = {}
-    seconds, dense = _best(spec["repeats"], lambda: sim.simulate(x, timesteps, batch_size=spec["batch"], threads=2))
-    out["batch_ms_2t"] = 1000 * seconds / len(x)
+    few = x[: spec["dense_images"]]
     one = x[: spec["dense_latency_images"]]
-    seconds, _ = _best(spec["repeats"], lambda: [sim.simulate(one[i : i + 1], timesteps, batch_size=1, threads=2)
-                                                 for i in range(len(one))])  # fmt: skip
-    out["batch1_ms_2t"] = 1000 * seconds / len(one)
-    out["same_predictions"] = float((dense.predictions[-1] == result.predictions[-1]).mean())
-    out["agree"] = bool(np.array_equal(dense.predictions, result.predictions))
+    # the plain clock-driven simulation (every neuron every step, as SpikingJelly / snnTorch run a converted
+    # network) and its strongest variant here (silent layers skipped, light cone)
+    for label, sim in (("plain", DenseSimulator(snn)),
+                       ("scheduled", DenseSimulator(snn, skip_silent=True, light_cone=True))):  # fmt: skip
+        sim.simulate(x[:2], timesteps, batch_size=2, threads=2)
+        seconds, dense = _best(1, lambda s=sim: s.simulate(few, timesteps, batch_size=spec["batch"], threads=2))
+        out[f"{label}_batch_ms_2t"] = 1000 * seconds / len(few)
+        seconds, _ = _best(1, lambda s=sim: [s.simulate(one[i : i + 1], timesteps, batch_size=1, threads=2)
+                                              for i in range(len(one))])  # fmt: skip
+        out[f"{label}_batch1_ms_2t"] = 1000 * seconds / len(one)
+        out[f"{label}_agree"] = bool(np.array_equal(dense.predictions, result.predictions[:, : len(few)]))
     return out
 
 
@@ -264,20 +269,24 @@ def markdown(doc: dict) -> str:
              "bsnn at its first full output T = (L + 1) K, K = 8, light-cone schedule; every figure the best of "
              f"{doc['repeats']} runs, all in one run, one process at a time."), ""]  # fmt: skip
     lines += [("| model | L | T | bsnn ms/image batch, 1 / 2 threads | bsnn batch 1, 1 / 2 threads | ANN onnxruntime "
-              "batch 1, 1 / 2 threads | dense PyTorch batch / batch 1 (2 threads) | dense / bsnn (batch, 2 threads) | "
+              "batch 1, 1 / 2 threads | dense PyTorch ms/image, batch / batch 1 (2 threads) | dense / bsnn (batch, 2 threads; "
+              "scheduled) | "
               "bsnn batch 1 / ANN batch 1 (2 threads) |"), "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in doc["models"]:
         a = row["after"]
         ort = a.get("onnxruntime") or {}
         dense = a.get("dense_torch") or {}
         dense_cell = ("skipped" if "skipped" in dense else
-                      f"{_fmt(dense.get('batch_ms_2t'))} / {_fmt(dense.get('batch1_ms_2t'))}")  # fmt: skip
-        ratio_dense = (dense["batch_ms_2t"] / a["batch_ms_2t"]) if "batch_ms_2t" in dense else None
+                      f"{_fmt(dense.get('plain_batch_ms_2t'))} / {_fmt(dense.get('plain_batch1_ms_2t'))} "
+                      f"(scheduled: {_fmt(dense.get('scheduled_batch_ms_2t'))} / "
+                      f"{_fmt(dense.get('scheduled_batch1_ms_2t'))})")  # fmt: skip
+        ratio_dense = (dense["plain_batch_ms_2t"] / a["batch_ms_2t"]) if "plain_batch_ms_2t" in dense else None
+        ratio_sched = (dense["scheduled_batch_ms_2t"] / a["batch_ms_2t"]) if "scheduled_batch_ms_2t" in dense else None
         ratio_ann = a["batch1_ms_2t"] / ort["batch1_ms_2t"] if "batch1_ms_2t" in ort else None
         lines.append(f"| {row['model']} | {a['largest_stage']} | {a['timesteps']} | {_fmt(a['batch_ms_1t'])} / "
                      f"{_fmt(a['batch_ms_2t'])} | {_fmt(a['batch1_ms_1t'])} / {_fmt(a['batch1_ms_2t'])} | "
                      f"{_fmt(ort.get('batch1_ms_1t'), 3)} / {_fmt(ort.get('batch1_ms_2t'), 3)} | {dense_cell} | "
-                     f"{_fmt(ratio_dense, 1)}x | {_fmt(ratio_ann, 1)}x |")  # fmt: skip
+                     f"{_fmt(ratio_dense, 1)}x ({_fmt(ratio_sched, 1)}x) | {_fmt(ratio_ann, 1)}x |")  # fmt: skip
     lines += ["", ("| model | SOPs/image | row scatters/image | light cone: share of the full run's SOPs | energy "
               "estimate SNN / ANN (light cone; full run) | accuracy bsnn / ANN (same images) | peak RSS MB | "
               "bytes/sample (result, batch, thread) |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -335,7 +344,8 @@ def main() -> None:
             large = model == LARGE
             spec = {"model": model, "images": args.large_images if large else args.images,
                     "batch": 4 if large else 256, "latency_images": 2 if large else args.latency_images,
-                    "dense_latency_images": max(2, args.latency_images // 4), "calib_images": 16,
+                    "dense_images": min(64, args.images), "dense_latency_images": max(2, args.latency_images // 4),
+                    "calib_images": 16,
                     "threads": [1, 2], "repeats": 1 if large else args.repeats}  # fmt: skip
             row = {"model": model, "after": _run_worker(ROOT, dict(spec, peers=True))}
             print(f"{model}: {json.dumps({k: v for k, v in row['after'].items() if k != 'predictions'})}",
