@@ -109,7 +109,7 @@ from .schedule import (
     phase_weight,
 )
 
-__all__ = ["Net", "Run"]
+__all__ = ["Net", "PeriodState", "Run", "StepState", "new_period_state", "new_step_state"]
 
 # Threading layer: "workqueue" unless the user chose one (NUMBA_THREADING_LAYER, or numba.config.THREADING_LAYER
 # set before importing the runtime), and only while no parallel Numba code has run in this process (the layer is
@@ -157,6 +157,34 @@ class Net(NamedTuple):
     max_gate_out: np.int64  # largest max gate (outputs)
     mode: np.int64  # schedule.MODE_*
     phases: np.int64  # K
+
+
+class PeriodState(NamedTuple):
+    """Working state of the period path, one row per thread slot (reused across samples and calls).
+
+    Only V is reset between samples (to the initial potential); the rest is
+    written before it is read in every period.
+    """
+
+    V: np.ndarray  # float32 (slots, state_size)
+    spikes: np.ndarray  # int32 (slots, spike_size)
+    bits: np.ndarray  # int32 (slots, spike_size) spike pattern of the period (bit K-1-k: phase k)
+    q: np.ndarray  # float32 (slots, spike_size) value emitted in the period
+    active: np.ndarray  # int32 (slots, spike_size) active neurons of each node, ascending
+    nactive: np.ndarray  # int32 (slots, nodes)
+
+
+class StepState(NamedTuple):
+    """Working state of the step path, one row per thread slot (reset per sample where it must be)."""
+
+    V: np.ndarray  # float32 (slots, state_size)
+    spikes: np.ndarray  # int32 (slots, spike_size)
+    flags: np.ndarray  # uint8 (slots, spike_size) 1: spiked this step
+    nspikes: np.ndarray  # int32 (slots, nodes)
+    candidates: np.ndarray  # uint8 (slots, candidate_size) max gate candidates
+    emitted: np.ndarray  # float32 (slots, emitted_size) value emitted so far (phase / if-rate gates)
+    touched: np.ndarray  # uint8 (slots, max_gate_out)
+    tlist: np.ndarray  # int32 (slots, max_gate_out)
 
 
 class Run(NamedTuple):
@@ -699,30 +727,40 @@ def _record(events, event, event_end, t, n, spikes, soff, count):
     return event
 
 
-@njit(cache=True)
-def _new_state(net):
-    """Per-chunk state of the step path (a serial function: in a parallel one each np.zeros is a parallel region)."""
+def new_step_state(net: Net, slots: int) -> StepState:
+    """Zeroed working state of the step path for ``slots`` threads."""
     nodes = net.node_table.shape[0]
-    V = np.zeros(max(net.state_size, 1), np.float32)
-    spikes = np.zeros(max(net.spike_size, 1), np.int32)
-    flags = np.zeros(max(net.spike_size, 1), np.uint8)
-    nspikes = np.zeros(nodes, np.int32)
-    candidates = np.zeros(max(net.candidate_size, 1), np.uint8)
-    emitted = np.zeros(max(net.emitted_size, 1), np.float32)
-    touched = np.zeros(max(net.max_gate_out, 1), np.uint8)
-    tlist = np.zeros(max(net.max_gate_out, 1), np.int32)
-    return V, spikes, flags, nspikes, candidates, emitted, touched, tlist
+    spike = max(int(net.spike_size), 1)
+    gate = max(int(net.max_gate_out), 1)
+    return StepState(
+        V=np.zeros((slots, max(int(net.state_size), 1)), np.float32),
+        spikes=np.zeros((slots, spike), np.int32),
+        flags=np.zeros((slots, spike), np.uint8),
+        nspikes=np.zeros((slots, nodes), np.int32),
+        candidates=np.zeros((slots, max(int(net.candidate_size), 1)), np.uint8),
+        emitted=np.zeros((slots, max(int(net.emitted_size), 1)), np.float32),
+        touched=np.zeros((slots, gate), np.uint8),
+        tlist=np.zeros((slots, gate), np.int32),
+    )
 
 
 @njit(cache=True)
-def _step_samples(net, run, first, last, threads):
+def _step_samples(net, run, state, slot, first, last, threads):
     """Samples ``first:last`` step by step (any mode), every spike delivered in its own step.
 
-    ``threads > 1`` splits the large conv and dense scatters of a step over
-    the threads (:func:`_deliver_split`; same arithmetic as serial).
+    Uses row ``slot`` of ``state``. ``threads > 1`` splits the large conv and
+    dense scatters of a step over the threads (:func:`_deliver_split`; same
+    arithmetic as serial).
     """
     nodes = net.node_table.shape[0]
-    V, spikes, flags, nspikes, candidates, emitted, touched, tlist = _new_state(net)
+    V = state.V[slot]
+    spikes = state.spikes[slot]
+    flags = state.flags[slot]
+    nspikes = state.nspikes[slot]
+    candidates = state.candidates[slot]
+    emitted = state.emitted[slot]
+    touched = state.touched[slot]
+    tlist = state.tlist[slot]
     q = emitted[:1]  # unused: spikes carry one value per step
     for b in range(first, last):
         _reset_potentials(net, V)
@@ -754,12 +792,13 @@ def _step_samples(net, run, first, last, threads):
 
 
 @njit(cache=True, parallel=True)
-def _step_batch(net, run, chunks):
-    """:func:`_step_samples` over the batch in ``chunks`` chunks of samples, one thread per chunk at a time."""
+def _step_batch(net, run, state, chunks):
+    """:func:`_step_samples` over the batch in ``chunks`` chunks of samples, one thread per chunk at a time
+    (each on the state row of the thread that runs it)."""
     n = run.drive.shape[0]
     chunks = max(1, min(n, chunks))
     for c in prange(chunks):
-        _step_samples(net, run, c * n // chunks, (c + 1) * n // chunks, 1)
+        _step_samples(net, run, state, numba.get_thread_id(), c * n // chunks, (c + 1) * n // chunks, 1)
 
 
 # --------------------------------------------------------------------------- bsnn, period by period
@@ -849,17 +888,17 @@ def _popcount(x):
     return (x + (x >> 8)) & 0x1F
 
 
-@njit(cache=True)
-def _new_period_state(net):
-    """Per-chunk state of :func:`_bsnn_samples`: V, spike list, patterns, values, active lists."""
-    size = max(net.spike_size, 1)
-    V = np.zeros(max(net.state_size, 1), np.float32)
-    spikes = np.zeros(size, np.int32)
-    bits = np.zeros(size, np.int32)
-    q = np.zeros(size, np.float32)
-    active = np.zeros(size, np.int32)
-    nactive = np.zeros(net.node_table.shape[0], np.int32)
-    return V, spikes, bits, q, active, nactive
+def new_period_state(net: Net, slots: int) -> PeriodState:
+    """Working state of the period path for ``slots`` threads (V is reset per sample, the rest written first)."""
+    size = max(int(net.spike_size), 1)
+    return PeriodState(
+        V=np.zeros((slots, max(int(net.state_size), 1)), np.float32),
+        spikes=np.zeros((slots, size), np.int32),
+        bits=np.zeros((slots, size), np.int32),
+        q=np.zeros((slots, size), np.float32),
+        active=np.zeros((slots, size), np.int32),
+        nactive=np.zeros((slots, net.node_table.shape[0]), np.int32),
+    )
 
 
 @njit(cache=True)
@@ -1034,7 +1073,7 @@ def _bsnn_deliver(net, run, p, V, active, nactive, q, threads):
 
 
 @njit(cache=True)
-def _bsnn_samples(net, run, first, last, threads):
+def _bsnn_samples(net, run, state, slot, first, last, threads):
     """Mode ``bsnn`` for samples ``first:last``, period by period, each neuron's spikes into populations delivered once.
 
     In a fire period a population's V cannot change (its sources integrate),
@@ -1047,10 +1086,15 @@ def _bsnn_samples(net, run, first, last, threads):
     phase (its V is read every step). ``threads > 1``: one sample's conv and
     dense deliveries split over the threads (:func:`_bsnn_deliver`).
 
-    The state is allocated once for the samples (V is reset to the initial
-    potential; the rest is written before it is read in every period).
+    Uses row ``slot`` of ``state`` (V is reset to the initial potential; the
+    rest is written before it is read in every period).
     """
-    V, spikes, bits, q, active, nactive = _new_period_state(net)
+    V = state.V[slot]
+    spikes = state.spikes[slot]
+    bits = state.bits[slot]
+    q = state.q[slot]
+    active = state.active[slot]
+    nactive = state.nactive[slot]
     for b in range(first, last):
         _reset_potentials(net, V)
         event = run.event_start[b]
@@ -1065,9 +1109,10 @@ def _bsnn_samples(net, run, first, last, threads):
 
 
 @njit(cache=True, parallel=True)
-def _bsnn_batch(net, run, chunks):
-    """:func:`_bsnn_samples` over the batch in ``chunks`` chunks of samples (a few per thread balance the load)."""
+def _bsnn_batch(net, run, state, chunks):
+    """:func:`_bsnn_samples` over the batch in ``chunks`` chunks of samples (a few per thread balance the load),
+    each on the state row of the thread that runs it."""
     n = run.drive.shape[0]
     chunks = max(1, min(n, chunks))
     for c in prange(chunks):
-        _bsnn_samples(net, run, c * n // chunks, (c + 1) * n // chunks, 1)
+        _bsnn_samples(net, run, state, numba.get_thread_id(), c * n // chunks, (c + 1) * n // chunks, 1)
