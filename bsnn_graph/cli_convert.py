@@ -134,7 +134,7 @@ def _pass_names() -> list[str]:
     help="Percentile of the positive activations taken as each lambda.",
 )
 @channelwise_option
-@initial_potential_option
+@initial_potential_option()
 @click.option("--until", type=click.Choice(_pass_names()), help="Stop after this pass (writes an intermediate graph).")
 @input_scale_option
 @input_lambda_option

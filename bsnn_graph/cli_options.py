@@ -27,14 +27,17 @@ input_lambda_option = click.option(
     "--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1)."
 )
 
-#: ``--initial-potential``: where every spiking population's V starts (conversion of an ANN)
-initial_potential_option = click.option(
-    "--initial-potential",
-    type=click.Choice(["half", "zero"]),
-    default="half",
-    show_default=True,
-    help="V at the start: half the smallest spike value (rounds to K bits; if-rate: theta/2) or zero (truncates).",
-)
+def initial_potential_option(default: str | None = "half"):
+    """``--initial-potential``: where every spiking population's V starts (conversion of an ANN)."""
+    return click.option(
+        "--initial-potential",
+        type=click.Choice(["half", "zero"]),
+        default=default,
+        show_default=default is not None,
+        help="V at the start: half the smallest spike value (rounds to K bits; if-rate: theta/2) or zero "
+        "(truncates)" + ("." if default is not None else "; default half."),
+    )
+
 
 #: ``--full-dynamics``: simulate every period instead of the light cone of the output
 full_dynamics_option = click.option(

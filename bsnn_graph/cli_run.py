@@ -421,7 +421,7 @@ def run_command(
 )
 @channelwise_option
 @input_lambda_option
-@initial_potential_option
+@initial_potential_option(default=None)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per batch.")
 @threads_option
@@ -438,7 +438,7 @@ def eval_command(
     percentile: float | None,
     channelwise: bool,
     input_lambda: float | None,
-    initial_potential: str,
+    initial_potential: str | None,
     limit: int | None,
     batch_size: int,
     threads: int | None,
@@ -477,7 +477,8 @@ def eval_command(
             raise BsnnError(f"{model}: already converted (mode {own_mode}); --modes applies to ANN models only")
         if phases is not None and phases != own_phases:
             raise BsnnError(f"{model}: already converted with K = {own_phases}; --phases applies to ANN models only")
-        for given, flag in ((channelwise, "--channelwise"), (input_lambda is not None, "--input-lambda")):
+        for given, flag in ((channelwise, "--channelwise"), (input_lambda is not None, "--input-lambda"),
+                            (initial_potential is not None, "--initial-potential")):
             if given:
                 raise BsnnError(f"{model}: already converted; {flag} applies to ANN models only")
         if calib_path is not None:
@@ -490,7 +491,8 @@ def eval_command(
         import passes
 
         calib, _ = _load_data(calib_path, graph, input_scale, None)
-        options = {"channelwise": channelwise, "input_lambda": input_lambda, "initial_potential": initial_potential}
+        options = {"channelwise": channelwise, "input_lambda": input_lambda,
+                   "initial_potential": initial_potential or "half"}
         if phases is not None:
             options["phases"] = phases
         if percentile is not None:

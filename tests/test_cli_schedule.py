@@ -78,3 +78,9 @@ def test_eval_json_reports_schedule_and_memory(folder):
                               "--full-dynamics", "--json").stdout)  # fmt: skip
     assert full["modes"]["bsnn"]["schedule"] == "full"
     assert full["modes"]["bsnn"]["accuracy"] == bsnn["accuracy"]
+
+
+def test_eval_refuses_initial_potential_for_a_converted_model(folder):
+    result = CliRunner().invoke(main, ["eval", str(folder / "zero.onnx"), "--data", str(folder / "data.npz"), "-T",
+                                       "8", "--initial-potential", "half"])  # fmt: skip
+    assert result.exit_code == 1 and "--initial-potential applies to ANN models only" in result.output
