@@ -51,5 +51,9 @@ if python -c "import torch" 2> /dev/null; then
         --json-out "$RESULTS/compare_vgg_idle.json"
 fi
 
-# 4. calibration memory
+# 4. the runtime against its peers at the first full output (light cone), with the runtime of 28282a1 in the
+#    same run -> docs/benchmarks.md (between the runtime-speed markers), benchmarks/results/runtime_speed.json
+python benchmarks/runtime_speed.py --before 28282a1
+
+# 5. calibration memory
 python benchmarks/calib_memory.py --counts 500 10000
