@@ -24,7 +24,8 @@ import numpy as np
 from . import ops as O
 from .cli_options import channelwise_option, input_lambda_option, input_scale_option, json_option
 from .data import fit_to_input, load_dataset
-from .errors import BsnnError, DataError, ModelError
+from .errors import DataError, ModelError
+from .fileutil import check_output_path
 from .ir import inputs_of, op_of, shape_of, topological_order
 
 __all__ = ["COMMANDS", "conversion_summary", "convert_command", "passes_command"]
@@ -95,11 +96,6 @@ def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: floa
     }
 
 
-def _refuse_existing(output: str, overwrite: bool) -> None:
-    if Path(output).exists() and not overwrite:
-        raise BsnnError(f"{output}: file exists (use --overwrite to replace it)")
-
-
 def _pass_names() -> list[str]:
     import passes
 
@@ -154,7 +150,7 @@ def convert_command(
 
     from .onnx_io import load_onnx, save_onnx
 
-    _refuse_existing(output, overwrite)
+    check_output_path(output, overwrite)
     if not Path(model).exists():
         raise ModelError(f"{model}: no such model file")
     graph = load_onnx(model)
@@ -179,18 +175,21 @@ def convert_command(
             input_lambda=input_lambda,
         )
     seconds = time.perf_counter() - started
-    _refuse_existing(output, overwrite)
+    check_output_path(output, overwrite)  # again: a file may have appeared during the calibration
     save_onnx(converted, output)
     summary = conversion_summary(converted, model, output, seconds)
     if as_json:
         click.echo(json.dumps(summary, indent=2, allow_nan=False))
         return
     spiking = [p for p in summary["populations"] if p["op"] != "MaxGate"]
+    count = len(summary["populations"]) - len(spiking)
+    gates = f" and {count} max gate{'s' if count != 1 else ''}" if count else ""
     sns = summary["synchronous_neurons"]
     click.echo(f"wrote {output} after passes: {', '.join(summary['passes'])}")
     if summary["mode"] is not None:
         click.echo(
-            f"mode {summary['mode']}, K = {summary['phases']}, {len(spiking)} populations ({sns} synchronous), "
+            f"mode {summary['mode']}, K = {summary['phases']}, {len(spiking)} populations ({sns} synchronous)"
+            f"{gates}, "
             f"L = {summary['max_stage']}, output stage {summary['output_stage']}"
         )
     if summary["first_output_step"] is not None:
