@@ -30,7 +30,8 @@ from .cli_options import (
     json_option,
 )
 from .data import fit_to_input, load_dataset
-from .errors import BsnnError, DataError, ModelError
+from .errors import DataError, ModelError
+from .fileutil import check_output_path
 from .ir import inputs_of, op_of, shape_of, topological_order
 
 __all__ = ["COMMANDS", "conversion_summary", "convert_command", "passes_command"]
@@ -103,11 +104,6 @@ def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: floa
     }
 
 
-def _refuse_existing(output: str, overwrite: bool) -> None:
-    if Path(output).exists() and not overwrite:
-        raise BsnnError(f"{output}: file exists (use --overwrite to replace it)")
-
-
 def _pass_names() -> list[str]:
     import passes
 
@@ -164,7 +160,7 @@ def convert_command(
 
     from .onnx_io import load_onnx, save_onnx
 
-    _refuse_existing(output, overwrite)
+    check_output_path(output, overwrite)
     if not Path(model).exists():
         raise ModelError(f"{model}: no such model file")
     graph = load_onnx(model)
@@ -190,18 +186,21 @@ def convert_command(
             initial_potential=initial_potential,
         )
     seconds = time.perf_counter() - started
-    _refuse_existing(output, overwrite)
+    check_output_path(output, overwrite)  # again: a file may have appeared during the calibration
     save_onnx(converted, output)
     summary = conversion_summary(converted, model, output, seconds)
     if as_json:
         click.echo(json.dumps(summary, indent=2, allow_nan=False))
         return
     spiking = [p for p in summary["populations"] if p["op"] != "MaxGate"]
+    count = len(summary["populations"]) - len(spiking)
+    gates = f" and {count} max gate{'s' if count != 1 else ''}" if count else ""
     sns = summary["synchronous_neurons"]
     click.echo(f"wrote {output} after passes: {', '.join(summary['passes'])}")
     if summary["mode"] is not None:
         click.echo(
-            f"mode {summary['mode']}, K = {summary['phases']}, {len(spiking)} populations ({sns} synchronous), "
+            f"mode {summary['mode']}, K = {summary['phases']}, {len(spiking)} populations ({sns} synchronous)"
+            f"{gates}, "
             f"L = {summary['max_stage']}, output stage {summary['output_stage']}, "
             f"initial potential {summary['initial_potential']}"
         )

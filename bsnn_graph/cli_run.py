@@ -37,6 +37,7 @@ from .cli_options import (
 from .data import fit_to_input, iterate_batches, load_dataset
 from .errors import BsnnError, DataError, ModelError, TraceError
 from .executor import evaluate
+from .fileutil import check_output_path
 from .ir import op_of
 
 __all__ = ["COMMANDS", "eval_command", "inspect_command", "run_command"]
@@ -48,8 +49,19 @@ _PERIODIC_MODES = ("bsnn", "bsnn-nosn")
 # --------------------------------------------------------------------------- helpers
 
 
+def _finite(value):
+    """``value`` with NaN and infinities (from a damaged trace, say) replaced by None, so the JSON is valid."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _echo_json(document: dict) -> None:
-    click.echo(json.dumps(document, indent=2, allow_nan=False))
+    click.echo(json.dumps(_finite(document), indent=2, allow_nan=False))
 
 
 def _stderr():
@@ -111,6 +123,19 @@ def parse_record_samples(text: str | None, samples: int) -> list[int]:
     return sorted(chosen)
 
 
+def _with_sources(graph, populations) -> list[dict]:
+    """The simulator's population list, each MaxGate with the ``source`` population it reads."""
+    out = []
+    for pop in populations:
+        pop = dict(pop)
+        if pop.get("op_type") == "MaxGate" and pop["name"] in graph:
+            sources = list(graph.predecessors(pop["name"]))
+            if len(sources) == 1:
+                pop["source"] = sources[0]
+        out.append(pop)
+    return out
+
+
 def _spiking_nodes(graph) -> list[str]:
     return [n for n in graph.nodes if isinstance(op_of(graph, n), _SPIKING)]
 
@@ -135,7 +160,10 @@ def energy_estimate(sops_per_sample: float | None, ann_macs: int | None, input_m
     """Energy per sample, an *estimate* (45 nm figures, Horowitz 2014).
 
     SNN: ``E_AC * SOPs + E_MAC * input MACs`` (the analog input layer is
-    computed densely); ANN: ``E_MAC * MACs``. Unknown parts are None.
+    computed densely); ANN: ``E_MAC * MACs``. The keys are those of
+    ``runtime.SimulationResult.energy_estimate()`` (same names, same
+    values) plus ``estimate``, ``e_ac_pj`` and ``e_mac_pj``; unknown parts
+    are None (JSON null).
     """
     from runtime.simulate import E_AC_PJ, E_MAC_PJ
 
@@ -149,18 +177,18 @@ def energy_estimate(sops_per_sample: float | None, ann_macs: int | None, input_m
         "e_ac_pj": E_AC_PJ,
         "e_mac_pj": E_MAC_PJ,
         "sops_per_sample": sops_per_sample,
-        "input_macs_per_sample": input_macs,
-        "ann_macs_per_sample": ann_macs,
-        "snn_pj_per_sample": snn,
-        "ann_pj_per_sample": ann,
+        "input_macs_per_sample": float(input_macs) if input_macs is not None else None,
+        "ann_macs_per_sample": float(ann_macs) if ann_macs is not None else None,
+        "snn_energy_pj_per_sample": snn,
+        "ann_energy_pj_per_sample": ann,
         "snn_over_ann": snn / ann if snn is not None and ann else None,
     }
 
 
 def _energy_line(energy: dict) -> str:
-    line = f"energy     SNN {energy['snn_pj_per_sample'] / 1e6:.4f} uJ per sample"
-    if energy["ann_pj_per_sample"] is not None:
-        line += f", ANN {energy['ann_pj_per_sample'] / 1e6:.4f} uJ"
+    line = f"energy     SNN {energy['snn_energy_pj_per_sample'] / 1e6:.4f} uJ per sample"
+    if energy["ann_energy_pj_per_sample"] is not None:
+        line += f", ANN {energy['ann_energy_pj_per_sample'] / 1e6:.4f} uJ"
     if energy["snn_over_ann"] is not None:
         line += f", SNN/ANN {energy['snn_over_ann']:.3f}"
     return line + f" ({energy['label']})"
@@ -281,11 +309,7 @@ def run_command(
         raise click.UsageError("--record needs --trace (events are stored in the trace file)")
     sample_indices = parse_record_samples(record_samples, n) if chosen else None
     if trace_path is not None:
-        target = Path(trace_path)
-        if target.exists() and not overwrite:
-            raise TraceError(f"{target}: file exists (use --overwrite to replace it)")
-        if not (target.parent if str(target.parent) else Path(".")).is_dir():
-            raise TraceError(f"{target}: folder {target.parent} does not exist")
+        check_output_path(trace_path, overwrite, TraceError)
 
     first_output = _first_output_step(graph)
     accumulator = _output_accumulator(graph)
@@ -298,7 +322,7 @@ def run_command(
                 writer.append(
                     TraceWriter(
                         trace_path,
-                        populations=partial.populations,
+                        populations=_with_sources(graph, partial.populations),
                         timesteps=timesteps,
                         phases=int(partial.phases),
                         mode=str(partial.mode),
@@ -570,6 +594,7 @@ def _population_summary(trace, pop) -> dict:
     neurons = pop.neurons
     denominator = max(samples * neurons, 1)
     sops = pop.sops
+    gates = [g.name for g in trace.populations if g.op_type == "MaxGate" and g.source == pop.name]
     return {
         "name": pop.name,
         "op_type": pop.op_type,
@@ -581,6 +606,31 @@ def _population_summary(trace, pop) -> dict:
         "sops_per_sample": float(sops.mean()) if sops is not None and samples else None,
         "silent_share": silent / max(samples, 1),
         "recorded": pop.recorded,
+        # a population read by a max gate delivers its spikes through the gate: its SOPs are counted there
+        "delivers_through": gates,
+        "source": pop.source,
+    }
+
+
+def _sops_cell(row: dict) -> str:
+    if row["sops_per_sample"] is None:
+        return "-"
+    if row["delivers_through"] and not row["sops_per_sample"]:
+        return f"via {', '.join(row['delivers_through'])}"
+    return f"{row['sops_per_sample']:,.0f}"
+
+
+def _totals(rows: list[dict], timesteps: int) -> dict:
+    """Neurons, spikes, firing rate and SOPs per sample summed over ``rows`` (the populations shown)."""
+    neurons = sum(r["neurons"] for r in rows)
+    spikes = sum(r["spikes_per_sample"] for r in rows)
+    known = [r["sops_per_sample"] for r in rows]
+    return {
+        "populations": [r["name"] for r in rows],
+        "neurons": neurons,
+        "spikes_per_sample": spikes,
+        "firing_rate": spikes / max(neurons, 1) / timesteps,
+        "sops_per_sample": None if any(v is None for v in known) else float(sum(known)),
     }
 
 
@@ -643,6 +693,8 @@ def inspect_command(
     """Firing statistics, SOPs and the energy estimate of a spike trace."""
     from runtime.trace import open_trace
 
+    if plot_path is not None:
+        check_output_path(plot_path, overwrite)  # before reading the trace
     with open_trace(trace_path) as trace:
         if population is not None:
             trace.population(population)  # a clear error if there is none
@@ -655,6 +707,8 @@ def inspect_command(
             plot = plot_trace(trace, plot_path, rates, population=population, sample=sample, overwrite=overwrite)
     document["plot"] = plot
     shown = [p for p in document["populations"] if population is None or p["name"] == population]
+    if population is not None:
+        document["shown_totals"] = _totals(shown, document["timesteps"])
     if as_json:
         _echo_json(document)
         return
@@ -677,25 +731,28 @@ def inspect_command(
             f"{p['neurons']:,}",
             f"{p['firing_rate']:.4f}",
             f"{p['spikes_per_neuron_per_period']:.3f}",
-            "-" if p["sops_per_sample"] is None else f"{p['sops_per_sample']:,.0f}",
+            _sops_cell(p),
             f"{100 * p['silent_share']:.1f} %",
         ]
         for p in shown
     ]
-    rows.append(
-        [
-            "total",
-            "",
-            "",
-            f"{document['neurons']:,}",
-            f"{document['firing_rate']:.4f}",
-            "",
-            "-" if document["sops_per_sample"] is None else f"{document['sops_per_sample']:,.0f}",
-            "",
-        ]
-    )
+    if population is None:
+        total = ["total", "", "", f"{document['neurons']:,}", f"{document['firing_rate']:.4f}", ""]
+        total += ["-" if document["sops_per_sample"] is None else f"{document['sops_per_sample']:,.0f}", ""]
+    else:
+        totals = document["shown_totals"]
+        total = ["total (shown)", "", "", f"{totals['neurons']:,}", f"{totals['firing_rate']:.4f}", ""]
+        total += ["-" if totals["sops_per_sample"] is None else f"{totals['sops_per_sample']:,.0f}", ""]
+    rows.append(total)
+    gates = sum(p["op_type"] == "MaxGate" for p in document["populations"])
+    kinds = f"{len(document['populations'])} spiking nodes"
+    if gates:
+        kinds += f" ({len(document['populations']) - gates} populations and {gates} max gates)"
+    click.echo(kinds)
     _print_table(header, rows)
-    if document["energy"]["snn_pj_per_sample"] is not None:
+    if any(p["delivers_through"] for p in shown):
+        click.echo("(via G: this population's spikes reach its targets through max gate G, whose row counts the SOPs)")
+    if document["energy"]["snn_energy_pj_per_sample"] is not None:
         click.echo("")
         click.echo(_energy_line(document["energy"]))
     if plot is not None:

@@ -16,8 +16,12 @@ class ConversionError(BsnnError):
     """A conversion pass cannot apply to the graph (names the pass, node and op)."""
 
 
-class DataError(BsnnError):
-    """A data file (npz or IDX) cannot be read or does not fit the model."""
+class DataError(BsnnError, ValueError):
+    """A data file (npz or IDX) or an array cannot be read or does not fit the model.
+
+    Also a ``ValueError``, so code that caught the executor's former
+    ``ValueError`` for a wrong input shape still does.
+    """
 
 
 class TraceError(BsnnError):

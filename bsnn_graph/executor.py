@@ -17,6 +17,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import ops as O
+from .data import fit_to_input
+from .errors import DataError
 from .ir import consumers, inputs_of, op_of, topological_order
 
 __all__ = ["conv_nd", "evaluate", "iterate_activations", "pool_nd"]
@@ -193,17 +195,15 @@ def _feeds(graph: nx.DiGraph, x) -> dict[str, np.ndarray]:
         feeds = dict(x)
     else:
         if len(names) != 1:
-            raise ValueError(f"graph has inputs {names}; pass a dict")
+            raise DataError(f"graph has inputs {names}; pass a dict input name -> array")
         feeds = {names[0]: x}
     out = {}
     for name in names:
         if name not in feeds:
-            raise ValueError(f"missing graph input {name!r}")
+            raise DataError(f"missing graph input {name!r} (inputs given: {', '.join(map(repr, feeds)) or 'none'})")
         arr = np.asarray(feeds[name], dtype=np.float32)
-        expected = tuple(graph.nodes[name]["shape"])
-        if arr.shape[1:] != expected:
-            raise ValueError(f"input {name!r}: expected shape (N, {', '.join(map(str, expected))}), got {arr.shape}")
-        out[name] = arr
+        # the same check as the CLI: exact fit or a missing unit channel axis
+        out[name] = fit_to_input(arr, tuple(graph.nodes[name]["shape"]), source=f"input {name!r}")
     return out
 
 

@@ -9,7 +9,23 @@ from pathlib import Path
 
 from .errors import BsnnError
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "check_output_path"]
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool, error: type[BsnnError] = BsnnError) -> Path:
+    """Refuse an output ``path`` before any work: an existing file (without
+    ``overwrite``), a folder, or a parent folder that does not exist."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a file name")
+    if path.exists() and not overwrite:
+        raise error(f"{path}: file exists (use --overwrite to replace it)")
+    if not folder.is_dir():
+        raise error(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise error(f"{path}: folder {folder} is not writable")
+    return path
 
 
 @contextlib.contextmanager

@@ -150,15 +150,50 @@ def _read_model(path: Path) -> onnx.ModelProto:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
-    if any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
+    external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    if external:
+        for tensor in external:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            where = path.parent / location
+            if not location or not where.is_file():
+                raise ModelError(
+                    f"{path}: weights of initializer {tensor.name!r} are stored in the external file "
+                    f"{location or '(no location given)'!r}, which is not beside the model "
+                    f"(copy {path.name}.data or the exporter's data file along with {path.name})"
+                )
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{path}: cannot load external weight data ({exc})") from None
+        except Exception as exc:  # OSError, ValueError, onnx.checker.ValidationError  # noqa: BLE001
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: cannot load external weight data ({message})") from None
     return model
 
 
 # --------------------------------------------------------------------------- constant folding
+
+
+def _source_module(node: onnx.NodeProto) -> str | None:
+    """The module the exporter recorded for ``node`` (``features.1 (BatchNorm2d)``), or None.
+
+    PyTorch's dynamo exporter stores ``pkg.torch.onnx.name_scopes`` and
+    ``pkg.torch.onnx.class_hierarchy`` in the node's metadata.
+    """
+    import ast
+
+    props = {p.key: p.value for p in getattr(node, "metadata_props", ())}
+    try:
+        scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        classes = ast.literal_eval(props.get("pkg.torch.onnx.class_hierarchy", "[]"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(scopes, list) or not isinstance(classes, list):
+        return None
+    pairs = [
+        (str(scope), str(cls).rsplit(".", 1)[-1])
+        for scope, cls in zip(scopes, classes)
+        if scope and not str(cls).startswith("aten.")
+    ]
+    return f"{pairs[-1][0]} ({pairs[-1][1]})" if pairs else None
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, object]:
@@ -793,6 +828,26 @@ class _Loader:
     def key_hint(self, node: onnx.NodeProto) -> str:
         return node.name or (node.output[0] if node.output else node.op_type)
 
+    def _shape_text(self, tensor: str) -> str:
+        value = self.values.get(tensor)
+        if isinstance(value, _Tensor):
+            return str(("N",) + tuple(value.shape)).replace("'", "")
+        if isinstance(value, np.ndarray):
+            return f"constant {tuple(value.shape)}"
+        inferred = self.inferred.get(tensor) if hasattr(self, "inferred") else None
+        return str(tuple("?" if d is None else d for d in inferred)).replace("'", "") if inferred else "?"
+
+    def describe(self, node: onnx.NodeProto) -> str:
+        """``node 'n4' (Mul, inputs (N, 8, 4, 4) x (N, 8, 4, 4) -> (N, 8, 4, 4), module features.2 (SiLU))``."""
+        ins = " x ".join(self._shape_text(i) for i in node.input if i) or "none"
+        outs = ", ".join(self._shape_text(o) for o in node.output if o) or "none"
+        where = _source_module(node)
+        return (
+            f"node {self.key_hint(node)!r} ({node.op_type}, inputs {ins} -> {outs}"
+            + (f", module {where}" if where else "")
+            + ")"
+        )
+
     def fail(self, message: str) -> ModelError:
         return ModelError(f"{self.path}: {message}")
 
@@ -826,6 +881,10 @@ class _Loader:
         try:
             inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False, data_prop=True)
         except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
+            for node in self.graph_proto.node:  # a clearer message than shape inference's, if it applies
+                problem = self._arity_problem(node)
+                if problem:
+                    raise self.fail(f"{self.describe(node)}: {problem}") from None
             raise self.fail(f"ONNX shape inference failed: {str(exc).strip().splitlines()[-1]}") from None
         shapes = {}
         g = inferred.graph
@@ -837,9 +896,26 @@ class _Loader:
 
     def _read_initializers(self) -> None:
         for tensor in self.graph_proto.initializer:
-            self.values[tensor.name] = np.array(numpy_helper.to_array(tensor))
+            self.values[tensor.name] = self._decode(tensor, tensor.name)
         for sparse in self.graph_proto.sparse_initializer:
-            self.values[sparse.values.name] = np.array(numpy_helper.to_array(sparse))
+            self.values[sparse.values.name] = self._decode(sparse, sparse.values.name)
+
+    def _decode(self, tensor, name: str) -> np.ndarray:
+        """An initializer as an ndarray; a ModelError naming it if its data does not fit its dims or type."""
+        proto = tensor.values if isinstance(tensor, onnx.SparseTensorProto) else tensor
+        dims = tuple(int(d) for d in tensor.dims)
+        try:
+            dtype = TensorProto.DataType.Name(proto.data_type)
+        except ValueError:
+            raise self.fail(f"initializer {name!r}: unknown element type {proto.data_type}") from None
+        try:
+            return np.array(numpy_helper.to_array(tensor))
+        except Exception as exc:  # ValueError, TypeError, KeyError of a damaged tensor  # noqa: BLE001
+            stored = f"{len(proto.raw_data)} bytes of raw data" if proto.HasField("raw_data") else "its typed data"
+            raise self.fail(
+                f"initializer {name!r} ({dtype}, dims {dims}): {stored} does not fit the dims "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
+            ) from None
 
     def _read_inputs(self) -> None:
         batches = {}
@@ -948,21 +1024,80 @@ class _Loader:
                     f"inference ({['N' if e is None else e for e in expected]})"
                 )
 
+    def _arity_problem(self, node: onnx.NodeProto) -> str | None:
+        """What is wrong with the number of inputs / outputs of a default-domain node, or None."""
+        if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type):
+            return None
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset)
+        except Exception:  # noqa: BLE001  (no version of the op at this opset)
+            return f"no {node.op_type} in opset {self.opset}"
+        given = len(node.input)
+        while given and not node.input[given - 1]:
+            given -= 1
+        if not schema.min_input <= given <= schema.max_input:
+            return f"{given} inputs, {node.op_type} takes {schema.min_input}..{schema.max_input}"
+        if len(node.output) < schema.min_output or not node.output[0]:
+            return f"{len(node.output)} outputs, {node.op_type} has at least {max(schema.min_output, 1)}"
+        return None
+
+    def _dry_run(self, node: onnx.NodeProto, label: str, name: str) -> None:
+        """A node behind an unsupported op: list it too if it is unsupported in itself."""
+        ins = []
+        for i in node.input:
+            value = self.values.get(i) if i else None
+            if value is None and i:
+                # behind an unsupported op: stand in its ONNX-inferred shape
+                inferred = self.inferred.get(i)
+                if not inferred or any(d is None or d <= 0 for d in inferred[1:]):
+                    value = None
+                else:
+                    value = _Tensor("?", tuple(int(d) for d in inferred[1:]))
+            ins.append(value)
+        unsupported = None
+        if node.domain in ("", "ai.onnx"):
+            known = node.op_type in _CONVERTERS or node.op_type in _FOLDABLE or node.op_type == "Shape"
+        else:
+            known = (node.domain, node.op_type) in O.OP_CLASSES
+        if not known:
+            unsupported = label
+        elif node.domain in ("", "ai.onnx") and node.op_type in _FOLDABLE and node.op_type not in _CONVERTERS:
+            unsupported = label  # folds constants only, and its input is computed from the data
+        elif (
+            node.domain in ("", "ai.onnx")
+            and node.op_type in _CONVERTERS
+            and all(v is not None for v, i in zip(ins, node.input) if i)
+        ):
+            try:
+                self.current_key = "?"
+                _CONVERTERS[node.op_type](self, node, _attributes(node), ins)
+            except _Unsupported as exc:
+                unsupported = exc.label
+            except Exception:  # noqa: BLE001, S110  (the model fails anyway; only unsupported ops are listed)
+                pass
+        if unsupported is not None:
+            self.unsupported[unsupported].append(self.where(node, name))
+        self.poisoned.update(o for o in node.output if o)
+
+    def where(self, node: onnx.NodeProto, name: str) -> str:
+        """A node's name for the list of unsupported ops, with the module the exporter recorded."""
+        module = _source_module(node)
+        return f"{name} in {module}" if module else name
+
     def _add(self, node: onnx.NodeProto, keys: dict[int, str]) -> None:
         label = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
         name = self.key_hint(node)
+        problem = self._arity_problem(node)
+        if problem:
+            raise self.fail(f"{self.describe(node)}: {problem}")
         if any(i in self.poisoned for i in node.input if i):
-            # behind an unsupported op: still list this op if its type is unsupported
-            if node.domain in ("", "ai.onnx"):
-                known = node.op_type in _CONVERTERS or node.op_type in _FOLDABLE
-            else:
-                known = (node.domain, node.op_type) in O.OP_CLASSES
-            if not known:
-                self.unsupported[label].append(name)
-            self.poisoned.update(o for o in node.output if o)
+            self._dry_run(node, label, name)
             return
         ins = [self.values[i] if i else None for i in node.input]
-        attrs = _attributes(node)
+        try:
+            attrs = _attributes(node)
+        except Exception as exc:  # an attribute of undefined or mismatched type  # noqa: BLE001
+            raise self.fail(f"{self.describe(node)}: unreadable attribute ({type(exc).__name__}: {exc})") from None
         ceil_pool = node.op_type in ("MaxPool", "AveragePool") and attrs.get("ceil_mode", 0) and self.opset < 22
         if ceil_pool or any(i in self.unchecked for i in node.input):
             self.unchecked.update(o for o in node.output if o)
@@ -983,14 +1118,15 @@ class _Loader:
             else:
                 raise _Unsupported(label)
         except _Unsupported as exc:
-            self.unsupported[exc.label].append(name)
+            self.unsupported[exc.label].append(self.where(node, name))
             self.poisoned.update(o for o in node.output if o)
             return
         except ModelError as exc:
             message = str(exc)
             raise (exc if message.startswith(f"{self.path}:") else self.fail(message)) from None
-        except (KeyError, ValueError, IndexError, TypeError) as exc:
-            raise self.fail(f"node {name!r} ({node.op_type}): cannot read it ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # a damaged node: wrong attribute types, arities, values  # noqa: BLE001
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise self.fail(f"{self.describe(node)}: cannot read it ({type(exc).__name__}: {detail})") from None
         self._add_ir(keys[id(node)], op, data_inputs, node.op_type, node.output[0])
 
     def _fold(self, node, attrs, ins) -> None:

@@ -207,6 +207,8 @@ class TraceWriter:
         self.samples_total = int(samples_total)
         self.samples_written = 0
         self._file = None
+        self._publish_early = not self.path.exists()
+        self._closed = False
         folder = self.path.parent if str(self.path.parent) else Path(".")
         if self.path.is_dir():
             raise TraceError(f"{self.path}: is a folder, not a trace file name")
@@ -275,7 +277,8 @@ class TraceWriter:
         attributes,
     ) -> None:
         h5py = _h5py()
-        f = self._file = h5py.File(self._tmp, "w")
+        # libver "latest" allows SWMR: a file whose writer is killed stays readable
+        f = self._file = h5py.File(self._tmp, "w", libver="latest")
         periods = -(-timesteps // phases)
         root = {
             "format": FORMAT,
@@ -343,6 +346,8 @@ class TraceWriter:
                 stage=int(pop.get("stage", -1)),
                 scale=np.asarray(pop.get("scale", 1.0), dtype=np.float32),
             )
+            if pop.get("source"):
+                group.attrs["source"] = str(pop["source"])  # a MaxGate's input population
             counts = _growing(group, "spike_counts", (math.prod(shape),), count_dtype)
             counts.attrs["description"] = "spikes of every neuron (flat C-order index) per sample"
             sops = _growing(group, "sops", (), np.int64, rows=4096)
@@ -353,7 +358,10 @@ class TraceWriter:
                 events.attrs["columns"] = np.array(["sample", "step", "neuron"], dtype=h5py.string_dtype())
                 entry["events"] = events
             self._groups[name] = entry
+        self._progress = f.create_dataset("samples_written", data=np.zeros(1, np.int64), maxshape=(1,), chunks=(1,))
+        self._progress.attrs["description"] = "samples the file holds, written after each batch's data"
         f.flush()
+        f.swmr_mode = True  # from here on the file on disk is consistent after every flush
 
     # ------------------------------------------------------------------ streaming
 
@@ -398,9 +406,25 @@ class TraceWriter:
                 if self._record_filter is not None and len(rows):
                     rows = rows[np.isin(rows[:, 0], self._record_filter)]
                 _extend(entry["events"], rows)
-        self.samples_written = stop
-        self._file.attrs["samples_written"] = stop
+        self._file.flush()  # the batch's data first, then the count that makes it visible
+        self._progress[0] = stop
         self._file.flush()
+        self.samples_written = stop
+        if self.final_path is None and self._publish_early:
+            self._link_early()
+
+    def _link_early(self) -> None:
+        """Give the partial file its real name after the first batch, so a killed run leaves it there.
+
+        Only when the target does not exist (an existing file, replaced with
+        ``overwrite``, is replaced only when the run completes).
+        """
+        try:
+            os.link(self._tmp, self.path)
+        except OSError:  # the target appeared, or no hard links on this file system
+            self._publish_early = False
+            return
+        self.final_path = self.path
 
     def on_batch(self, start: int, stop: int, result: Any) -> None:
         """Alias of :meth:`append` with ``runtime.simulate``'s ``on_batch`` signature."""
@@ -415,17 +439,25 @@ class TraceWriter:
         not interrupted.
         """
         if self._file is None:
-            return self.final_path
+            return self.final_path if self._closed else None
         if self.samples_written == 0 and interrupted:
             self._discard()
             return None
         complete = (not interrupted) and self.samples_written == self.samples_total
-        try:
-            self._file.attrs["complete"] = complete
-            self._file.attrs["samples_written"] = self.samples_written
-        finally:
-            self._file.close()
-            self._file = None
+        self._file.close()  # leaves SWMR mode; attributes can be written again
+        self._file = None
+        h5py = _h5py()
+        with h5py.File(self._tmp, "r+", libver="latest") as f:
+            f.attrs["complete"] = complete
+            f.attrs["samples_written"] = self.samples_written
+        self._closed = True
+        if self.final_path is not None:  # linked under its name after the first batch
+            os.unlink(self._tmp)
+            return self.final_path
+        if interrupted and self.path.exists():
+            # never replace an existing file by a partial one, even with overwrite
+            self.final_path = self._tmp
+            return self.final_path
         self.final_path = self._publish(raise_on_clash=not interrupted)
         return self.final_path
 
@@ -494,6 +526,63 @@ def write_trace(path: str | os.PathLike, result: Any, **kwargs: Any) -> Path:
 # ====================================================================== reading
 
 
+def _read(path: Path, dataset, selection=slice(None)) -> np.ndarray:
+    """Read ``dataset[selection]``; a damaged chunk or filter failure is a TraceError naming the dataset."""
+    try:
+        return dataset[selection]
+    except Exception as exc:  # OSError (filter returned failure, bad chunk), ValueError, TypeError  # noqa: BLE001
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"{path}: damaged trace: cannot read dataset {dataset.name!r} ({detail})") from None
+
+
+def _dataset(path: Path, group, key: str, rank: int, dtype_kinds: str, required: bool = True):
+    """``group[key]`` checked to be a dataset of ``rank`` and one of ``dtype_kinds``; None if absent and optional."""
+    h5py = _h5py()
+    try:
+        present = key in group
+        item = group[key] if present else None
+    except Exception as exc:  # a damaged object header  # noqa: BLE001
+        raise TraceError(f"{path}: damaged trace: cannot open {group.name.strip('/')}/{key} ({exc})") from None
+    where = f"{group.name.strip('/')}/{key}".lstrip("/")
+    if item is None:
+        if required:
+            raise TraceError(f"{path}: malformed trace: dataset {where!r} is missing")
+        return None
+    if not isinstance(item, h5py.Dataset):
+        raise TraceError(f"{path}: malformed trace: {where!r} is a {type(item).__name__}, expected a dataset")
+    if item.ndim != rank or item.dtype.kind not in dtype_kinds:
+        raise TraceError(
+            f"{path}: malformed trace: dataset {where!r} has shape {item.shape} and dtype {item.dtype} "
+            f"(expected rank {rank}, {'integers' if dtype_kinds == 'iu' else 'numbers'})"
+        )
+    return item
+
+
+def _int_attr(path: Path, attrs: Mapping[str, Any], key: str, minimum: int, default: int | None = None) -> int:
+    value = attrs.get(key, default)
+    if value is None:
+        raise TraceError(f"{path}: malformed trace: root attribute {key!r} is missing")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        if (
+            isinstance(value, (float, np.floating))
+            and math.isfinite(value)
+            and value == int(value)
+            and value >= minimum
+        ):
+            return int(value)
+        raise TraceError(
+            f"{path}: malformed trace: root attribute {key!r} is {value!r} (expected an integer >= {minimum})"
+        )
+    return int(value)
+
+
+def _optional_count(value: Any) -> int | None:
+    """A non-negative integer attribute, or None (``-1``, absent, or not an integer)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 0:
+        return int(value)
+    return None
+
+
 @dataclass
 class PopulationTrace:
     """One population of a trace; arrays are read from the file on access."""
@@ -507,6 +596,8 @@ class PopulationTrace:
     _group: Any
     _samples: int
     _recorded_samples: np.ndarray | None
+    _path: Path = Path()
+    source: str | None = None  # for a MaxGate: the population it reads (None if unknown)
 
     @property
     def neurons(self) -> int:
@@ -516,18 +607,18 @@ class PopulationTrace:
     @property
     def spike_counts(self) -> np.ndarray:
         """int32 (N, neurons): spikes of every neuron in every sample."""
-        return self._group["spike_counts"][: self._samples].astype(np.int32)
+        return _read(self._path, self._group["spike_counts"], slice(0, self._samples)).astype(np.int32)
 
     def iterate_spike_counts(self, block: int = 256):
         """Yield int32 blocks (n, neurons) of :attr:`spike_counts`, in bounded memory."""
         dset = self._group["spike_counts"]
         for start in range(0, self._samples, block):
-            yield dset[start : min(start + block, self._samples)].astype(np.int32)
+            yield _read(self._path, dset, slice(start, min(start + block, self._samples))).astype(np.int32)
 
     @property
     def sops(self) -> np.ndarray | None:
         """int64 (N,) SOPs caused by this population's spikes, or None if the run did not report them."""
-        values = self._group["sops"][: self._samples]
+        values = _read(self._path, self._group["sops"], slice(0, self._samples)).astype(np.int64)
         return None if len(values) and (values < 0).any() else values
 
     @property
@@ -540,8 +631,9 @@ class PopulationTrace:
         """int32 (E, 3) rows (sample, step, neuron) of the recorded samples held, or None."""
         if not self.recorded:
             return None
-        rows = self._group["events"][:]
-        return rows[rows[:, 0] < self._samples]
+        rows = _read(self._path, self._group["events"]).astype(np.int32)
+        rows = rows[(rows[:, 0] >= 0) & (rows[:, 0] < self._samples)]
+        return rows
 
     @property
     def recorded_samples(self) -> np.ndarray | None:
@@ -554,55 +646,120 @@ class PopulationTrace:
 
 
 class Trace:
-    """An open trace file (see :func:`open_trace`). Use as a context manager or call :meth:`close`."""
+    """An open trace file (see :func:`open_trace`). Use as a context manager or call :meth:`close`.
+
+    Opening checks the whole layout (attributes, dataset ranks, dtypes and
+    lengths); reading a damaged chunk later is a :class:`TraceError` too.
+    ``samples`` is what the file holds: after a killed run it comes from the
+    ``samples_written`` dataset (written after each batch's data), as the
+    root attribute is only set when the writer closes.
+    """
 
     def __init__(self, path: Path, file: Any) -> None:
         self.path = path
         self._file = file
-        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in file.attrs.items()}
+        h5py = _h5py()
+        try:
+            self.attrs: dict[str, Any] = {k: _plain(file.attrs[k]) for k in file.attrs}
+        except Exception as exc:  # an attribute of a type h5py cannot read  # noqa: BLE001
+            raise TraceError(f"{path}: damaged trace: cannot read the root attributes ({exc})") from None
         for key in ("samples_written", "samples_total", "timesteps", "phases", "mode", "complete"):
             if key not in self.attrs:
                 raise TraceError(f"{path}: malformed trace: root attribute {key!r} is missing")
-        for key in ("predictions", "logits", "sops", "populations"):
-            if key not in file:
-                raise TraceError(f"{path}: malformed trace: {key!r} is missing")
-        self.samples = int(self.attrs["samples_written"])
-        self.samples_total = int(self.attrs["samples_total"])
+        self.samples_total = _int_attr(path, self.attrs, "samples_total", 0)
+        self.timesteps = _int_attr(path, self.attrs, "timesteps", 1)
+        self.phases = _int_attr(path, self.attrs, "phases", 1)
+        self.periods = _int_attr(path, self.attrs, "periods", 1, -(-self.timesteps // self.phases))
+        if not isinstance(self.attrs["mode"], str):
+            raise TraceError(f"{path}: malformed trace: root attribute 'mode' is {self.attrs['mode']!r}")
+        self.mode = self.attrs["mode"]
+        if not isinstance(self.attrs["complete"], (bool, np.bool_, int, np.integer)):
+            raise TraceError(f"{path}: malformed trace: root attribute 'complete' is {self.attrs['complete']!r}")
         self.complete = bool(self.attrs["complete"])
-        self.timesteps = int(self.attrs["timesteps"])
-        self.phases = int(self.attrs["phases"])
-        self.periods = int(self.attrs.get("periods", -(-self.timesteps // self.phases)))
-        self.mode = str(self.attrs["mode"])
-        self.classes = int(self.attrs.get("classes", file["logits"].shape[2]))
-        macs = int(self.attrs.get("ann_macs", -1))
-        self.ann_macs = macs if macs >= 0 else None
-        macs = int(self.attrs.get("input_macs", -1))
-        self.input_macs = macs if macs >= 0 else None
-        stage = int(self.attrs.get("output_stage", -1))
-        self.output_stage = stage if stage >= 0 else None
-        if file["predictions"].shape[0] < self.samples or file["logits"].shape[0] < self.samples:
-            raise TraceError(f"{path}: malformed trace: says {self.samples} samples but holds fewer")
-        recorded = file["recorded_samples"][:] if "recorded_samples" in file else None
+        predictions = _dataset(path, file, "predictions", 2, "iu")
+        logits = _dataset(path, file, "logits", 3, "f")
+        sops = _dataset(path, file, "sops", 1, "iu")
+        labels = _dataset(path, file, "labels", 1, "iu", required=False)
+        self.classes = _int_attr(path, self.attrs, "classes", 1, logits.shape[2] or 1)
+        if predictions.shape[1] != self.timesteps or logits.shape[1:] != (self.periods, self.classes):
+            raise TraceError(
+                f"{path}: malformed trace: predictions {predictions.shape} / logits {logits.shape} do not match "
+                f"T = {self.timesteps}, P = {self.periods}, C = {self.classes}"
+            )
+        self.ann_macs = _optional_count(self.attrs.get("ann_macs"))
+        self.input_macs = _optional_count(self.attrs.get("input_macs"))
+        self.output_stage = _optional_count(self.attrs.get("output_stage"))
+        written = _int_attr(path, self.attrs, "samples_written", 0)
+        progress = _dataset(path, file, "samples_written", 1, "iu", required=False)
+        if progress is not None and len(progress) == 1:
+            # the count written after each batch's data: right even if the writer was killed
+            written = max(written, int(_read(path, progress)[0]))
+        lengths = [predictions.shape[0], logits.shape[0], sops.shape[0]]
+        if labels is not None:
+            lengths.append(labels.shape[0])
+        recorded = None
+        if "recorded_samples" in file:
+            recorded = _read(path, _dataset(path, file, "recorded_samples", 1, "iu")).astype(np.int64)
+        try:
+            groups = file["populations"]
+        except KeyError:
+            raise TraceError(f"{path}: malformed trace: 'populations' is missing") from None
+        except Exception as exc:  # noqa: BLE001
+            raise TraceError(f"{path}: damaged trace: cannot open 'populations' ({exc})") from None
+        if not isinstance(groups, h5py.Group):
+            raise TraceError(f"{path}: malformed trace: 'populations' is a {type(groups).__name__}, expected a group")
         self.populations: list[PopulationTrace] = []
-        for key in sorted(file["populations"]):
-            group = file["populations"][key]
+        for key in sorted(groups):
             try:
-                attrs = group.attrs
-                self.populations.append(
-                    PopulationTrace(
-                        name=str(_plain(attrs["name"])),
-                        index=int(attrs["index"]),
-                        op_type=str(_plain(attrs["op_type"])),
-                        shape=tuple(int(d) for d in attrs["shape"]),
-                        stage=int(attrs["stage"]),
-                        scale=np.asarray(attrs["scale"], dtype=np.float32),
-                        _group=group,
-                        _samples=self.samples,
-                        _recorded_samples=recorded,
-                    )
+                group = groups[key]
+            except Exception as exc:  # noqa: BLE001
+                raise TraceError(f"{path}: damaged trace: cannot open population group {key} ({exc})") from None
+            if not isinstance(group, h5py.Group):
+                raise TraceError(f"{path}: malformed trace: populations/{key} is a {type(group).__name__}, not a group")
+            try:
+                attrs = {k: _plain(group.attrs[k]) for k in group.attrs}
+                name = attrs["name"]
+                shape = tuple(int(d) for d in np.asarray(attrs["shape"]).reshape(-1))
+                pop = PopulationTrace(
+                    name=str(name),
+                    index=int(attrs["index"]),
+                    op_type=str(attrs["op_type"]),
+                    shape=shape,
+                    stage=int(attrs["stage"]),
+                    scale=np.asarray(attrs["scale"], dtype=np.float32),
+                    _group=group,
+                    _samples=0,
+                    _recorded_samples=recorded,
+                    _path=path,
+                    source=str(attrs["source"]) if attrs.get("source") else None,
                 )
             except KeyError as exc:
                 raise TraceError(f"{path}: malformed trace: population group {key} lacks {exc}") from None
+            except Exception as exc:  # attributes of the wrong type  # noqa: BLE001
+                raise TraceError(
+                    f"{path}: malformed trace: population group {key} ({type(exc).__name__}: {exc})"
+                ) from None
+            if any(d < 0 for d in shape):
+                raise TraceError(f"{path}: malformed trace: population {pop.name!r} has shape {shape}")
+            counts = _dataset(path, group, "spike_counts", 2, "iu")
+            pop_sops = _dataset(path, group, "sops", 1, "iu")
+            events = _dataset(path, group, "events", 2, "iu", required=False)
+            if counts.shape[1] != pop.neurons:
+                raise TraceError(
+                    f"{path}: malformed trace: population {pop.name!r}: spike_counts {counts.shape} "
+                    f"for {pop.neurons} neurons"
+                )
+            if events is not None and events.shape[1] != 3:
+                raise TraceError(f"{path}: malformed trace: population {pop.name!r}: events of shape {events.shape}")
+            lengths += [counts.shape[0], pop_sops.shape[0]]
+            self.populations.append(pop)
+        held = min(lengths)
+        if self.complete and written > held:
+            raise TraceError(f"{path}: malformed trace: says {written} samples but holds {held}")
+        # a run killed mid-batch may leave datasets of different lengths: use what all of them hold
+        self.samples = min(written, held)
+        for pop in self.populations:
+            pop._samples = self.samples
 
     @property
     def first_output_step(self) -> int | None:
@@ -614,22 +771,24 @@ class Trace:
     @property
     def predictions(self) -> np.ndarray:
         """int32 (N, T): predicted class after every step."""
-        return self._file["predictions"][: self.samples].astype(np.int32)
+        return _read(self.path, self._file["predictions"], slice(0, self.samples)).astype(np.int32)
 
     @property
     def logits(self) -> np.ndarray:
         """float32 (N, P, classes): output potential at the end of every period."""
-        return self._file["logits"][: self.samples]
+        return _read(self.path, self._file["logits"], slice(0, self.samples)).astype(np.float32)
 
     @property
     def labels(self) -> np.ndarray | None:
         """int32 (N,) labels of the samples held, or None if the data had none."""
-        return self._file["labels"][: self.samples].astype(np.int32) if "labels" in self._file else None
+        if "labels" not in self._file:
+            return None
+        return _read(self.path, self._file["labels"], slice(0, self.samples)).astype(np.int32)
 
     @property
     def sops(self) -> np.ndarray:
         """int64 (N,): synaptic operations per sample."""
-        return self._file["sops"][: self.samples]
+        return _read(self.path, self._file["sops"], slice(0, self.samples)).astype(np.int64)
 
     def population(self, name: str) -> PopulationTrace:
         """The population called ``name``; TraceError naming the known ones if there is none."""
@@ -647,7 +806,7 @@ class Trace:
         step = self.timesteps if step is None else int(step)
         if not 1 <= step <= self.timesteps:
             raise TraceError(f"{self.path}: step {step} is outside 1..{self.timesteps}")
-        column = self._file["predictions"][: self.samples, step - 1].astype(np.int64)
+        column = _read(self.path, self._file["predictions"], (slice(0, self.samples), step - 1)).astype(np.int64)
         return float(np.mean(column == labels))
 
     def close(self) -> None:
@@ -688,18 +847,29 @@ def open_trace(path: str | os.PathLike) -> Trace:
     if path.is_dir():
         raise TraceError(f"{path}: is a folder, not a trace file")
     h5py = _h5py()
-    if not h5py.is_hdf5(path):
+    try:
+        hdf5 = h5py.is_hdf5(path)
+    except Exception:  # noqa: BLE001
+        hdf5 = False
+    if not hdf5:
         raise TraceError(f"{path}: not an HDF5 file")
     try:
         file = h5py.File(path, "r")
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot open HDF5 file ({exc})") from None
+    except Exception:  # noqa: BLE001  (e.g. still marked open for SWMR writing: a run killed, or running)
+        try:
+            file = h5py.File(path, "r", swmr=True)
+        except Exception as exc:  # noqa: BLE001
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TraceError(f"{path}: cannot open HDF5 file ({detail})") from None
     try:
-        fmt = _plain(file.attrs.get("format"))
+        try:
+            fmt = _plain(file.attrs.get("format"))
+            version = _plain(file.attrs.get("format_version"))
+        except Exception as exc:  # noqa: BLE001
+            raise TraceError(f"{path}: damaged trace: cannot read its root attributes ({exc})") from None
         if fmt != FORMAT:
             raise TraceError(f"{path}: not a bsnn trace (format attribute is {fmt!r}, expected {FORMAT!r})")
-        version = _plain(file.attrs.get("format_version"))
-        if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1 or version > FORMAT_VERSION:
             raise TraceError(
                 f"{path}: trace format version {version!r} is not supported (this bsnn-graph reads 1..{FORMAT_VERSION})"
             )

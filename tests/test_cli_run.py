@@ -70,8 +70,8 @@ def test_inspect_json_matches_the_arrays(synthetic_trace):
         assert summary["recorded"] == (summary["name"] == "fc1")
     energy = doc["energy"]
     assert energy["estimate"] is True
-    assert energy["snn_pj_per_sample"] == pytest.approx(0.9 * result.sops.mean())
-    assert energy["ann_pj_per_sample"] == pytest.approx(4.6 * 1000)
+    assert energy["snn_energy_pj_per_sample"] == pytest.approx(0.9 * result.sops.mean())
+    assert energy["ann_energy_pj_per_sample"] == pytest.approx(4.6 * 1000)
     assert doc["plot"] is None
 
 

@@ -222,8 +222,8 @@ def test_file_appearing_during_the_run_is_kept(tmp_path):
     path = tmp_path / "race.h5"
     result = make_result(4)
     with pytest.raises(TraceError, match="appeared"), writer_for(path, 4) as writer:
+        path.write_bytes(b"someone else's")  # before the first batch, which would give the file its name
         writer.append(0, 4, result)
-        path.write_bytes(b"someone else's")
     assert path.read_bytes() == b"someone else's"
     leftovers = [p for p in tmp_path.iterdir() if p.name != "race.h5"]
     assert len(leftovers) == 1
