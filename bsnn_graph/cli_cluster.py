@@ -24,7 +24,7 @@ def cluster_options(command):
         default=DEFAULT_SHARD_SIZE,
         show_default=True,
         type=click.IntRange(min=1),
-        help="With --workers/--scheduler: samples per shard (one task each).",
+        help="With --workers/--scheduler: samples per shard (one task each), a multiple of --batch-size (rounded up).",
     )(command)
     command = click.option(
         "--scheduler", metavar="ADDRESS", help="Run the shards on the Dask cluster of this scheduler (tcp://host:8786)."

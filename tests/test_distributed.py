@@ -82,16 +82,18 @@ def assert_same_trace(got_path, want_path):
                 np.testing.assert_array_equal(a.recorded_samples, b.recorded_samples)
 
 
-def test_shards_are_fixed_by_size_not_by_workers():
+def test_shards_are_fixed_by_size_not_by_workers_and_cut_whole_batches(cluster, model):
     assert shards_of(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert shards_of(3, 8) == [(0, 3)]
+    _, graph, x, _, _ = model
+    assert ShardedRun(cluster, graph, x, T, shard_size=5, batch_size=4).shards == [(0, 8), (8, 16), (16, 21)]
 
 
 def test_sharded_run_is_the_single_process_run_and_loads_once_per_worker(cluster, model):
     _, graph, x, _, _ = model
     record = ["pop2", "gate5"]
     wanted = [0, 5, 6, 19]
-    want = runtime.simulate(graph, x, T, batch_size=3, record=record, record_samples=wanted)
+    want = runtime.simulate(graph, x, T, batch_size=2, record=record, record_samples=wanted)
     job = ShardedRun(cluster, graph, x, T, shard_size=SHARD, batch_size=2, record=record, record_samples=wanted)
     got = job.run()
     assert_same_result(got, want)
@@ -103,7 +105,7 @@ def test_sharded_run_is_the_single_process_run_and_loads_once_per_worker(cluster
     assert len(lowered) <= 2 and all(flags.count(True) <= 1 for flags in lowered.values())
     assert sum(flags.count(True) for flags in lowered.values()) <= 2
     # a second run of the same model lowers nothing again
-    again = ShardedRun(cluster, graph, x, T, shard_size=SHARD)
+    again = ShardedRun(cluster, graph, x, T, shard_size=SHARD, batch_size=2)
     again.run()
     assert not any(out["lowered_now"] for out in again.done.values())
 
@@ -112,7 +114,7 @@ def test_a_shard_that_fails_on_bad_data_stops_the_run_with_its_error(cluster, mo
     _, graph, x, _, _ = model
     bad = x.reshape(SAMPLES, 1, 144)[:, :, :100]  # does not fit the graph input
     with pytest.raises(DataError, match="does not fit graph input"):
-        ShardedRun(cluster, graph, bad, T, shard_size=SHARD).run()
+        ShardedRun(cluster, graph, bad, T, shard_size=SHARD, batch_size=SHARD).run()
 
 
 def _worker_pids(cluster) -> set[int]:
@@ -122,8 +124,9 @@ def _worker_pids(cluster) -> set[int]:
 def test_a_worker_killed_during_the_run_gives_the_identical_result(cluster, model, tmp_path):
     path, graph, x, y, data = model
     local = tmp_path / "local.h5"
-    invoke("run", path, "--data", data, "-T", T, "--trace", local, "--record", "all", "--record-samples", SAMPLES)
-    want = runtime.simulate(graph, x, T, record="all")
+    invoke("run", path, "--data", data, "-T", T, "--trace", local, "--record", "all", "--record-samples", SAMPLES,
+           "--batch-size", 2)
+    want = runtime.simulate(graph, x, T, record="all", batch_size=2)
     before = _worker_pids(cluster)
     killed = []
 
@@ -137,8 +140,8 @@ def test_a_worker_killed_during_the_run_gives_the_identical_result(cluster, mode
             killed.append(pid)
 
     plan = TracePlan(path=tmp_path / "sharded.h5", labels=y, model_path=path, input_path=data,
-                     output_stage=6, attributes={"batch_size": 64, "input_scale": -1.0})
-    job = ShardedRun(cluster, graph, x, T, shard_size=2, record=list(want.events), trace=plan,
+                     output_stage=6, attributes={"batch_size": 2, "input_scale": -1.0})
+    job = ShardedRun(cluster, graph, x, T, shard_size=2, batch_size=2, record=list(want.events), trace=plan,
                      record_samples=list(range(SAMPLES)))
     got = job.run(kill_a_busy_worker)
     assert job.close() == plan.path
@@ -155,15 +158,17 @@ def invoke(*args):
 
 def test_cli_run_and_eval_with_workers_print_the_local_report(model, tmp_path):
     path, _, _, _, data = model
-    local = invoke("run", path, "--data", data, "-T", T, "--json")
-    sharded = invoke("run", path, "--data", data, "-T", T, "--json", "--workers", 2, "--shard-size", 8)
+    local = invoke("run", path, "--data", data, "-T", T, "--json", "--batch-size", 4)
+    sharded = invoke("run", path, "--data", data, "-T", T, "--json", "--batch-size", 4, "--workers", 2,
+                     "--shard-size", 7)  # rounded up to 8, a multiple of the batch size
     assert sharded.exit_code == 0, sharded.output
     a, b = json.loads(local.stdout), json.loads(sharded.stdout)
     for key in ("predictions", "accuracy_per_step", "sops_per_sample", "energy", "bytes_per_sample", "samples"):
         assert a[key] == b[key], key
     assert "8 shards" not in sharded.stderr and "3 shards" in sharded.stderr  # the progress bar counts shards
-    local = invoke("eval", path, "--data", data, "-T", "16,40", "--json")
-    sharded = invoke("eval", path, "--data", data, "-T", "16,40", "--json", "--workers", 2, "--shard-size", 8)
+    local = invoke("eval", path, "--data", data, "-T", "16,40", "--json", "--batch-size", 4)
+    sharded = invoke("eval", path, "--data", data, "-T", "16,40", "--json", "--batch-size", 4, "--workers", 2,
+                     "--shard-size", 8)
     assert sharded.exit_code == 0, sharded.output
     a, b = json.loads(local.stdout), json.loads(sharded.stdout)
     assert a["modes"]["bsnn"]["accuracy_per_step"] == b["modes"]["bsnn"]["accuracy_per_step"]
@@ -174,7 +179,7 @@ def test_resume_after_an_interruption_computes_only_the_missing_shards(cluster, 
     path, graph, x, y, data = model
     target = tmp_path / "run.h5"
     plan = TracePlan(path=target, labels=y, model_path=path, input_path=data, output_stage=6)
-    job = ShardedRun(cluster, graph, x, T, shard_size=SHARD, trace=plan)
+    job = ShardedRun(cluster, graph, x, T, shard_size=SHARD, batch_size=SHARD, trace=plan)
     finished = []
 
     def interrupt(first, last):
@@ -190,14 +195,14 @@ def test_resume_after_an_interruption_computes_only_the_missing_shards(cluster, 
             assert not partial.complete and 0 < partial.samples < SAMPLES
     cluster.client.wait_for_workers(2)
     present = {p.name: p.stat().st_mtime_ns for p in parts_folder(target).glob("*.h5")}
-    again = ShardedRun(cluster, graph, x, T, shard_size=SHARD, trace=TracePlan(**{**plan.__dict__}))
+    again = ShardedRun(cluster, graph, x, T, shard_size=SHARD, batch_size=SHARD, trace=TracePlan(**plan.__dict__))
     assert 0 < len(again.pending) == 6 - len(present) <= 4
     got = again.run()
     assert again.close() == target
     assert sorted(again.done) == again.pending  # only the missing shards were computed
     for name, stamp in present.items():
         assert (parts_folder(target) / name).stat().st_mtime_ns == stamp
-    assert_same_result(got, runtime.simulate(graph, x, T))
+    assert_same_result(got, runtime.simulate(graph, x, T, batch_size=SHARD))
     with open_trace(target) as trace:
         assert trace.complete and trace.samples == SAMPLES
         np.testing.assert_array_equal(trace.labels, y)
@@ -211,9 +216,9 @@ def test_resume_after_an_interruption_computes_only_the_missing_shards(cluster, 
 def test_cli_trace_with_workers_inspects_like_a_local_trace_and_resumes(model, tmp_path):
     path, _, _, _, data = model
     local, sharded = tmp_path / "local.h5", tmp_path / "sharded.h5"
-    assert invoke("run", path, "--data", data, "-T", T, "--trace", local, "--record", "pop4").exit_code == 0
-    out = invoke("run", path, "--data", data, "-T", T, "--trace", sharded, "--record", "pop4", "--workers", 2,
-                 "--shard-size", 5)
+    common = ("--data", data, "-T", T, "--record", "pop4", "--batch-size", 5)
+    assert invoke("run", path, *common, "--trace", local).exit_code == 0
+    out = invoke("run", path, *common, "--trace", sharded, "--workers", 2, "--shard-size", 5)
     assert out.exit_code == 0, out.output
     assert_same_trace(sharded, local)
     a = json.loads(invoke("inspect", local, "--json").stdout)
