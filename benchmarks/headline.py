@@ -22,14 +22,14 @@ Usage (full Fashion-MNIST test set, as reported in docs/benchmarks.md)::
 runs one mode on fewer images. Each run is measured in parts of ``--chunk`` images (2,000), cached in
 benchmarks/results/headline/<model>/<key>.parts/ and reused when their settings match, so an interrupted
 run resumes from its last finished part, a run on more images reuses the parts it covers, and
-``--workers 2`` measures two parts at a time. The merged run is cached as <model>/<key>.json.
+``--workers 2`` measures two parts at a time (on a local Dask cluster, runtime.distributed;
+``--scheduler ADDRESS`` on an existing one). The merged run is cached as <model>/<key>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import subprocess
@@ -307,8 +307,11 @@ def energy_job(model: str, runs: dict, args) -> dict:
     return energy
 
 
-def _worker(job_and_args):
-    job, args = job_and_args
+def _worker(job: tuple[str, str, int, int, int], args, models: dict) -> dict:
+    """``part_job`` on a Dask worker; the model table travels with the job (the worker imports this module afresh,
+    so a table replaced in the client, as the tests do, would not be seen)."""
+    MODELS.clear()
+    MODELS.update(models)
     return part_job(job, args)
 
 
@@ -493,6 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--energy-images", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1, help="parts in parallel, each on cores / workers threads")
+    parser.add_argument("--scheduler", default=None, help="measure the parts on this Dask cluster (its workers' cores)")
     parser.add_argument("--chunk", type=int, default=2000,
                         help="a run is measured (and cached) in parts of this many images, so it resumes where it stopped")
     parser.add_argument("--only", nargs="*", default=None, help="run only these keys, e.g. bsnn@K8 if-rate@K8")
@@ -512,10 +516,17 @@ def main(argv: list[str] | None = None) -> None:
     pending = [p for job in jobs for p in pending_parts(job, args)]
     workers = max(1, min(args.workers, len(pending)))
     args.threads = max(1, (os.cpu_count() or 1) // workers)
-    if workers > 1:  # the parts two (or more) at a time; merged below
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_worker, [(p, args) for p in pending]):
-                pass
+    if pending and (workers > 1 or args.scheduler):  # the parts two (or more) at a time, on Dask; merged below
+        from distributed import as_completed
+
+        from runtime.distributed import Cluster
+
+        with Cluster(workers=None if args.scheduler else workers, scheduler=args.scheduler) as cluster:
+            if args.scheduler:
+                args.threads = None  # each worker's own threads
+            futures = [cluster.client.submit(_worker, p, args, dict(MODELS), pure=False) for p in pending]
+            for future in as_completed(futures):
+                future.result()  # a failed part stops the run with its error
     done: dict[str, dict] = {n: {} for n in names}
     for job in jobs:
         done[job[0]][f"{job[1]}@K{job[2]}"] = run_job(job, args)

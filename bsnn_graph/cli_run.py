@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from . import ops as O
+from .cli_cluster import cluster_options, open_cluster, simulate_on_cluster
 from .cli_options import (
     channelwise_option,
     full_dynamics_option,
@@ -273,6 +274,7 @@ def _simulate_with_progress(runtime, graph, x, timesteps, label, on_batch=None, 
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples.")
 @input_scale_option
 @full_dynamics_option
+@cluster_options
 @json_option()
 def run_command(
     model: str,
@@ -287,6 +289,9 @@ def run_command(
     limit: int | None,
     input_scale: float | None,
     full_dynamics: bool,
+    workers: int | None,
+    scheduler: str | None,
+    shard_size: int,
     as_json: bool,
 ) -> None:
     """Simulate the converted network SNN.onnx on DATA for T time steps."""
@@ -309,7 +314,10 @@ def run_command(
         raise click.UsageError("--record needs --trace (events are stored in the trace file)")
     sample_indices = parse_record_samples(record_samples, n) if chosen else None
     if trace_path is not None:
-        check_output_path(trace_path, overwrite, TraceError)
+        from runtime.trace_parts import is_resumable
+
+        sharded = workers is not None or scheduler is not None  # an interrupted sharded run resumes
+        check_output_path(trace_path, overwrite or (sharded and is_resumable(Path(trace_path))), TraceError)
 
     first_output = _first_output_step(graph)
     accumulator = _output_accumulator(graph)
@@ -348,21 +356,42 @@ def run_command(
             writer[0].append(start, stop, partial)
         written[0] = stop
 
+    cluster = open_cluster(workers, scheduler)
     try:
-        result, seconds = _simulate_with_progress(
-            runtime,
-            graph,
-            x,
-            timesteps,
-            label=f"simulating {n} samples, T = {timesteps}",
-            on_batch=stream,
-            batch_size=batch_size,
-            threads=threads,
-            record=chosen,
-            record_samples=sample_indices,
-            full_dynamics=full_dynamics,
-            per_neuron_counts="batches" if trace_path is not None else False,  # the trace streams them
-        )
+        if cluster is not None:
+            from runtime.distributed import TracePlan
+
+            plan = None
+            if trace_path is not None:
+                plan = TracePlan(
+                    path=Path(trace_path),
+                    labels=y,
+                    model_path=model,
+                    input_path=data_path,
+                    output_stage=int(accumulator.stage) if accumulator is not None else None,
+                    attributes={"batch_size": batch_size, "input_scale": -1.0 if input_scale is None else input_scale},
+                    overwrite=overwrite,
+                )
+            result, seconds = simulate_on_cluster(
+                cluster, graph, x, timesteps, label=f"simulating {n} samples, T = {timesteps}", shard_size=shard_size,
+                trace=plan, writer=writer, written=written, batch_size=batch_size, threads=threads, record=chosen,
+                record_samples=sample_indices, full_dynamics=full_dynamics,
+            )
+        else:
+            result, seconds = _simulate_with_progress(
+                runtime,
+                graph,
+                x,
+                timesteps,
+                label=f"simulating {n} samples, T = {timesteps}",
+                on_batch=stream,
+                batch_size=batch_size,
+                threads=threads,
+                record=chosen,
+                record_samples=sample_indices,
+                full_dynamics=full_dynamics,
+                per_neuron_counts="batches" if trace_path is not None else False,  # the trace streams them
+            )
     except BaseException as exc:
         where = writer[0].close(interrupted=True) if writer else None
         note = f"partial trace in {where} (complete = false)" if where else "no trace written"
@@ -451,6 +480,7 @@ def run_command(
 @threads_option
 @input_scale_option
 @full_dynamics_option
+@cluster_options
 @json_option()
 def eval_command(
     model: str,
@@ -468,6 +498,9 @@ def eval_command(
     threads: int | None,
     input_scale: float | None,
     full_dynamics: bool,
+    workers: int | None,
+    scheduler: str | None,
+    shard_size: int,
     as_json: bool,
 ) -> None:
     """Accuracy versus time steps per neuron mode, against the ANN.
@@ -532,17 +565,14 @@ def eval_command(
 
     results = {}
     ann_macs_per_sample = None
+    cluster = open_cluster(workers, scheduler)
     for mode, snn in snns.items():
-        result, seconds = _simulate_with_progress(
-            runtime,
-            snn,
-            x,
-            steps[-1],
-            label=f"{mode}: {len(x)} samples, T = {steps[-1]}",
-            batch_size=batch_size,
-            threads=threads,
-            full_dynamics=full_dynamics,
-        )
+        label = f"{mode}: {len(x)} samples, T = {steps[-1]}"
+        options = {"batch_size": batch_size, "threads": threads, "full_dynamics": full_dynamics}
+        if cluster is not None:
+            result, seconds = simulate_on_cluster(cluster, snn, x, steps[-1], label, shard_size, **options)
+        else:
+            result, seconds = _simulate_with_progress(runtime, snn, x, steps[-1], label=label, **options)
         per_step = _accuracy_per_step(result.predictions, y)
         ann_macs_per_sample = int(result.ann_macs)
         results[mode] = {

@@ -57,7 +57,7 @@ class SimulationResult:
     timesteps: int
     phases: int
     mode: str
-    populations: list[dict]  # ordered: name, op_type, shape, stage, scale
+    populations: list[dict]  # ordered: name, op_type, shape, stage, scale (and a MaxGate's source)
     ann_macs: int = 0  # multiply-accumulates per sample of the ANN the graph encodes
     input_macs: int = 0  # MACs per sample of the analog input layer, computed densely by the SNN too
     schedule: str = "light-cone"  # "light-cone" (pruned to what can reach the output by T) or "full"
@@ -116,21 +116,16 @@ def _populations(lowered: LoweredGraph) -> list[dict]:
     graph = lowered.graph
     for name in lowered.spiking:
         op = graph.nodes[name]["op"]
+        entry = {"name": name, "op_type": op.op_type, "shape": tuple(lowered.shapes[name]), "stage": int(op.stage)}
         if isinstance(op, O.MaxGate):
             src = next(iter(graph.predecessors(name)))
             scale = graph.nodes[src]["op"].scale
+            entry["source"] = src  # the population a max gate reads
         else:
             scale = op.scale
         scale = np.asarray(scale, np.float32)
-        out.append(
-            {
-                "name": name,
-                "op_type": op.op_type,
-                "shape": tuple(lowered.shapes[name]),
-                "stage": int(op.stage),
-                "scale": float(scale) if scale.ndim == 0 else scale.tolist(),
-            }
-        )
+        entry["scale"] = float(scale) if scale.ndim == 0 else scale.tolist()
+        out.append(entry)
     return out
 
 

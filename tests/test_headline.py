@@ -99,3 +99,20 @@ def test_a_run_in_parts_is_the_run_on_all_images_and_longer_runs_reuse_them(tiny
     result = runtime.simulate(snn, x, run["timesteps"])
     assert run["accuracy"] == pytest.approx(result.accuracy(y) * 100, abs=1e-3)
     assert run["sops_per_image_at_t_max"] == pytest.approx(result.sops.mean(), rel=1e-9)
+
+
+def test_parts_on_a_two_worker_dask_cluster_are_the_parts_of_one_process(tiny, tmp_path):
+    pytest.importorskip("distributed")
+    model, x, y, data = tiny
+    argv = ["--data", str(data), "--calib", str(data), "--out", str(tmp_path), "--timesteps", "40", "--only",
+            "if-rate@K8", "--chunk", "2"]
+    headline.main([*argv, "--cache", str(tmp_path / "one")])
+    headline.main([*argv, "--cache", str(tmp_path / "dask"), "--workers", "2"])
+    one, dask = (tmp_path / c / "tiny" / "if-rate@K8.parts" for c in ("one", "dask"))
+    assert sorted(p.name for p in dask.glob("*.json")) == ["0-2.json", "2-4.json", "4-5.json"]
+    for part in one.glob("*.json"):
+        a, b = json.loads(part.read_text()), json.loads((dask / part.name).read_text())
+        assert (a["settings"], a["correct"], a["sops_sum"]) == (b["settings"], b["correct"], b["sops_sum"])
+    stamps = {p: p.stat().st_mtime_ns for p in dask.glob("*.json")}
+    headline.main([*argv, "--cache", str(tmp_path / "dask"), "--workers", "2"])  # all cached: no cluster, no rewrite
+    assert {p: p.stat().st_mtime_ns for p in dask.glob("*.json")} == stamps
