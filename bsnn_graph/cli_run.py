@@ -124,6 +124,13 @@ def parse_record_samples(text: str | None, samples: int) -> list[int]:
     return sorted(chosen)
 
 
+def _text(value) -> str | None:
+    """An HDF5 string attribute as str (None if absent; traces written before it existed have none)."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _with_sources(graph, populations) -> list[dict]:
     """The simulator's population list, each MaxGate with the ``source`` population it reads."""
     out = []
@@ -686,6 +693,8 @@ def inspect_trace(trace) -> dict:
         "mode": trace.mode,
         "phases": trace.phases,
         "timesteps": trace.timesteps,
+        "schedule": _text(attrs.get("schedule")),
+        "initial_potential": _text(attrs.get("initial_potential")),
         "samples": samples,
         "samples_total": trace.samples_total,
         "complete": trace.complete,
@@ -745,7 +754,9 @@ def inspect_command(
     status = "complete" if document["complete"] else "INCOMPLETE (interrupted run)"
     click.echo(f"trace      {trace_path}: {document['samples']} of {document['samples_total']} samples, {status}")
     click.echo(f"model      {document['model_file']} (sha256 {str(document['model_sha256'])[:12]}...)")
-    click.echo(f"run        mode {document['mode']}, K = {document['phases']}, T = {document['timesteps']}")
+    schedule = f", schedule {document['schedule']}" if document["schedule"] else ""
+    start = f", initial potential {document['initial_potential']}" if document["initial_potential"] else ""
+    click.echo(f"run        mode {document['mode']}, K = {document['phases']}, T = {document['timesteps']}{schedule}{start}")
     if document["accuracy"] is not None:
         line = f"accuracy   {_percent(document['accuracy'])} at T = {document['timesteps']}"
         if document["accuracy_first_output"] is not None:

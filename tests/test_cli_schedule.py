@@ -84,3 +84,13 @@ def test_eval_refuses_initial_potential_for_a_converted_model(folder):
     result = CliRunner().invoke(main, ["eval", str(folder / "zero.onnx"), "--data", str(folder / "data.npz"), "-T",
                                        "8", "--initial-potential", "half"])  # fmt: skip
     assert result.exit_code == 1 and "--initial-potential applies to ANN models only" in result.output
+
+
+def test_inspect_says_which_schedule_the_trace_holds(folder):
+    for extra, schedule in (((), "light-cone"), (("--full-dynamics",), "full")):
+        trace = folder / f"{schedule}.h5"
+        _invoke("run", folder / "half.onnx", "--data", folder / "data.npz", "-T", 24, "--trace", trace,
+                "--overwrite", *extra)  # fmt: skip
+        doc = json.loads(_invoke("inspect", trace, "--json").stdout)
+        assert (doc["schedule"], doc["initial_potential"]) == (schedule, "half")
+        assert f"schedule {schedule}, initial potential half" in _invoke("inspect", trace).stdout
