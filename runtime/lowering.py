@@ -455,13 +455,17 @@ class LoweredGraph:
 
     def targets(self) -> list[list[int]]:
         """For each node, the nodes its spikes reach directly: its projections' targets and the max gates reading it."""
+        cached = self.__dict__.get("_targets")
+        if cached is not None:
+            return cached
         out: list[list[int]] = [[] for _ in self.names]
         for row in self.proj_table:
             out[int(row[P_SOURCE])].append(int(row[P_TARGET]))
         for i in range(len(self.names)):
             if self.node_table[i, N_KIND] == KIND_GATE:
                 out[int(self.node_table[i, N_SOURCE])].append(i)
-        return [sorted(set(t)) for t in out]
+        self.__dict__["_targets"] = [sorted(set(t)) for t in out]
+        return self.__dict__["_targets"]
 
     def last_fire(self, timesteps: int, full_dynamics: bool = False) -> np.ndarray:
         """The light cone of a run of ``timesteps`` steps: the last period each node fires in, int32 (S,).

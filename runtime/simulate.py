@@ -112,6 +112,14 @@ def load(path: str | os.PathLike) -> nx.DiGraph:
 
 
 def _populations(lowered: LoweredGraph) -> list[dict]:
+    """The spiking nodes as the result lists them (made once per lowered graph; each result gets a copy)."""
+    cached = lowered.__dict__.get("_populations")
+    if cached is None:
+        cached = lowered.__dict__["_populations"] = _describe_populations(lowered)
+    return [dict(p) for p in cached]
+
+
+def _describe_populations(lowered: LoweredGraph) -> list[dict]:
     out = []
     graph = lowered.graph
     for name in lowered.spiking:
