@@ -1117,3 +1117,62 @@ def _bsnn_batch(net, run, state, chunks):
     chunks = max(1, min(n, chunks))
     for c in prange(chunks):
         _bsnn_samples(net, run, state, numba.get_thread_id(), c * n // chunks, (c + 1) * n // chunks, 1)
+
+
+# --------------------------------------------------------------------------- the analog input layer
+
+
+@njit(cache=True, parallel=True)
+def _input_conv2d(x, w, bias, sh, sw, pt, pl, dh, dw, group, out):
+    """A 2-d convolution of the analog input, one sample per thread: ``out`` (N, OH, OW, C_out), channels last.
+
+    ``w`` is (C_in / group, KH, KW, C_out). Each output element sums its terms
+    in the order (c_in, ky, kx), whatever the batch, then adds the bias, so a
+    sample's input current does not depend on the batch it is in (a batched
+    BLAS product blocks its sums by the batch's shape).
+    """
+    n, _, height, width = x.shape
+    cin_g, kh, kw, cout = w.shape
+    oh, ow = out.shape[1], out.shape[2]
+    cout_g = cout // group
+    for b in prange(n):
+        acc = np.empty(cout, np.float32)
+        for oy in range(oh):
+            for ox in range(ow):
+                acc[:] = 0
+                for g in range(group):
+                    lo = g * cout_g
+                    for ci in range(cin_g):
+                        c = g * cin_g + ci
+                        for ky in range(kh):
+                            iy = oy * sh - pt + ky * dh
+                            if iy < 0 or iy >= height:
+                                continue
+                            for kx in range(kw):
+                                ix = ox * sw - pl + kx * dw
+                                if ix < 0 or ix >= width:
+                                    continue
+                                v = x[b, c, iy, ix]
+                                row = w[ci, ky, kx]
+                                for co in range(lo, lo + cout_g):
+                                    acc[co] += v * row[co]
+                o = out[b, oy, ox]
+                for co in range(cout):
+                    o[co] = acc[co] + bias[co]
+
+
+@njit(cache=True, parallel=True)
+def _input_dense(x, w, bias, out):
+    """``out = x @ w + bias`` for the analog input, one sample per thread, terms in input order (see
+    :func:`_input_conv2d`); ``x`` (N, in), ``w`` (in, out)."""
+    n, features = x.shape
+    for b in prange(n):
+        o = out[b]
+        o[:] = 0
+        for i in range(features):
+            v = x[b, i]
+            row = w[i]
+            for j in range(o.size):
+                o[j] += v * row[j]
+        for j in range(o.size):
+            o[j] += bias[j]

@@ -39,7 +39,7 @@ import numpy as np
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError
-from bsnn_graph.executor import _windows, evaluate, macs, pool_nd
+from bsnn_graph.executor import _apply, _windows, evaluate, macs, pool_nd
 
 from .schedule import MODE_CODES, initial_potential, light_cone, periods_of
 
@@ -507,15 +507,19 @@ class LoweredGraph:
         """Per-step current of the input-fed targets: float32 (N, drive_size), internal layout.
 
         ``(W' x + b') / K`` in the bistable and phase modes, ``W' x + b'`` in ``if-rate``.
+        Batch-free: the float32 sums of a batched matrix product depend on the
+        batch's shape (BLAS blocks them differently), and a sample's spikes must
+        not depend on the batch it runs in, so convolutions and dense layers are
+        summed in a fixed order per sample (:func:`_batch_free_evaluate`).
         """
         n = x.shape[0]
         drive = np.zeros((n, max(self.drive_size, 1)), np.float32)
         step = np.float32(1.0 if self.mode == "if-rate" else 1.0 / self.phases)
         for node, name in self.input_targets:
             sub = self.drive_subgraphs[name]
-            total = _evaluate_target_input(self.graph, sub, name, {self.input_name: x}, n)
             offset = int(self.node_table[node, N_DRIVE])
             size = int(self.node_table[node, N_SIZE])
+            total = _evaluate_target_input(self.graph, sub, name, {self.input_name: x}, n, batch_free=True)
             if total.ndim >= 3:  # internal layout = channels last (internal_order), a strided copy not a gather
                 total = np.moveaxis(total, 1, -1)
             drive[:, offset : offset + size] = total.reshape(n, -1) * step
@@ -562,14 +566,64 @@ def _linear_subgraph(graph: nx.DiGraph, target: str, paths) -> nx.DiGraph:
     return sub
 
 
-def _evaluate_target_input(graph: nx.DiGraph, sub: nx.DiGraph, target: str, feeds: dict, n: int) -> np.ndarray:
-    """The target's total input (sum of its inputs) with the given source values, the other sources at 0."""
+def _batch_free_evaluate(sub: nx.DiGraph, feeds: dict, outputs: list[str]) -> dict[str, np.ndarray]:
+    """:func:`bsnn_graph.evaluate` of a linear subgraph whose result for a sample does not depend on the batch.
+
+    Convolutions and dense layers (the ops that sum over their input) run in
+    :mod:`runtime.kernels` with a fixed order of terms per output element;
+    pooling reductions run one sample at a time; element-wise and shape ops
+    are exact per element and run on the whole batch.
+    """
+    from . import kernels  # kernels import this module's column constants
+
+    values = dict(feeds)
+    for name in ir.topological_order(sub):
+        if name in values:
+            continue
+        op = ir.op_of(sub, name)
+        args = [values[s] for s in ir.inputs_of(sub, name)]
+        x = args[0] if args else None
+        if isinstance(op, O.Conv) and op.weight.ndim == 4:
+            strides = tuple(op.strides) or (1, 1)
+            pads = tuple(op.pads) or (0, 0, 0, 0)
+            dilations = tuple(op.dilations) or (1, 1)
+            cout = op.weight.shape[0]
+            shape = tuple(ir.shape_of(sub, name))
+            out = np.empty((x.shape[0], shape[1], shape[2], cout), np.float32)
+            bias = op.bias if op.bias is not None else np.zeros(cout, np.float32)
+            kernels._input_conv2d(np.ascontiguousarray(x, np.float32),
+                                  np.ascontiguousarray(op.weight.transpose(1, 2, 3, 0), np.float32),
+                                  np.ascontiguousarray(bias, np.float32), strides[0], strides[1], pads[0], pads[1],
+                                  dilations[0], dilations[1], int(op.group), out)  # fmt: skip
+            values[name] = np.moveaxis(out, -1, 1)
+        elif isinstance(op, (O.Gemm, O.MatMul)) and x.ndim == 2:
+            weight = op.weight.T if isinstance(op, O.Gemm) else op.weight
+            bias = op.bias if isinstance(op, O.Gemm) and op.bias is not None else np.zeros(weight.shape[1], np.float32)
+            out = np.empty((x.shape[0], weight.shape[1]), np.float32)
+            kernels._input_dense(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(weight, np.float32),
+                                 np.ascontiguousarray(bias, np.float32), out)  # fmt: skip
+            values[name] = out
+        elif isinstance(op, (O.Conv, O.Gemm, O.MatMul, O.AveragePool, O.GlobalAveragePool)):
+            values[name] = np.concatenate([np.asarray(_apply(op, [a[i : i + 1] for a in args]), np.float32)
+                                           for i in range(x.shape[0])])  # fmt: skip
+        else:
+            values[name] = np.asarray(_apply(op, args), np.float32)
+    return {name: values[name] for name in outputs}
+
+
+def _evaluate_target_input(graph: nx.DiGraph, sub: nx.DiGraph, target: str, feeds: dict, n: int,
+                           batch_free: bool = False) -> np.ndarray:
+    """The target's total input (sum of its inputs) with the given source values, the other sources at 0.
+
+    ``batch_free``: a sample's result does not depend on the other samples of
+    the batch (:func:`_batch_free_evaluate`).
+    """
     full = {}
     for name in sub.graph["inputs"]:
         full[name] = feeds[name] if name in feeds else np.zeros((n,) + tuple(ir.shape_of(sub, name)), np.float32)
     srcs = ir.inputs_of(graph, target)
     outs = list(dict.fromkeys(srcs))
-    values = evaluate(sub, full, outputs=outs)
+    values = _batch_free_evaluate(sub, full, outs) if batch_free else evaluate(sub, full, outputs=outs)
     if not isinstance(values, dict):
         values = {outs[0]: values}
     total = np.zeros((n,) + tuple(ir.shape_of(graph, target)), np.float32)

@@ -203,3 +203,19 @@ def test_kernel_tables_are_packed_once():
     net = kernel_tables(lowered)
     assert kernel_tables(lowered) is net
     assert isinstance(net, kernels.Net) and net.node_table is lowered.node_table
+
+
+def test_input_drive_of_a_sample_does_not_depend_on_its_batch():
+    """The analog input layer sums in a fixed order per sample (a batched BLAS product does not), and equals the
+    reference executor up to float32 rounding."""
+    lowered = runtime.lower(resnet_graph(mode="bsnn", phases=K, size=16, width=6))
+    x = np.random.default_rng(12).random((37,) + lowered.input_shape).astype(np.float32)
+    whole = lowered.input_drive(x)
+    for start, stop in ((0, 1), (5, 6), (3, 20), (36, 37)):
+        np.testing.assert_array_equal(lowered.input_drive(x[start:stop]), whole[start:stop])
+    module = sys.modules["runtime.lowering"]
+    for node, name in lowered.input_targets:
+        sub = lowered.drive_subgraphs[name]
+        reference = module._evaluate_target_input(lowered.graph, sub, name, {lowered.input_name: x}, len(x))
+        mine = module._evaluate_target_input(lowered.graph, sub, name, {lowered.input_name: x}, len(x), batch_free=True)
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-5)
