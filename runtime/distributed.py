@@ -39,7 +39,11 @@ How a run goes (:class:`ShardedRun`):
 
 Workers must import the same ``bsnn_graph`` and ``runtime`` (the same
 version); with a trace they must see the target's folder at the same path
-(a shared file system).
+(a shared file system). Bit-identity with a single-process run also needs
+the same BLAS library and BLAS thread count on the workers as in that run
+(the input layer's sums depend on them, see :func:`_blas_env`): local
+workers get the client's; start remote workers with the same
+``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,6 +64,9 @@ from bsnn_graph.errors import BsnnError
 
 from .lowering import LoweredGraph, lower
 from .simulate import SimulationResult, simulate
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -87,6 +94,21 @@ def _distributed():
     except ImportError:
         raise ClusterError(f"--workers / --scheduler need Dask, which is not installed: {_INSTALL_HINT}") from None
     return distributed
+
+
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _blas_env() -> dict[str, str]:
+    """The BLAS thread settings of this process, for local workers (Dask's nanny would set them to 1).
+
+    The input layer's drive is a BLAS product whose float sums depend on the
+    BLAS thread count, and a neuron at its threshold can then spike
+    differently (seen on VGG-max: 3 samples in 2,000); workers with the
+    client's setting reproduce the client's single-process run bit for bit.
+    Unset here means the BLAS default, one thread per core.
+    """
+    return {name: os.environ.get(name, str(os.cpu_count() or 1)) for name in _BLAS_THREADS}
 
 
 def shards_of(samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -128,7 +150,7 @@ class Cluster:
         self.client = None
         self._local = None
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> Self:
         distributed = _distributed()
         import logging
 
@@ -136,13 +158,16 @@ class Cluster:
             if self.scheduler is not None:
                 self.client = distributed.Client(self.scheduler, timeout=self.timeout)
             else:
-                self._local = distributed.LocalCluster(
-                    n_workers=self.requested_workers,
-                    threads_per_worker=self.threads_per_worker,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                )
+                import dask
+
+                with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in _blas_env().items()}):
+                    self._local = distributed.LocalCluster(
+                        n_workers=self.requested_workers,
+                        threads_per_worker=self.threads_per_worker,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
                 self.client = distributed.Client(self._local)
         except (OSError, TimeoutError) as exc:
             self.close()
