@@ -11,10 +11,9 @@ How a run goes (:class:`ShardedRun`):
   size and the batch size, never on the number of workers, so a rerun on
   another cluster finds the same shards). The shard size is rounded up to a
   multiple of the batch size, so the shards cut the single-process run's
-  batches exactly: the dense input layer's float sums (BLAS) are not the
-  same for every batch shape, and a neuron right at its threshold can
-  otherwise spike differently (seen on VGG-max, 1 sample in 600, with
-  batches of 64 against batches of 1).
+  batches exactly (no longer needed for bit-identity: the runtime sums the
+  input layer in a fixed order per sample, so results do not depend on the
+  batch; kept so a shard is whole batches of the local run).
 - The model (a spiking graph) is put on the cluster once, as the result of
   one task that every shard depends on: each worker fetches it once and
   lowers it once (:func:`lowered_on_worker` keeps the lowered graph in a
@@ -39,7 +38,9 @@ How a run goes (:class:`ShardedRun`):
 
 Workers must import the same ``bsnn_graph`` and ``runtime`` (the same
 version); with a trace they must see the target's folder at the same path
-(a shared file system).
+(a shared file system). Local workers get the client's BLAS thread
+settings (:func:`_blas_env`); the simulation no longer depends on them (the
+input layer is summed in a fixed order per sample in Numba).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,6 +61,9 @@ from bsnn_graph.errors import BsnnError
 
 from .lowering import LoweredGraph, lower
 from .simulate import SimulationResult, simulate
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -87,6 +91,21 @@ def _distributed():
     except ImportError:
         raise ClusterError(f"--workers / --scheduler need Dask, which is not installed: {_INSTALL_HINT}") from None
     return distributed
+
+
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _blas_env() -> dict[str, str]:
+    """The BLAS thread settings of this process, for local workers (Dask's nanny would set them to 1).
+
+    The input layer was once a BLAS product whose float sums depended on the
+    BLAS thread count (VGG-max: 3 samples in 2,000 spiked differently); it is
+    now summed in a fixed order per sample, so this only keeps the workers'
+    numpy like the client's. Unset here means the BLAS default, one thread
+    per core.
+    """
+    return {name: os.environ.get(name, str(os.cpu_count() or 1)) for name in _BLAS_THREADS}
 
 
 def shards_of(samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -128,7 +147,7 @@ class Cluster:
         self.client = None
         self._local = None
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> Self:
         distributed = _distributed()
         import logging
 
@@ -136,13 +155,16 @@ class Cluster:
             if self.scheduler is not None:
                 self.client = distributed.Client(self.scheduler, timeout=self.timeout)
             else:
-                self._local = distributed.LocalCluster(
-                    n_workers=self.requested_workers,
-                    threads_per_worker=self.threads_per_worker,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                )
+                import dask
+
+                with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in _blas_env().items()}):
+                    self._local = distributed.LocalCluster(
+                        n_workers=self.requested_workers,
+                        threads_per_worker=self.threads_per_worker,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
                 self.client = distributed.Client(self._local)
         except (OSError, TimeoutError) as exc:
             self.close()

@@ -103,7 +103,7 @@ def test_a_run_in_parts_is_the_run_on_all_images_and_longer_runs_reuse_them(tiny
 
 def test_parts_on_a_two_worker_dask_cluster_are_the_parts_of_one_process(tiny, tmp_path):
     pytest.importorskip("distributed")
-    model, x, y, data = tiny
+    _, _, _, data = tiny
     argv = ["--data", str(data), "--calib", str(data), "--out", str(tmp_path), "--timesteps", "40", "--only",
             "if-rate@K8", "--chunk", "2"]
     headline.main([*argv, "--cache", str(tmp_path / "one")])
