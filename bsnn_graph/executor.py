@@ -2,7 +2,7 @@
 
 It is the ground truth the passes are checked against, and it also gives
 the *ANN meaning* of the spiking ops (a population is ReLU of the sum of its
-inputs, a synchronous neuron the identity, a max gate a max pool, the output
+inputs, clipped at its ``ceiling``; a synchronous neuron the identity, a max gate a max pool, the output
 accumulator the identity), so a converted graph can be evaluated as the
 normalised ANN it encodes. Everything is computed in float32.
 """
@@ -149,7 +149,12 @@ def _apply(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
         total = args[0]
         for a in args[1:]:
             total = total + a
-        return np.maximum(total, 0) if not isinstance(op, O.SynchronousNeuron) else total
+        if isinstance(op, O.SynchronousNeuron):
+            return total
+        ceiling = np.asarray(op.ceiling, np.float32)
+        if ceiling.ndim:  # per channel (axis 1)
+            ceiling = ceiling.reshape((1, -1) + (1,) * (total.ndim - 2))
+        return np.minimum(np.maximum(total, 0), ceiling)
     if isinstance(op, O.Relu):
         return np.maximum(x, 0)
     if isinstance(op, O.Clip):

@@ -524,6 +524,11 @@ class Population(Op):
     a spike of that value and subtracts it. ``phase`` integrates and fires
     every step; ``if-rate`` integrates every step and fires value 1 when
     ``V >= 1``. As an ANN op it is ``max(sum of inputs, 0)``.
+
+    ``ceiling`` (normalised units, ``c / lambda``; infinite by default) is the
+    population of a ``Clip(0, c)`` (ReLU6: c = 6): after each integrate
+    period ``V = min(V, ceiling)``, the excess discarded, not carried. As an
+    ANN op it is then ``clip(sum of inputs, 0, ceiling)``.
     """
 
     op_type: ClassVar[str] = "Population"
@@ -534,6 +539,7 @@ class Population(Op):
     stage: int = 1  # 1 + stage of its sources
     threshold: float = 1.0
     scale: np.ndarray = field(default_factory=lambda: np.ones((), np.float32))  # lambda, () or (C,)
+    ceiling: np.ndarray = field(default_factory=lambda: np.full((), np.inf, np.float32))  # c / lambda, () or (C,)
 
     def output_shape(self, input_shapes):
         return _broadcast(input_shapes)

@@ -1,8 +1,10 @@
 """normalise: data-based (percentile) weight normalisation, threshold 1 for every population.
 
-Populations (in the folded ANN): every ReLU; a ReLU that alone reads a
-two-tensor Add is one residual *merge* population whose branches are the
-Add's inputs.
+Populations (in the folded ANN): every ReLU and every ``Clip(0, c)``
+(ReLU6; its lambda is the percentile of its clipped output, so ``lambda <= c``,
+and its bound becomes ``c / lambda``: per-population lambda only); a ReLU
+that alone reads a two-tensor Add is one residual *merge* population whose
+branches are the Add's inputs.
 
 1. Calibrate: run the ANN (:func:`bsnn_graph.executor.iterate_activations`)
    on the calibration batches and feed every population's activation to a
@@ -38,7 +40,7 @@ number or per-channel list) until to_spiking moves them into
 ``bsnn.channelwise`` and ``bsnn.calibration_samples`` are recorded too.
 
 Refusal: an op with no linear meaning between populations (Softmax,
-Clip with a maximum, BatchNormalization, MatMul on a >1-d input, Div of a
+a Clip other than Clip(0, c), BatchNormalization, MatMul on a >1-d input, Div of a
 constant by a tensor), a Conv whose input unit varies within a channel,
 a graph without exactly one Input, and calibration data that yields no
 sample.
@@ -58,7 +60,7 @@ from bsnn_graph.data import fit_to_input
 from bsnn_graph.errors import DataError
 from bsnn_graph.executor import iterate_activations
 
-from ._infra import Pass, insert_after, insert_on_edge, refuse
+from ._infra import Pass, insert_after, insert_on_edge, is_population_activation, refuse
 from .percentile import StreamingPercentile
 
 __all__ = ["calibration_batches", "normalise", "population_scales", "read_scales"]
@@ -86,7 +88,7 @@ def population_scales(
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Percentile lambdas of every ReLU of the ANN ``graph`` over the calibration data.
+    """Percentile lambdas of every ReLU (and Clip(0, c)) of the ANN ``graph`` over the calibration data.
 
     Returns ``(lambdas, samples)``: name -> float64 array of shape () or
     (C,) and the number of calibration samples seen. ``progress(n)`` is
@@ -97,7 +99,7 @@ def population_scales(
     if len(graph.graph["inputs"]) != 1:
         refuse(graph, None, f"calibration needs exactly one graph input, found {graph.graph['inputs']}")
     shape = ir.shape_of(graph, graph.graph["inputs"][0])
-    relus = [n for n in ir.topological_order(graph) if isinstance(ir.op_of(graph, n), O.Relu)]
+    relus = [n for n in ir.topological_order(graph) if is_population_activation(ir.op_of(graph, n))]
     estimators = {
         r: StreamingPercentile(ir.shape_of(graph, r)[0] if channelwise and ir.shape_of(graph, r) else None)
         for r in relus
@@ -205,7 +207,7 @@ class _Normaliser:
         g = self.graph
         op = ir.op_of(g, reader)
         shape, reader_shape = ir.shape_of(g, name), ir.shape_of(g, reader)
-        if isinstance(op, O.Relu):
+        if is_population_activation(op):
             return self.lambdas[reader]
         if isinstance(
             op,
@@ -268,9 +270,18 @@ class _Normaliser:
             if isinstance(op, O.Input):
                 op.scale = self.input_scale
                 self.unit[name] = np.array(self.input_scale)
-            elif isinstance(op, O.Relu):
+            elif is_population_activation(op):
                 self.require(srcs[0], name, self.lambdas[name])
                 self.unit[name] = self.lambdas[name]
+                if isinstance(op, O.Clip):  # the bound in the population's unit: c / lambda
+                    if self.lambdas[name].ndim:
+                        refuse(
+                            g,
+                            name,
+                            f"Clip(0, {op.max}) with per-channel lambdas is not supported (its bound is one "
+                            "number); normalise it per population (channelwise off)",
+                        )
+                    op.max = float(np.float64(op.max) / float(self.lambdas[name]))
             elif isinstance(op, (O.Conv, O.Gemm)):
                 self._linear(name, op, srcs[0], shape)
             elif (isinstance(op, O.Add) and op.constant is None) or isinstance(op, O.Sum):
