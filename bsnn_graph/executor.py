@@ -157,6 +157,9 @@ def _apply(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
         return np.minimum(np.maximum(total, 0), ceiling)
     if isinstance(op, O.Relu):
         return np.maximum(x, 0)
+    if isinstance(op, (O.LeakyRelu, O.PRelu)):
+        slope = np.float32(op.alpha) if isinstance(op, O.LeakyRelu) else op.slope
+        return np.where(x >= 0, x, x * slope).astype(np.float32)
     if isinstance(op, O.Clip):
         lo = -np.inf if op.min is None else op.min
         hi = np.inf if op.max is None else op.max

@@ -402,6 +402,19 @@ def _convert_relu(loader, node, attrs, ins):
     return O.Relu(), [_tensor(ins[0], "Relu input").key]
 
 
+def _convert_leaky_relu(loader, node, attrs, ins):
+    return O.LeakyRelu(alpha=float(np.float32(attrs.get("alpha", 0.01)))), [_tensor(ins[0], "LeakyRelu input").key]
+
+
+def _convert_prelu(loader, node, attrs, ins):
+    x = _tensor(ins[0], "PRelu input")
+    slope = _float32(_const(ins[1], "PRelu slope"), "PRelu slope")
+    if loader.opset < 7 and slope.size != 1:
+        raise _Unsupported("PRelu before opset 7 with a slope per channel")
+    _check_constant("PRelu", x, slope)
+    return O.PRelu(slope=slope), [x.key]
+
+
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -698,6 +711,8 @@ _CONVERTERS = {
     "GlobalAveragePool": _convert_gap,
     "Add": _convert_add,
     "Sum": _convert_sum,
+    "LeakyRelu": _convert_leaky_relu,
+    "PRelu": _convert_prelu,
     "Sub": _convert_constant_binary,
     "Mul": _convert_constant_binary,
     "Div": _convert_constant_binary,
@@ -1147,6 +1162,12 @@ class _Writer:
 
     def _export_Relu(self, name, op, inputs):
         self.emit(name, "Relu", inputs)
+
+    def _export_LeakyRelu(self, name, op, inputs):
+        self.emit(name, "LeakyRelu", inputs, alpha=float(op.alpha))
+
+    def _export_PRelu(self, name, op, inputs):
+        self.emit(name, "PRelu", inputs + [self.constant(name, "slope", op.slope)])
 
     def _export_Clip(self, name, op, inputs):
         lo = "" if op.min is None else self.constant(name, "min", np.array(op.min, np.float32))

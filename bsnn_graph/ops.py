@@ -44,6 +44,7 @@ __all__ = [
     "GlobalAveragePool",
     "Identity",
     "Input",
+    "LeakyRelu",
     "LogSoftmax",
     "MatMul",
     "MaxGate",
@@ -51,6 +52,7 @@ __all__ = [
     "Mul",
     "Op",
     "OutputAccumulator",
+    "PRelu",
     "Pad",
     "Population",
     "Relu",
@@ -285,6 +287,28 @@ class Relu(Op):
 
     def output_shape(self, input_shapes):
         return _one(input_shapes)
+
+
+@dataclass(eq=False)
+class LeakyRelu(Op):
+    """``y = x if x >= 0 else alpha * x``."""
+
+    op_type: ClassVar[str] = "LeakyRelu"
+    alpha: float = 0.01
+
+    def output_shape(self, input_shapes):
+        return _one(input_shapes)
+
+
+@dataclass(eq=False)
+class PRelu(Op):
+    """``y = x if x >= 0 else slope * x``; ``slope`` a constant broadcast like an element-wise operand."""
+
+    op_type: ClassVar[str] = "PRelu"
+    slope: np.ndarray = None  # ONNX-layout constant, e.g. (C, 1, 1) or (1,)
+
+    def output_shape(self, input_shapes):
+        return _broadcast_constant(_one(input_shapes), self.slope)
 
 
 @dataclass(eq=False)
@@ -599,6 +623,8 @@ OP_CLASSES: dict[tuple[str, str], type[Op]] = {
         MatMul,
         BatchNormalization,
         Relu,
+        LeakyRelu,
+        PRelu,
         Clip,
         MaxPool,
         AveragePool,

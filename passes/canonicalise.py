@@ -27,6 +27,13 @@ where stated):
   contribution as an ``Add(constant)`` after it). Refused (left in place;
   to_spiking then names it) when ``a`` varies within a channel of a Conv
   input, when a chain node has several consumers, or for ``c / x``.
+- ``LeakyRelu(x)`` / ``PRelu(x)`` (slope ``a``, scalar or per channel) ->
+  ``Add(Relu(x), Mul(Relu(Mul(x, -1)), -a))``, i.e.
+  ``y = ReLU(x) - a ReLU(-x)`` (exact: one of the two is 0): two
+  populations ``<name>_positive`` and ``<name>_negative`` reading the same
+  sources (so of the same stage; the second's lambda comes from the
+  negative activations), summed linearly by the Add, which keeps the
+  node's name. Slope 0 everywhere gives ``Relu(x)``.
 - ``Relu(MaxPool(x))`` -> ``MaxPool(Relu(x))`` (and the same for
   ``Clip(0, c)``): a non-decreasing function commutes with max, so the two
   are equal (every window holds at least one real element); the spec wants
@@ -139,6 +146,23 @@ def _clip_to_relu(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
     return False
 
 
+def _split_leaky_relu(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if not isinstance(op, (O.LeakyRelu, O.PRelu)):
+        return False
+    slope = np.asarray(op.alpha if isinstance(op, O.LeakyRelu) else op.slope, np.float32)
+    if not np.any(slope != 0):
+        graph.nodes[name]["op"] = O.Relu()
+        return True
+    (x,) = ir.inputs_of(graph, name)
+    positive = ir.add_node(graph, ir.unique_name(graph, f"{name}_positive"), O.Relu(), [x])
+    negate = ir.add_node(graph, ir.unique_name(graph, f"{name}_negate"), O.Mul(constant=np.float32(-1.0)), [x])
+    negative = ir.add_node(graph, ir.unique_name(graph, f"{name}_negative"), O.Relu(), [negate])
+    scaled = ir.add_node(graph, ir.unique_name(graph, f"{name}_slope"), O.Mul(constant=-slope), [negative])
+    graph.nodes[name]["op"] = O.Add()
+    ir.set_inputs(graph, name, [positive, scaled])
+    return True
+
+
 def _relu_before_maxpool(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
     if not is_population_activation(op):
         return False
@@ -228,6 +252,7 @@ _RULES = (
     _reshape_to_flatten,
     _sum_to_add,
     _clip_to_relu,
+    _split_leaky_relu,
     _relu_before_maxpool,
     _maxpool_through_concat,
     _fold_input_normalisation,

@@ -238,3 +238,50 @@ def test_batchnorm_without_a_linear_neighbour_is_an_affine_projection(make_model
     assert ir.inputs_of(spiking, "r3") == ["bn2"]  # Add -> BN -> ReLU is a population reading an affine projection
     assert isinstance(ir.op_of(spiking, "r3"), O.Population)
     _check_run_against_oracle(spiking, x)
+
+
+# --------------------------------------------------------------------------- LeakyReLU / PReLU
+
+
+def _leaky_model(make_model, rng, prelu: bool):
+    """conv -> LeakyRelu (or PRelu per channel) -> conv -> LeakyRelu -> head."""
+    inits = []
+    if prelu:
+        inits += [initializer("slope", np.array([0.1, 0.25, -0.2, 0.3], np.float32).reshape(4, 1, 1))]
+        act = helper.make_node("PRelu", ["h1", "slope"], ["a1"], name="act1")
+    else:
+        act = helper.make_node("LeakyRelu", ["h1"], ["a1"], name="act1", alpha=0.2)
+    nodes = [
+        _conv("c1", "x", "h1", (4, 2, 3, 3), rng, inits=inits),
+        act,
+        _conv("c2", "a1", "h2", (5, 4, 3, 3), rng, inits=inits),
+        helper.make_node("LeakyRelu", ["h2"], ["a2"], name="act2", alpha=0.1),
+        *_head("a2", 5, 8, 3, rng, inits),
+    ]
+    return make_model(nodes, [tensor_info("x", ["N", 2, 8, 8])], [tensor_info("y", ["N", 3])], inits)
+
+
+@pytest.mark.parametrize("prelu", [False, True], ids=["leaky", "prelu"])
+def test_leaky_relu_is_two_populations_of_one_stage_summed_linearly(make_model, rng, prelu):
+    path = _leaky_model(make_model, rng, prelu)
+    x = rng.standard_normal((16, 2, 8, 8)).astype(np.float32)
+    graph, normalised, spiking = _check_ann(path, x)
+    plain = evaluate(graph, x, outputs=["c1"])
+    assert (plain < 0).mean() > 0.2  # the negative side matters: ReLU alone would fail the comparison
+    scales = read_scales(normalised)
+    for act in ("act1", "act2"):
+        positive, negative = ir.op_of(spiking, f"{act}_positive"), ir.op_of(spiking, f"{act}_negative")
+        assert isinstance(positive, O.Population) and isinstance(negative, O.Population)
+        assert positive.stage == negative.stage
+        assert float(scales[f"{act}_negative"]) != float(scales[f"{act}_positive"])
+        assert isinstance(ir.op_of(spiking, act), O.Add)
+    _check_run_against_oracle(spiking, x)
+
+
+def test_leaky_relu_and_prelu_round_trip_onnx(make_model, rng, tmp_path):
+    graph = load_onnx(_leaky_model(make_model, rng, prelu=True))
+    save_onnx(graph, tmp_path / "back.onnx")
+    x = rng.standard_normal((4, 2, 8, 8)).astype(np.float32)
+    (expected,) = run_onnxruntime(tmp_path / "back.onnx", {"x": x})
+    np.testing.assert_allclose(evaluate(graph, x), expected, rtol=1e-4, atol=1e-5)
+    assert isinstance(ir.op_of(load_onnx(tmp_path / "back.onnx"), "act1"), O.PRelu)
