@@ -20,8 +20,8 @@ Every spiking op gets ``mode`` (bsnn, bsnn-nosn, phase, if-rate) and
 Stages are set as in ``bsnn-nosn`` (1 + the largest source stage);
 synchronise fixes them (and inserts SNs) for ``bsnn``.
 
-Refusal (one ConversionError naming the first offending node; nothing
-else happens): anything but a linear projection (Conv, Gemm, AveragePool,
+Refusal (one ConversionError naming the first offending node and then
+every other one, with op and reason; nothing else happens): anything but a linear projection (Conv, Gemm, AveragePool,
 GlobalAveragePool, Flatten, Reshape, Add, Sum, Mul by a constant, Concat,
 Pad with 0) left between spiking nodes -- e.g. a ``Clip`` whose minimum is
 not 0, ``Softmax`` inside the network, a ``Sub`` / ``Div`` of input
@@ -79,9 +79,15 @@ def _linear_problem(graph: nx.DiGraph, name: str, op: O.Op) -> str | None:
 
 
 def check_convertible(graph: nx.DiGraph) -> None:
-    """Refuse (NodeRefusal) the first node of an ANN graph to_spiking could not convert."""
+    """Refuse (one NodeRefusal) every node of an ANN graph to_spiking could not convert.
+
+    The refusal names the first offending node (``node``, ``op_type``) and
+    its reason, then every other offending node with its op and reason, in
+    topological order, so a user sees all of them at once.
+    """
     if len(graph.graph["outputs"]) != 1:
         refuse(graph, None, f"the graph must have exactly one output, has {graph.graph['outputs']}")
+    problems: list[tuple[str, str]] = []
     for name in ir.topological_order(graph):
         op = ir.op_of(graph, name)
         if isinstance(op, (O.Input, O.Dropout, O.Identity, SPIKING)) or is_population_activation(op):
@@ -90,15 +96,20 @@ def check_convertible(graph: nx.DiGraph) -> None:
             (src,) = ir.inputs_of(graph, name)
             src_op = ir.op_of(graph, src)
             if not (isinstance(src_op, O.Population) or is_population_activation(src_op)):
-                refuse(
-                    graph, name, f"MaxPool must read a ReLU population, reads {src!r} ({ir.op_of(graph, src).op_type})"
-                )
+                problems.append((name, f"MaxPool must read a ReLU population, reads {src!r} ({src_op.op_type})"))
             continue
         if isinstance(op, O.OutputAccumulator):
             continue
         problem = _linear_problem(graph, name, op)
         if problem is not None:
-            refuse(graph, name, problem)
+            problems.append((name, problem))
+    if not problems:
+        return
+    (first, reason), others = problems[0], problems[1:]
+    if others:
+        listed = "; ".join(f"{n!r} ({ir.op_of(graph, n).op_type}): {r}" for n, r in others)
+        reason = f"{reason}; and {len(others)} more node(s) that cannot be converted: {listed}"
+    refuse(graph, first, reason)
 
 
 def spiking_sources(graph: nx.DiGraph, name: str) -> list[str]:

@@ -285,3 +285,51 @@ def test_leaky_relu_and_prelu_round_trip_onnx(make_model, rng, tmp_path):
     (expected,) = run_onnxruntime(tmp_path / "back.onnx", {"x": x})
     np.testing.assert_allclose(evaluate(graph, x), expected, rtol=1e-4, atol=1e-5)
     assert isinstance(ir.op_of(load_onnx(tmp_path / "back.onnx"), "act1"), O.PRelu)
+
+
+# --------------------------------------------------------------------------- early refusals
+
+
+def test_every_unconvertible_node_is_named_in_one_refusal_before_calibration():
+    b = Builder(5)
+    x = b.input("x", (2, 4, 4))
+    h = b.op("pool_on_input", O.MaxPool(kernel_shape=(2, 2), strides=(1, 1), pads=(0,) * 4), x)
+    h = b.op("clip", O.Clip(min=-1.0, max=1.0), b.conv("c1", h, 2))
+    h = b.op("softmax", O.Softmax(axis=1), b.relu("r", b.conv("c2", h, 2)))
+    graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), h), 3))
+    calls = []
+    with pytest.raises(PassError) as info:
+        convert(graph, random_input(graph), progress=calls.append)
+    assert calls == []  # refused before any calibration batch
+    message = str(info.value)
+    assert "\n" not in message
+    assert info.value.node == "pool_on_input" and info.value.op_type == "MaxPool"
+    assert "and 2 more node(s) that cannot be converted" in message
+    assert "'clip' (Clip): Clip(min=-1.0, max=1.0)" in message
+    assert "'softmax' (Softmax): Softmax inside the network" in message
+
+
+@pytest.mark.parametrize("activation", ["Sigmoid", "Tanh", "LRN", "Gelu"])
+def test_non_piecewise_linear_activations_are_all_named_at_load(make_model, rng, activation):
+    from bsnn_graph.errors import BsnnError
+
+    inits = []
+    attrs = {"size": 3} if activation == "LRN" else {}
+    nodes = [
+        _conv("c1", "x", "h1", (4, 2, 3, 3), rng, inits=inits),
+        helper.make_node(activation, ["h1"], ["a1"], name="act1", **attrs),
+        _conv("c2", "a1", "h2", (4, 4, 3, 3), rng, inits=inits),
+        helper.make_node(activation, ["h2"], ["a2"], name="act2", **attrs),
+        # SiLU as PyTorch exports it: x * Sigmoid(x), a product of two tensors
+        helper.make_node("Sigmoid", ["a2"], ["g"], name="gate"),
+        helper.make_node("Mul", ["a2", "g"], ["a3"], name="silu"),
+        *_head("a3", 4, 8, 3, rng, inits),
+    ]
+    opset = 20 if activation == "Gelu" else 17
+    path = make_model(nodes, [tensor_info("x", ["N", 2, 8, 8])], [tensor_info("y", ["N", 3])], inits, opset=opset)
+    with pytest.raises(BsnnError) as info:
+        load_onnx(path)
+    message = str(info.value)
+    assert "\n" not in message and "unsupported" in message
+    for name in ("act1", "act2", "gate"):  # the SiLU is refused through its Sigmoid
+        assert name in message
