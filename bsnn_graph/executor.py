@@ -61,8 +61,18 @@ def _windows(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool, f
     return _window_view(xp, kernel, strides, dilations, outs), outs, extra
 
 
+#: bytes of the im2col block a convolution may copy at once (conv_nd works by blocks of samples and output rows)
+CONV_BLOCK_BYTES = 32 << 20
+
+
 def conv_nd(x: np.ndarray, weight: np.ndarray, bias, strides=(), pads=(), dilations=(), group: int = 1) -> np.ndarray:
-    """ONNX Conv on a batch ``x`` of shape (N, C, *spatial)."""
+    """ONNX Conv on a batch ``x`` of shape (N, C, *spatial).
+
+    The windows are a strided view of the padded input; the product copies
+    them (im2col) one block of samples x output rows (first spatial axis) at
+    a time, each block at most :data:`CONV_BLOCK_BYTES` (one output row of
+    one sample at least), so memory beyond input and output is bounded.
+    """
     spatial = x.ndim - 2
     strides = tuple(strides) or (1,) * spatial
     pads = tuple(pads) or (0,) * (2 * spatial)
@@ -74,11 +84,21 @@ def conv_nd(x: np.ndarray, weight: np.ndarray, bias, strides=(), pads=(), dilati
     out = np.empty((n, weight.shape[0], *outs), dtype=np.float32)
     win_axes = [1] + list(range(2 + spatial, 2 + 2 * spatial))
     w_axes = list(range(1, 2 + spatial))
+    # bytes of the copied windows for one output row (first spatial axis) of one sample and group
+    row_bytes = 4 * per_group_in * math.prod(weight.shape[2:]) * math.prod(outs[1:])
+    rows_per_block = max(1, min(outs[0] if spatial else 1, CONV_BLOCK_BYTES // max(row_bytes, 1)))
+    samples_per_block = max(1, CONV_BLOCK_BYTES // max(row_bytes * (outs[0] if spatial else 1), 1))
+    row_starts = range(0, outs[0], rows_per_block) if spatial else [0]
     for g in range(group):
-        xg = win[:, g * per_group_in : (g + 1) * per_group_in]
         wg = weight[g * per_group_out : (g + 1) * per_group_out]
-        yg = np.tensordot(xg, wg, axes=(win_axes, w_axes))  # (N, *outs, Og)
-        out[:, g * per_group_out : (g + 1) * per_group_out] = np.moveaxis(yg, -1, 1)
+        out_channels = slice(g * per_group_out, (g + 1) * per_group_out)
+        for s0 in range(0, n, samples_per_block):
+            samples = slice(s0, s0 + samples_per_block)
+            for r0 in row_starts:
+                rows = (slice(r0, r0 + rows_per_block),) if spatial else ()
+                xg = win[(samples, slice(g * per_group_in, (g + 1) * per_group_in)) + rows]
+                yg = np.tensordot(xg, wg, axes=(win_axes, w_axes))  # (n_block, *outs_block, Og)
+                out[(samples, out_channels) + rows] = np.moveaxis(yg, -1, 1)
     if bias is not None:
         out += bias.reshape((1, -1) + (1,) * spatial)
     return out

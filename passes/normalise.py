@@ -6,7 +6,9 @@ and its bound becomes ``c / lambda``: per-population lambda only); a ReLU
 that alone reads a two-tensor Add is one residual *merge* population whose
 branches are the Add's inputs.
 
-1. Calibrate: run the ANN (:func:`bsnn_graph.executor.iterate_activations`)
+1. Calibrate (in batches of the given size, or else of the size
+   :func:`calibration_batch_size` fits in :data:`CALIBRATION_MEMORY_BYTES`):
+   run the ANN (:func:`bsnn_graph.executor.iterate_activations`)
    on the calibration batches and feed every population's activation to a
    :class:`~passes.percentile.StreamingPercentile` (bounded memory, relative
    error <= 0.27 %); ``lambda`` = the p-th percentile (default 99.99) of the
@@ -63,7 +65,44 @@ from bsnn_graph.executor import iterate_activations
 from ._infra import Pass, insert_after, insert_on_edge, is_population_activation, refuse
 from .percentile import StreamingPercentile
 
-__all__ = ["calibration_batches", "normalise", "population_scales", "read_scales"]
+__all__ = [
+    "CALIBRATION_MEMORY_BYTES",
+    "calibration_batch_size",
+    "calibration_batches",
+    "normalise",
+    "population_scales",
+    "read_scales",
+]
+
+#: activation memory a calibration batch may take when the caller gives no batch size
+CALIBRATION_MEMORY_BYTES = 1 << 30
+#: the temporaries (padded copies, pooling) on top of the live activations, as a factor
+_TEMPORARY_FACTOR = 2
+
+
+def calibration_batch_size(graph: nx.DiGraph, budget_bytes: int = CALIBRATION_MEMORY_BYTES, largest: int = 256) -> int:
+    """The largest calibration batch (1..``largest``) whose activations fit in ``budget_bytes``.
+
+    The per-sample peak is the largest sum of live float32 activations when
+    :func:`bsnn_graph.executor.iterate_activations` frees each tensor after
+    its last reader, times a factor of 2 for temporaries (padded copies);
+    a convolution's im2col block is bounded separately
+    (:data:`bsnn_graph.executor.CONV_BLOCK_BYTES`).
+    """
+    remaining = {n: len(ir.consumers(graph, n)) for n in graph.nodes}
+    keep = set(graph.graph["outputs"])
+    live: dict[str, int] = {}
+    peak = 0
+    for name in ir.topological_order(graph):
+        live[name] = 4 * int(np.prod(ir.shape_of(graph, name), dtype=np.int64))
+        peak = max(peak, sum(live.values()))
+        for src in set(ir.inputs_of(graph, name)):
+            remaining[src] -= 1
+            if remaining[src] == 0 and src not in keep:
+                live.pop(src, None)
+    per_sample = max(1, _TEMPORARY_FACTOR * peak)
+    return int(max(1, min(largest, budget_bytes // per_sample)))
+
 
 _TRANSPARENT = (O.MaxPool, O.AveragePool, O.GlobalAveragePool, O.Dropout, O.Identity, O.Pad)
 
@@ -85,15 +124,18 @@ def population_scales(
     calibration,
     percentile: float = 99.99,
     channelwise: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Percentile lambdas of every ReLU (and Clip(0, c)) of the ANN ``graph`` over the calibration data.
 
     Returns ``(lambdas, samples)``: name -> float64 array of shape () or
     (C,) and the number of calibration samples seen. ``progress(n)`` is
-    called after each batch of ``n`` samples.
+    called after each batch of ``n`` samples. An array ``calibration`` is
+    split into ``batch_size`` batches; None: :func:`calibration_batch_size`.
     """
+    if batch_size is None:
+        batch_size = calibration_batch_size(graph)
     if not 0 < percentile <= 100:
         raise DataError(f"percentile {percentile} is not in (0, 100]")
     if len(graph.graph["inputs"]) != 1:
@@ -357,7 +399,7 @@ def _normalise(
     calibration=None,
     percentile: float = 99.99,
     channelwise: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     input_lambda: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> bool:
