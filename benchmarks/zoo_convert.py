@@ -3,8 +3,9 @@
 The "light" zoo graphs (``onnx/backend/test/data/light/*.onnx``: VGG-19,
 ResNet-50, SqueezeNet, DenseNet-121, Inception-v1/v2, ShuffleNet, AlexNet,
 ZFNet) carry constant weights, so each is given seeded random weights
-(float initializers of rank >= 2: He-normal, ``N(0, 2 / fan_in)``; rank 1:
-uniform in [0.5, 1.5], which keeps BatchNormalization variances positive)
+(their weights are ``ConstantOfShape`` nodes: each becomes an initializer,
+rank >= 2 He-normal ``N(0, 2 / fan_in)``, rank 1 uniform in [0.5, 1.5],
+which keeps BatchNormalization variances positive; so do float initializers)
 and converted (``passes.convert``, default batch size: chosen from the
 memory budget) on uniform random images. Each graph runs in a fresh child
 process, which reports its calibration (conversion) seconds and its peak
@@ -39,16 +40,28 @@ from bsnn_graph.errors import BsnnError
 path, images, seed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(seed)
 model = onnx.load(path)
-for init in model.graph.initializer:
-    value = numpy_helper.to_array(init)
-    if value.dtype != np.float32:
-        continue
-    if value.ndim >= 2:
-        fan_in = int(np.prod(value.shape[1:]))
-        new = rng.standard_normal(value.shape) * np.sqrt(2.0 / fan_in)
+
+
+def random_weight(shape):
+    if len(shape) >= 2:
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / int(np.prod(shape[1:])))).astype(np.float32)
+    return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+
+
+# the light graphs build their weights with ConstantOfShape from int64 shape initializers
+shapes = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT64}
+kept = []
+for node in model.graph.node:
+    if node.op_type == "ConstantOfShape" and node.input[0] in shapes:
+        shape = tuple(int(d) for d in shapes[node.input[0]])
+        model.graph.initializer.append(numpy_helper.from_array(random_weight(shape), node.output[0]))
     else:
-        new = rng.uniform(0.5, 1.5, value.shape)
-    init.CopyFrom(numpy_helper.from_array(new.astype(np.float32), init.name))
+        kept.append(node)
+del model.graph.node[:]
+model.graph.node.extend(kept)
+for init in model.graph.initializer:
+    if init.data_type == onnx.TensorProto.FLOAT and init.name not in {n.output[0] for n in kept}:
+        init.CopyFrom(numpy_helper.from_array(random_weight(tuple(init.dims)), init.name))
 random_path = out + ".random.onnx"
 onnx.save(model, random_path)
 row = {"model": path.rsplit("/", 1)[-1].removeprefix("light_").removesuffix(".onnx"), "images": images}

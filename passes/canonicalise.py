@@ -5,7 +5,8 @@ where stated):
 
 - ``Dropout(x)``, ``Identity(x)``, ``Sum(x)`` -> ``x`` (identities at inference).
 - trailing ``Softmax`` / ``LogSoftmax`` over the class axis of a graph
-  output -> removed (monotone per sample, so the argmax is unchanged);
+  output ((classes,), or (classes, 1, ..., 1) over axis 1, per sample) ->
+  removed (monotone per sample, so the argmax is unchanged);
   recorded in metadata ``bsnn.removed_output_op``. A softmax anywhere else
   is left for to_spiking to refuse.
 - ``Add(MatMul(x, W), c)`` -> ``Gemm(x, W^T, c)`` and a lone ``MatMul`` ->
@@ -78,7 +79,10 @@ def _drop_output_softmax(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
     if not isinstance(op, O.Softmax) or name not in graph.graph["outputs"] or ir.consumers(graph, name):
         return False
     shape = ir.shape_of(graph, name)
-    if len(shape) != 1 or op.axis not in (1, -1):
+    rank = len(shape) + 1
+    axis = op.axis if op.axis >= 0 else op.axis + rank
+    # over the class axis: (classes,), or (classes, 1, ..., 1) over axis 1 (SqueezeNet's GAP -> Softmax)
+    if axis != 1 or any(d != 1 for d in shape[1:]):
         return False
     bypass(graph, name)
     removed = graph.graph["metadata"].get("bsnn.removed_output_op")

@@ -333,3 +333,16 @@ def test_non_piecewise_linear_activations_are_all_named_at_load(make_model, rng,
     assert "\n" not in message and "unsupported" in message
     for name in ("act1", "act2", "gate"):  # the SiLU is refused through its Sigmoid
         assert name in message
+
+
+def test_output_softmax_over_channels_of_a_pooled_map_is_removed():
+    """SqueezeNet ends with GlobalAveragePool -> Softmax on (N, classes, 1, 1)."""
+    b = Builder(6)
+    x = b.input("x", (2, 4, 4))
+    pooled = b.op("gap", O.GlobalAveragePool(), b.relu("r", b.conv("c", x, 3)))
+    graph = b.output(b.op("softmax", O.Softmax(axis=1), pooled))
+    result = canonicalise(graph).graph
+    assert "softmax" not in result and result.graph["metadata"]["bsnn.removed_output_op"] == "Softmax"
+    # over a singleton axis the softmax is constant, not argmax-invariant: it stays
+    ir.op_of(graph, "softmax").axis = -1
+    assert "softmax" in canonicalise(graph).graph
