@@ -201,6 +201,8 @@ def _apply(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
         return x.reshape(x.shape[0], -1)
     if isinstance(op, O.Reshape):
         return x.reshape((x.shape[0],) + tuple(op.shape))
+    if isinstance(op, O.Transpose):
+        return np.ascontiguousarray(np.transpose(x, op.perm))
     if isinstance(op, O.Concat):
         return np.concatenate(args, axis=op.axis)
     if isinstance(op, O.Pad):

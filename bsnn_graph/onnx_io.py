@@ -581,6 +581,17 @@ def _convert_reshape(loader, node, attrs, ins):
     return O.Reshape(shape=shape), [x.key]
 
 
+def _convert_transpose(loader, node, attrs, ins):
+    x = _tensor(ins[0], "Transpose input")
+    rank = len(x.shape) + 1
+    perm = tuple(int(p) for p in attrs.get("perm", range(rank - 1, -1, -1)))
+    if sorted(perm) != list(range(rank)):
+        raise _Unsupported(f"Transpose with perm {list(perm)} for rank {rank}")
+    if perm[0] != 0:
+        raise _Unsupported("Transpose that moves the batch axis")
+    return O.Transpose(perm=perm), [x.key]
+
+
 def _convert_squeeze_unsqueeze(loader, node, attrs, ins):
     x = _tensor(ins[0], f"{node.op_type} input")
     axes = attrs.get("axes") if loader.opset < 13 else _optional(ins, 1)
@@ -721,6 +732,7 @@ _CONVERTERS = {
     "Squeeze": _convert_squeeze_unsqueeze,
     "Unsqueeze": _convert_squeeze_unsqueeze,
     "Concat": _convert_concat,
+    "Transpose": _convert_transpose,
     "Pad": _convert_pad,
     "Dropout": _convert_dropout,
     "Identity": _convert_identity,
@@ -1220,6 +1232,9 @@ class _Writer:
     def _export_Reshape(self, name, op, inputs):
         target = self.constant(name, "shape", np.array([0, *op.shape], np.int64))
         self.emit(name, "Reshape", inputs + [target])
+
+    def _export_Transpose(self, name, op, inputs):
+        self.emit(name, "Transpose", inputs, perm=[int(p) for p in op.perm])
 
     def _export_Concat(self, name, op, inputs):
         self.emit(name, "Concat", inputs, axis=int(op.axis))

@@ -62,6 +62,7 @@ __all__ = [
     "Sub",
     "Sum",
     "SynchronousNeuron",
+    "Transpose",
     "pool_output_size",
 ]
 
@@ -454,6 +455,34 @@ class Reshape(Op):
 
 
 @dataclass(eq=False)
+class Transpose(Op):
+    """ONNX Transpose: ``y = np.transpose(x, perm)``; ``perm`` covers every axis, batch first, and keeps it.
+
+    Per sample it is a permutation of the flat (C-order) element indices,
+    so a linear projection with 0/1 weights: ``y.flat[i] = x.flat[P[i]]``
+    with ``P = np.transpose(np.arange(n).reshape(in_shape), [p - 1 for p in perm[1:]]).ravel()``
+    (see :meth:`flat_permutation`). ShuffleNet's channel shuffle is
+    ``Reshape (g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (C, H, W)``.
+    """
+
+    op_type: ClassVar[str] = "Transpose"
+    perm: tuple[int, ...] = ()  # ONNX order, batch axis included; perm[0] == 0
+
+    def output_shape(self, input_shapes):
+        shape = _one(input_shapes)
+        if sorted(self.perm) != list(range(len(shape) + 1)) or self.perm[0] != 0:
+            raise ShapeError(
+                f"Transpose perm {self.perm} is not a permutation of the {len(shape) + 1} axes keeping axis 0"
+            )
+        return tuple(shape[p - 1] for p in self.perm[1:])
+
+    def flat_permutation(self, input_shape: Shape) -> np.ndarray:
+        """``P`` (int64, per sample) with ``y.flat[i] = x.flat[P[i]]``."""
+        n = int(math.prod(input_shape))
+        return np.transpose(np.arange(n).reshape(input_shape), [p - 1 for p in self.perm[1:]]).ravel()
+
+
+@dataclass(eq=False)
 class Concat(Op):
     """Concatenation along ``axis`` (ONNX numbering, axis 0 is the batch axis)."""
 
@@ -636,6 +665,7 @@ OP_CLASSES: dict[tuple[str, str], type[Op]] = {
         Div,
         Flatten,
         Reshape,
+        Transpose,
         Concat,
         Pad,
         Dropout,
@@ -660,6 +690,7 @@ LINEAR_PROJECTIONS: tuple[type[Op], ...] = (
     GlobalAveragePool,
     Flatten,
     Reshape,
+    Transpose,
     Add,
     Sum,
     Mul,

@@ -278,6 +278,12 @@ class _Normaliser:
             if target is None or target.ndim == 0:
                 return target
             return _compact(np.broadcast_to(target, reader_shape).reshape(shape), shape)
+        if isinstance(op, O.Transpose):
+            target = self.target(reader)
+            if target is None or target.ndim == 0:
+                return target
+            inverse = np.argsort([p - 1 for p in op.perm[1:]])
+            return _compact(np.transpose(np.broadcast_to(target, reader_shape), inverse), shape)
         if isinstance(op, O.Concat):
             target = self.target(reader)
             if target is None or target.ndim == 0:
@@ -355,6 +361,9 @@ class _Normaliser:
             elif isinstance(op, (O.Flatten, O.Reshape)):
                 in_shape = ir.shape_of(g, srcs[0])
                 self.unit[name] = _compact(np.broadcast_to(self.unit[srcs[0]], in_shape).reshape(shape), shape)
+            elif isinstance(op, O.Transpose):
+                unit = np.broadcast_to(self.unit[srcs[0]], ir.shape_of(g, srcs[0]))
+                self.unit[name] = _compact(np.transpose(unit, [p - 1 for p in op.perm[1:]]), shape)
             elif isinstance(op, O.Concat):
                 axis = (op.axis if op.axis >= 0 else op.axis + len(shape) + 1) - 1
                 parts = [np.broadcast_to(self.unit[s], ir.shape_of(g, s)) for s in srcs]

@@ -21,10 +21,11 @@ Stages are set as in ``bsnn-nosn`` (1 + the largest source stage);
 synchronise fixes them (and inserts SNs) for ``bsnn``.
 
 Refusal (one ConversionError naming the first offending node and then
-every other one, with op and reason; nothing else happens): anything but a linear projection (Conv, Gemm, AveragePool,
-GlobalAveragePool, Flatten, Reshape, Add, Sum, Mul by a constant, Concat,
-Pad with 0) left between spiking nodes -- e.g. a ``Clip`` whose minimum is
-not 0, ``Softmax`` inside the network, a ``Sub`` / ``Div`` of input
+every other one, with op and reason; nothing else happens): anything but
+a linear projection (Conv, Gemm, AveragePool, GlobalAveragePool, Flatten,
+Reshape, Add, Sum, Mul by a constant, Concat, Pad with 0, Transpose
+keeping the batch axis) left between spiking nodes -- e.g. a ``Clip``
+whose minimum is not 0, ``Softmax`` inside the network, a ``Sub`` / ``Div`` of input
 normalisation that could not be folded, a ``MaxPool`` not reading a
 population (e.g. on the analog input or after a residual Add with no ReLU),
 more than one graph output, or a graph that was not normalised.

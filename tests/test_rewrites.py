@@ -346,3 +346,79 @@ def test_output_softmax_over_channels_of_a_pooled_map_is_removed():
     # over a singleton axis the softmax is constant, not argmax-invariant: it stays
     ir.op_of(graph, "softmax").axis = -1
     assert "softmax" in canonicalise(graph).graph
+
+
+# --------------------------------------------------------------------------- channel shuffle (a permutation)
+
+
+def _shuffle_model(make_model, rng, groups=2):
+    """grouped conv -> relu -> Reshape (g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (C, H, W) -> conv."""
+    inits = [
+        initializer("split", np.array([0, groups, 6 // groups, 8, 8], np.int64)),
+        initializer("merge", np.array([0, 6, 8, 8], np.int64)),
+    ]
+    nodes = [
+        _conv("c1", "x", "h1", (6, 1, 3, 3), rng, inits=inits),
+        helper.make_node("Relu", ["h1"], ["r1"], name="r1"),
+        helper.make_node("Reshape", ["r1", "split"], ["s"], name="split"),
+        helper.make_node("Transpose", ["s"], ["t"], name="shuffle", perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "merge"], ["m"], name="merge"),
+        _conv("c2", "m", "h2", (4, 6, 3, 3), rng, inits=inits),
+        helper.make_node("Relu", ["h2"], ["r2"], name="r2"),
+        *_head("r2", 4, 8, 3, rng, inits),
+    ]
+    # c1 reads 6 input channels: one per group of a depthwise conv over a 6-channel input
+    return make_model(nodes, [tensor_info("x", ["N", 6, 8, 8])], [tensor_info("y", ["N", 3])], inits)
+
+
+def _fix_depthwise(path):
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        if node.name == "c1":
+            node.attribute.append(helper.make_attribute("group", 6))
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("channelwise", [False, True])
+def test_channel_shuffle_is_a_linear_permutation(make_model, rng, channelwise):
+    path = _fix_depthwise(_shuffle_model(make_model, rng))
+    x = rng.standard_normal((16, 6, 8, 8)).astype(np.float32)
+    *_, spiking = _check_ann(path, x, channelwise)
+    op = ir.op_of(spiking, "shuffle")
+    assert isinstance(op, O.Transpose) and op.perm == (0, 2, 1, 3, 4)
+    assert [ir.op_of(spiking, s).op_type for s in ir.inputs_of(spiking, "c2")] == ["Reshape"]
+
+
+def test_transpose_flat_permutation_is_its_exact_meaning(rng):
+    op = O.Transpose(perm=(0, 2, 1, 3, 4))
+    shape = (3, 2, 4, 5)
+    x = rng.standard_normal((2,) + shape).astype(np.float32)
+    y = np.transpose(x, op.perm)
+    permutation = op.flat_permutation(shape)
+    assert sorted(permutation.tolist()) == list(range(int(np.prod(shape))))
+    np.testing.assert_array_equal(y.reshape(2, -1), x.reshape(2, -1)[:, permutation])
+    assert op.output_shape([shape]) == (2, 3, 4, 5)
+    with pytest.raises(O.ShapeError, match="keeping axis 0"):
+        O.Transpose(perm=(1, 0, 2, 3, 4)).output_shape([shape])
+
+
+def test_transpose_round_trips_onnx(make_model, rng, tmp_path):
+    graph = load_onnx(_fix_depthwise(_shuffle_model(make_model, rng)))
+    save_onnx(graph, tmp_path / "back.onnx")
+    x = rng.standard_normal((4, 6, 8, 8)).astype(np.float32)
+    (expected,) = run_onnxruntime(tmp_path / "back.onnx", {"x": x})
+    np.testing.assert_allclose(evaluate(graph, x), expected, rtol=1e-4, atol=1e-5)
+    assert ir.op_of(load_onnx(tmp_path / "back.onnx"), "shuffle").perm == (0, 2, 1, 3, 4)
+
+
+@pytest.mark.skip(
+    reason="runtime support pending: lowering of ops.Transpose (y.flat[i] = x.flat[P[i]], P = op.flat_permutation)"
+)
+def test_channel_shuffle_spiking_run_matches_the_oracle(make_model, rng):
+    path = _fix_depthwise(_shuffle_model(make_model, rng))
+    x = rng.standard_normal((16, 6, 8, 8)).astype(np.float32)
+    _, _, spiking = _check_ann(path, x)
+    _check_run_against_oracle(spiking, x)
