@@ -44,7 +44,7 @@ from . import ops as O
 from .errors import BsnnError, ModelError
 from .fileutil import atomic_output
 
-__all__ = ["EXPORT_OPSET", "MIN_OPSET", "SUPPORTED_OPS", "load_onnx", "save_onnx"]
+__all__ = ["EXPORT_OPSET", "EXTERNAL_DATA_BYTES", "MIN_OPSET", "SUPPORTED_OPS", "load_onnx", "save_onnx"]
 
 MIN_OPSET = 6
 """Oldest default-domain opset read (opsets 6-8 with their legacy attributes)."""
@@ -54,6 +54,8 @@ EXPORT_OPSET = 17
 
 _EXPORT_IR_VERSION = 8  # the IR version of opset 17; onnxruntime reads it
 
+#: initializer bytes above which save_onnx writes the weights to an external data file
+EXTERNAL_DATA_BYTES = 1 << 30
 _INPUT_SCALE_KEY = "bsnn.input_scale."  # metadata key prefix that carries Input.scale
 
 
@@ -1300,6 +1302,11 @@ def save_onnx(graph: nx.DiGraph, path: str | os.PathLike) -> None:
     every dataclass field as an attribute (tuples as ints, bools as 0/1,
     arrays as tensors). ``graph.graph["metadata"]`` becomes metadata_props.
 
+    Weights beyond :data:`EXTERNAL_DATA_BYTES` in all (protobuf cannot hold
+    a message over 2 GiB) go to one external data file ``<name>.data``
+    beside ``path`` (ONNX external data, location relative to the model;
+    tensors under 1 KiB stay inline); :func:`load_onnx` reads it back.
+
     Parameters
     ----------
     graph : the IR graph; it must pass :func:`bsnn_graph.ir.verify`.
@@ -1307,9 +1314,40 @@ def save_onnx(graph: nx.DiGraph, path: str | os.PathLike) -> None:
     """
     ir.verify(graph)
     model = _Writer(graph).build()
-    try:
-        onnx.checker.check_model(model, full_check=False)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"{path}: exported model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-    with atomic_output(path) as tmp:
-        onnx.save_model(model, str(tmp))
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weight_bytes <= EXTERNAL_DATA_BYTES:
+        try:
+            onnx.checker.check_model(model, full_check=False)
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(f"{path}: exported model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+        with atomic_output(path) as tmp:
+            onnx.save_model(model, str(tmp))
+        return
+    _save_with_external_data(model, Path(path))
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``path`` and its weights ``<path name>.data`` beside it (each file replaced atomically)."""
+    location = f"{path.name}.data"
+    with atomic_output(path) as tmp:  # checks the folder; the temporary name reserves the rename target
+        staging = Path(tmp).parent / f".{path.name}.{os.getpid()}.staging"
+        staging.mkdir()
+        try:
+            onnx.save_model(
+                model,
+                str(staging / path.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=location,
+                size_threshold=1024,
+            )
+            try:
+                onnx.checker.check_model(str(staging / path.name), full_check=False)
+            except onnx.checker.ValidationError as exc:
+                raise ModelError(f"{path}: exported model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+            os.replace(staging / location, path.parent / location)
+            os.replace(staging / path.name, tmp)
+        finally:
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()
