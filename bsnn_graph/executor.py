@@ -2,7 +2,7 @@
 
 It is the ground truth the passes are checked against, and it also gives
 the *ANN meaning* of the spiking ops (a population is ReLU of the sum of its
-inputs, a synchronous neuron the identity, a max gate a max pool, the output
+inputs, clipped at its ``ceiling``; a synchronous neuron the identity, a max gate a max pool, the output
 accumulator the identity), so a converted graph can be evaluated as the
 normalised ANN it encodes. Everything is computed in float32.
 """
@@ -63,8 +63,18 @@ def _windows(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool, f
     return _window_view(xp, kernel, strides, dilations, outs), outs, extra
 
 
+#: bytes of the im2col block a convolution may copy at once (conv_nd works by blocks of samples and output rows)
+CONV_BLOCK_BYTES = 32 << 20
+
+
 def conv_nd(x: np.ndarray, weight: np.ndarray, bias, strides=(), pads=(), dilations=(), group: int = 1) -> np.ndarray:
-    """ONNX Conv on a batch ``x`` of shape (N, C, *spatial)."""
+    """ONNX Conv on a batch ``x`` of shape (N, C, *spatial).
+
+    The windows are a strided view of the padded input; the product copies
+    them (im2col) one block of samples x output rows (first spatial axis) at
+    a time, each block at most :data:`CONV_BLOCK_BYTES` (one output row of
+    one sample at least), so memory beyond input and output is bounded.
+    """
     spatial = x.ndim - 2
     strides = tuple(strides) or (1,) * spatial
     pads = tuple(pads) or (0,) * (2 * spatial)
@@ -76,11 +86,21 @@ def conv_nd(x: np.ndarray, weight: np.ndarray, bias, strides=(), pads=(), dilati
     out = np.empty((n, weight.shape[0], *outs), dtype=np.float32)
     win_axes = [1] + list(range(2 + spatial, 2 + 2 * spatial))
     w_axes = list(range(1, 2 + spatial))
+    # bytes of the copied windows for one output row (first spatial axis) of one sample and group
+    row_bytes = 4 * per_group_in * math.prod(weight.shape[2:]) * math.prod(outs[1:])
+    rows_per_block = max(1, min(outs[0] if spatial else 1, CONV_BLOCK_BYTES // max(row_bytes, 1)))
+    samples_per_block = max(1, CONV_BLOCK_BYTES // max(row_bytes * (outs[0] if spatial else 1), 1))
+    row_starts = range(0, outs[0], rows_per_block) if spatial else [0]
     for g in range(group):
-        xg = win[:, g * per_group_in : (g + 1) * per_group_in]
         wg = weight[g * per_group_out : (g + 1) * per_group_out]
-        yg = np.tensordot(xg, wg, axes=(win_axes, w_axes))  # (N, *outs, Og)
-        out[:, g * per_group_out : (g + 1) * per_group_out] = np.moveaxis(yg, -1, 1)
+        out_channels = slice(g * per_group_out, (g + 1) * per_group_out)
+        for s0 in range(0, n, samples_per_block):
+            samples = slice(s0, s0 + samples_per_block)
+            for r0 in row_starts:
+                rows = (slice(r0, r0 + rows_per_block),) if spatial else ()
+                xg = win[(samples, slice(g * per_group_in, (g + 1) * per_group_in)) + rows]
+                yg = np.tensordot(xg, wg, axes=(win_axes, w_axes))  # (n_block, *outs_block, Og)
+                out[(samples, out_channels) + rows] = np.moveaxis(yg, -1, 1)
     if bias is not None:
         out += bias.reshape((1, -1) + (1,) * spatial)
     return out
@@ -151,9 +171,17 @@ def _apply(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
         total = args[0]
         for a in args[1:]:
             total = total + a
-        return np.maximum(total, 0) if not isinstance(op, O.SynchronousNeuron) else total
+        if isinstance(op, O.SynchronousNeuron):
+            return total
+        ceiling = np.asarray(op.ceiling, np.float32)
+        if ceiling.ndim:  # per channel (axis 1)
+            ceiling = ceiling.reshape((1, -1) + (1,) * (total.ndim - 2))
+        return np.minimum(np.maximum(total, 0), ceiling)
     if isinstance(op, O.Relu):
         return np.maximum(x, 0)
+    if isinstance(op, (O.LeakyRelu, O.PRelu)):
+        slope = np.float32(op.alpha) if isinstance(op, O.LeakyRelu) else op.slope
+        return np.where(x >= 0, x, x * slope).astype(np.float32)
     if isinstance(op, O.Clip):
         lo = -np.inf if op.min is None else op.min
         hi = np.inf if op.max is None else op.max
@@ -175,6 +203,8 @@ def _apply(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
         return x.reshape(x.shape[0], -1)
     if isinstance(op, O.Reshape):
         return x.reshape((x.shape[0],) + tuple(op.shape))
+    if isinstance(op, O.Transpose):
+        return np.ascontiguousarray(np.transpose(x, op.perm))
     if isinstance(op, O.Concat):
         return np.concatenate(args, axis=op.axis)
     if isinstance(op, O.Pad):

@@ -44,7 +44,7 @@ from . import ops as O
 from .errors import BsnnError, ModelError
 from .fileutil import atomic_output
 
-__all__ = ["EXPORT_OPSET", "MIN_OPSET", "SUPPORTED_OPS", "load_onnx", "save_onnx"]
+__all__ = ["EXPORT_OPSET", "EXTERNAL_DATA_BYTES", "MIN_OPSET", "SUPPORTED_OPS", "load_onnx", "save_onnx"]
 
 MIN_OPSET = 6
 """Oldest default-domain opset read (opsets 6-8 with their legacy attributes)."""
@@ -54,6 +54,8 @@ EXPORT_OPSET = 17
 
 _EXPORT_IR_VERSION = 8  # the IR version of opset 17; onnxruntime reads it
 
+#: initializer bytes above which save_onnx writes the weights to an external data file
+EXTERNAL_DATA_BYTES = 1 << 30
 _INPUT_SCALE_KEY = "bsnn.input_scale."  # metadata key prefix that carries Input.scale
 
 
@@ -437,6 +439,19 @@ def _convert_relu(loader, node, attrs, ins):
     return O.Relu(), [_tensor(ins[0], "Relu input").key]
 
 
+def _convert_leaky_relu(loader, node, attrs, ins):
+    return O.LeakyRelu(alpha=float(np.float32(attrs.get("alpha", 0.01)))), [_tensor(ins[0], "LeakyRelu input").key]
+
+
+def _convert_prelu(loader, node, attrs, ins):
+    x = _tensor(ins[0], "PRelu input")
+    slope = _float32(_const(ins[1], "PRelu slope"), "PRelu slope")
+    if loader.opset < 7 and slope.size != 1:
+        raise _Unsupported("PRelu before opset 7 with a slope per channel")
+    _check_constant("PRelu", x, slope)
+    return O.PRelu(slope=slope), [x.key]
+
+
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -603,6 +618,17 @@ def _convert_reshape(loader, node, attrs, ins):
     return O.Reshape(shape=shape), [x.key]
 
 
+def _convert_transpose(loader, node, attrs, ins):
+    x = _tensor(ins[0], "Transpose input")
+    rank = len(x.shape) + 1
+    perm = tuple(int(p) for p in attrs.get("perm", range(rank - 1, -1, -1)))
+    if sorted(perm) != list(range(rank)):
+        raise _Unsupported(f"Transpose with perm {list(perm)} for rank {rank}")
+    if perm[0] != 0:
+        raise _Unsupported("Transpose that moves the batch axis")
+    return O.Transpose(perm=perm), [x.key]
+
+
 def _convert_squeeze_unsqueeze(loader, node, attrs, ins):
     x = _tensor(ins[0], f"{node.op_type} input")
     axes = attrs.get("axes") if loader.opset < 13 else _optional(ins, 1)
@@ -733,6 +759,8 @@ _CONVERTERS = {
     "GlobalAveragePool": _convert_gap,
     "Add": _convert_add,
     "Sum": _convert_sum,
+    "LeakyRelu": _convert_leaky_relu,
+    "PRelu": _convert_prelu,
     "Sub": _convert_constant_binary,
     "Mul": _convert_constant_binary,
     "Div": _convert_constant_binary,
@@ -741,6 +769,7 @@ _CONVERTERS = {
     "Squeeze": _convert_squeeze_unsqueeze,
     "Unsqueeze": _convert_squeeze_unsqueeze,
     "Concat": _convert_concat,
+    "Transpose": _convert_transpose,
     "Pad": _convert_pad,
     "Dropout": _convert_dropout,
     "Identity": _convert_identity,
@@ -1286,6 +1315,12 @@ class _Writer:
     def _export_Relu(self, name, op, inputs):
         self.emit(name, "Relu", inputs)
 
+    def _export_LeakyRelu(self, name, op, inputs):
+        self.emit(name, "LeakyRelu", inputs, alpha=float(op.alpha))
+
+    def _export_PRelu(self, name, op, inputs):
+        self.emit(name, "PRelu", inputs + [self.constant(name, "slope", op.slope)])
+
     def _export_Clip(self, name, op, inputs):
         lo = "" if op.min is None else self.constant(name, "min", np.array(op.min, np.float32))
         hi = "" if op.max is None else self.constant(name, "max", np.array(op.max, np.float32))
@@ -1337,6 +1372,9 @@ class _Writer:
     def _export_Reshape(self, name, op, inputs):
         target = self.constant(name, "shape", np.array([0, *op.shape], np.int64))
         self.emit(name, "Reshape", inputs + [target])
+
+    def _export_Transpose(self, name, op, inputs):
+        self.emit(name, "Transpose", inputs, perm=[int(p) for p in op.perm])
 
     def _export_Concat(self, name, op, inputs):
         self.emit(name, "Concat", inputs, axis=int(op.axis))
@@ -1402,6 +1440,11 @@ def save_onnx(graph: nx.DiGraph, path: str | os.PathLike) -> None:
     every dataclass field as an attribute (tuples as ints, bools as 0/1,
     arrays as tensors). ``graph.graph["metadata"]`` becomes metadata_props.
 
+    Weights beyond :data:`EXTERNAL_DATA_BYTES` in all (protobuf cannot hold
+    a message over 2 GiB) go to one external data file ``<name>.data``
+    beside ``path`` (ONNX external data, location relative to the model;
+    tensors under 1 KiB stay inline); :func:`load_onnx` reads it back.
+
     Parameters
     ----------
     graph : the IR graph; it must pass :func:`bsnn_graph.ir.verify`.
@@ -1409,9 +1452,40 @@ def save_onnx(graph: nx.DiGraph, path: str | os.PathLike) -> None:
     """
     ir.verify(graph)
     model = _Writer(graph).build()
-    try:
-        onnx.checker.check_model(model, full_check=False)
-    except onnx.checker.ValidationError as exc:
-        raise ModelError(f"{path}: exported model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-    with atomic_output(path) as tmp:
-        onnx.save_model(model, str(tmp))
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weight_bytes <= EXTERNAL_DATA_BYTES:
+        try:
+            onnx.checker.check_model(model, full_check=False)
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(f"{path}: exported model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+        with atomic_output(path) as tmp:
+            onnx.save_model(model, str(tmp))
+        return
+    _save_with_external_data(model, Path(path))
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``path`` and its weights ``<path name>.data`` beside it (each file replaced atomically)."""
+    location = f"{path.name}.data"
+    with atomic_output(path) as tmp:  # checks the folder; the temporary name reserves the rename target
+        staging = Path(tmp).parent / f".{path.name}.{os.getpid()}.staging"
+        staging.mkdir()
+        try:
+            onnx.save_model(
+                model,
+                str(staging / path.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=location,
+                size_threshold=1024,
+            )
+            try:
+                onnx.checker.check_model(str(staging / path.name), full_check=False)
+            except onnx.checker.ValidationError as exc:
+                raise ModelError(f"{path}: exported model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+            os.replace(staging / location, path.parent / location)
+            os.replace(staging / path.name, tmp)
+        finally:
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()

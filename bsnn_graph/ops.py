@@ -45,6 +45,7 @@ __all__ = [
     "GlobalAveragePool",
     "Identity",
     "Input",
+    "LeakyRelu",
     "LogSoftmax",
     "MatMul",
     "MaxGate",
@@ -52,6 +53,7 @@ __all__ = [
     "Mul",
     "Op",
     "OutputAccumulator",
+    "PRelu",
     "Pad",
     "Population",
     "Relu",
@@ -61,6 +63,7 @@ __all__ = [
     "Sub",
     "Sum",
     "SynchronousNeuron",
+    "Transpose",
     "pool_output_size",
 ]
 
@@ -291,6 +294,28 @@ class Relu(Op):
 
 
 @dataclass(eq=False)
+class LeakyRelu(Op):
+    """``y = x if x >= 0 else alpha * x``."""
+
+    op_type: ClassVar[str] = "LeakyRelu"
+    alpha: float = 0.01
+
+    def output_shape(self, input_shapes):
+        return _one(input_shapes)
+
+
+@dataclass(eq=False)
+class PRelu(Op):
+    """``y = x if x >= 0 else slope * x``; ``slope`` a constant broadcast like an element-wise operand."""
+
+    op_type: ClassVar[str] = "PRelu"
+    slope: np.ndarray = None  # ONNX-layout constant, e.g. (C, 1, 1) or (1,)
+
+    def output_shape(self, input_shapes):
+        return _broadcast_constant(_one(input_shapes), self.slope)
+
+
+@dataclass(eq=False)
 class Clip(Op):
     """``y = min(max(x, min), max)``; ReLU when ``min == 0`` and ``max`` is None, ReLU6 with ``max == 6``."""
 
@@ -433,6 +458,34 @@ class Reshape(Op):
 
 
 @dataclass(eq=False)
+class Transpose(Op):
+    """ONNX Transpose: ``y = np.transpose(x, perm)``; ``perm`` covers every axis, batch first, and keeps it.
+
+    Per sample it is a permutation of the flat (C-order) element indices,
+    so a linear projection with 0/1 weights: ``y.flat[i] = x.flat[P[i]]``
+    with ``P = np.transpose(np.arange(n).reshape(in_shape), [p - 1 for p in perm[1:]]).ravel()``
+    (see :meth:`flat_permutation`). ShuffleNet's channel shuffle is
+    ``Reshape (g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (C, H, W)``.
+    """
+
+    op_type: ClassVar[str] = "Transpose"
+    perm: tuple[int, ...] = ()  # ONNX order, batch axis included; perm[0] == 0
+
+    def output_shape(self, input_shapes):
+        shape = _one(input_shapes)
+        if sorted(self.perm) != list(range(len(shape) + 1)) or self.perm[0] != 0:
+            raise ShapeError(
+                f"Transpose perm {self.perm} is not a permutation of the {len(shape) + 1} axes keeping axis 0"
+            )
+        return tuple(shape[p - 1] for p in self.perm[1:])
+
+    def flat_permutation(self, input_shape: Shape) -> np.ndarray:
+        """``P`` (int64, per sample) with ``y.flat[i] = x.flat[P[i]]``."""
+        n = int(math.prod(input_shape))
+        return np.transpose(np.arange(n).reshape(input_shape), [p - 1 for p in self.perm[1:]]).ravel()
+
+
+@dataclass(eq=False)
 class Concat(Op):
     """Concatenation along ``axis`` (ONNX numbering, axis 0 is the batch axis)."""
 
@@ -530,6 +583,11 @@ class Population(Op):
     smallest spike value, so a fire period rounds V to K bits instead of
     truncating it; runtime.schedule.initial_potential). As an ANN op it is
     ``max(sum of inputs, 0)``.
+
+    ``ceiling`` (normalised units, ``c / lambda``; infinite by default) is the
+    population of a ``Clip(0, c)`` (ReLU6: c = 6): after each integrate
+    period ``V = min(V, ceiling)``, the excess discarded, not carried. As an
+    ANN op it is then ``clip(sum of inputs, 0, ceiling)``.
     """
 
     op_type: ClassVar[str] = "Population"
@@ -541,6 +599,7 @@ class Population(Op):
     threshold: float = 1.0
     scale: np.ndarray = field(default_factory=lambda: np.ones((), np.float32))  # lambda, () or (C,)
     initial_potential: str = "half"  # V at the start: "half" (theta 2^-(K+1); if-rate theta/2) or "zero"
+    ceiling: np.ndarray = field(default_factory=lambda: np.full((), np.inf, np.float32))  # c / lambda, () or (C,)
 
     def output_shape(self, input_shapes):
         return _broadcast(input_shapes)
@@ -600,6 +659,8 @@ OP_CLASSES: dict[tuple[str, str], type[Op]] = {
         MatMul,
         BatchNormalization,
         Relu,
+        LeakyRelu,
+        PRelu,
         Clip,
         MaxPool,
         AveragePool,
@@ -611,6 +672,7 @@ OP_CLASSES: dict[tuple[str, str], type[Op]] = {
         Div,
         Flatten,
         Reshape,
+        Transpose,
         Concat,
         Pad,
         Dropout,
@@ -635,6 +697,7 @@ LINEAR_PROJECTIONS: tuple[type[Op], ...] = (
     GlobalAveragePool,
     Flatten,
     Reshape,
+    Transpose,
     Add,
     Sum,
     Mul,

@@ -60,7 +60,7 @@ def convert(
     channelwise: bool = False,
     until: str | None = None,
     progress: Callable[[int], None] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     input_lambda: float | None = None,
     initial_potential: str = "half",
 ) -> nx.DiGraph:
@@ -77,7 +77,9 @@ def convert(
     channelwise : one lambda per channel instead of per population.
     until : stop after the pass of this name (see :data:`PIPELINE`).
     progress : called with the number of samples after each calibration batch.
-    batch_size : calibration batch size when ``calibration`` is an array.
+    batch_size : calibration batch size when ``calibration`` is an array; None
+        (default): the largest that fits the activation memory budget
+        (:func:`passes.normalise.calibration_batch_size`).
     input_lambda : lambda of the analog input (default ``Input.scale``, i.e. 1);
         the runtime must feed ``x / input_lambda``.
     initial_potential : where every spiking population's V starts: ``"half"``

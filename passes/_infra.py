@@ -38,6 +38,7 @@ __all__ = [
     "copy_graph",
     "insert_after",
     "insert_on_edge",
+    "is_population_activation",
     "merge_add",
     "passes_applied",
     "refuse",
@@ -162,6 +163,14 @@ def insert_on_edge(graph: nx.DiGraph, src: str, dst: str, new: str, op) -> str:
     ir.add_node(graph, new, op, [src])
     ir.set_inputs(graph, dst, [new if s == src else s for s in ir.inputs_of(graph, dst)])
     return new
+
+
+def is_population_activation(op: O.Op) -> bool:
+    """True for the activations one population replaces: ``Relu``, and ``Clip(0, c)`` with ``c > 0``
+    (ReLU6; the population gets the ceiling ``c / lambda``)."""
+    if isinstance(op, O.Relu):
+        return True
+    return isinstance(op, O.Clip) and op.min == 0 and op.max is not None and op.max > 0
 
 
 def merge_add(graph: nx.DiGraph, relu: str) -> str | None:

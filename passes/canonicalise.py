@@ -5,7 +5,8 @@ where stated):
 
 - ``Dropout(x)``, ``Identity(x)``, ``Sum(x)`` -> ``x`` (identities at inference).
 - trailing ``Softmax`` / ``LogSoftmax`` over the class axis of a graph
-  output -> removed (monotone per sample, so the argmax is unchanged);
+  output ((classes,), or (classes, 1, ..., 1) over axis 1, per sample) ->
+  removed (monotone per sample, so the argmax is unchanged);
   recorded in metadata ``bsnn.removed_output_op``. A softmax anywhere else
   is left for to_spiking to refuse.
 - ``Add(MatMul(x, W), c)`` -> ``Gemm(x, W^T, c)`` and a lone ``MatMul`` ->
@@ -17,10 +18,8 @@ where stated):
   spiking contract names); a Reshape to the shape it already has -> ``x``.
 - ``Sum(x, y)`` -> ``Add(x, y)``; a Sum of more inputs -> a chain of Adds.
 - ``Clip(x, 0, None)`` -> ``Relu(x)``; ``Clip(x, None, None)`` -> ``x``.
-  ``Clip(x, 0, 6)`` (ReLU6) is left in place and refused by to_spiking: a
-  bistable population cannot saturate at 6 (its residual carries the excess
-  into the next period), so treating it as a ReLU would silently change the
-  network whenever an activation exceeds 6.
+  ``Clip(x, 0, 6)`` (ReLU6) stays: to_spiking makes it a population with a
+  ceiling.
 - constant input normalisation: a chain of ``Sub`` / ``Mul`` / ``Div`` /
   ``Add`` by constants right after an Input, read (through Flatten/Reshape)
   by one Conv or Gemm, is folded into that linear op:
@@ -29,12 +28,27 @@ where stated):
   contribution as an ``Add(constant)`` after it). Refused (left in place;
   to_spiking then names it) when ``a`` varies within a channel of a Conv
   input, when a chain node has several consumers, or for ``c / x``.
-- ``Relu(MaxPool(x))`` -> ``MaxPool(Relu(x))``: max is monotone, so the two
+- ``LeakyRelu(x)`` / ``PRelu(x)`` (slope ``a``, scalar or per channel) ->
+  ``Add(Relu(x), Mul(Relu(Mul(x, -1)), -a))``, i.e.
+  ``y = ReLU(x) - a ReLU(-x)`` (exact: one of the two is 0): two
+  populations ``<name>_positive`` and ``<name>_negative`` reading the same
+  sources (so of the same stage; the second's lambda comes from the
+  negative activations), summed linearly by the Add, which keeps the
+  node's name. Slope 0 everywhere gives ``Relu(x)``.
+- ``Relu(MaxPool(x))`` -> ``MaxPool(Relu(x))`` (and the same for
+  ``Clip(0, c)``): a non-decreasing function commutes with max, so the two
   are equal (every window holds at least one real element); the spec wants
   every max pool to read spikes. ``Relu(Relu(x))`` -> ``Relu(x)``.
+- ``MaxPool(Concat(a, b, ...; axis=1))`` -> ``Concat(MaxPool(a), MaxPool(b), ...)``
+  (SqueezeNet, Inception): max pooling acts per channel, so pooling each
+  part is the same; each part then reads its own population, as a max gate
+  must. The Concat stays when it has other readers. Not applied to a Concat
+  along a spatial axis (a window would straddle the parts).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import networkx as nx
 import numpy as np
@@ -43,7 +57,7 @@ from bsnn_graph import ir
 from bsnn_graph import ops as O
 
 from ._affine import find_linear_reader, fold_affine_into, per_sample
-from ._infra import NodeRefusal, Pass, bypass, single_consumer
+from ._infra import NodeRefusal, Pass, bypass, is_population_activation, single_consumer
 
 __all__ = ["canonicalise"]
 
@@ -65,7 +79,10 @@ def _drop_output_softmax(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
     if not isinstance(op, O.Softmax) or name not in graph.graph["outputs"] or ir.consumers(graph, name):
         return False
     shape = ir.shape_of(graph, name)
-    if len(shape) != 1 or op.axis not in (1, -1):
+    rank = len(shape) + 1
+    axis = op.axis if op.axis >= 0 else op.axis + rank
+    # over the class axis: (classes,), or (classes, 1, ..., 1) over axis 1 (SqueezeNet's GAP -> Softmax)
+    if axis != 1 or any(d != 1 for d in shape[1:]):
         return False
     bypass(graph, name)
     removed = graph.graph["metadata"].get("bsnn.removed_output_op")
@@ -133,12 +150,29 @@ def _clip_to_relu(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
     return False
 
 
+def _split_leaky_relu(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if not isinstance(op, (O.LeakyRelu, O.PRelu)):
+        return False
+    slope = np.asarray(op.alpha if isinstance(op, O.LeakyRelu) else op.slope, np.float32)
+    if not np.any(slope != 0):
+        graph.nodes[name]["op"] = O.Relu()
+        return True
+    (x,) = ir.inputs_of(graph, name)
+    positive = ir.add_node(graph, ir.unique_name(graph, f"{name}_positive"), O.Relu(), [x])
+    negate = ir.add_node(graph, ir.unique_name(graph, f"{name}_negate"), O.Mul(constant=np.float32(-1.0)), [x])
+    negative = ir.add_node(graph, ir.unique_name(graph, f"{name}_negative"), O.Relu(), [negate])
+    scaled = ir.add_node(graph, ir.unique_name(graph, f"{name}_slope"), O.Mul(constant=-slope), [negative])
+    graph.nodes[name]["op"] = O.Add()
+    ir.set_inputs(graph, name, [positive, scaled])
+    return True
+
+
 def _relu_before_maxpool(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
-    if not isinstance(op, O.Relu):
+    if not is_population_activation(op):
         return False
     (src,) = ir.inputs_of(graph, name)
     src_op = ir.op_of(graph, src)
-    if isinstance(src_op, O.Relu):
+    if isinstance(src_op, O.Relu) and isinstance(op, O.Relu):
         bypass(graph, name)
         return True
     if not isinstance(src_op, O.MaxPool) or single_consumer(graph, src) != name:
@@ -148,6 +182,27 @@ def _relu_before_maxpool(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
     ir.replace_uses(graph, name, src)
     ir.set_inputs(graph, src, [name])
     graph.nodes[name]["shape"] = ir.shape_of(graph, x)
+    return True
+
+
+def _maxpool_through_concat(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    if not isinstance(op, O.MaxPool):
+        return False
+    (concat,) = ir.inputs_of(graph, name)
+    concat_op = ir.op_of(graph, concat)
+    if not isinstance(concat_op, O.Concat):
+        return False
+    rank = len(ir.shape_of(graph, concat)) + 1
+    if (concat_op.axis if concat_op.axis >= 0 else concat_op.axis + rank) != 1:
+        return False  # a max window would mix the concatenated parts
+    pools = []
+    for i, branch in enumerate(ir.inputs_of(graph, concat)):
+        pool = ir.unique_name(graph, f"{name}_part{i}")
+        pools.append(ir.add_node(graph, pool, dataclasses.replace(op), [branch]))
+    graph.nodes[name]["op"] = O.Concat(axis=1)
+    ir.set_inputs(graph, name, pools)
+    if not ir.consumers(graph, concat) and concat not in graph.graph["outputs"]:
+        ir.remove_node(graph, concat)
     return True
 
 
@@ -201,7 +256,9 @@ _RULES = (
     _reshape_to_flatten,
     _sum_to_add,
     _clip_to_relu,
+    _split_leaky_relu,
     _relu_before_maxpool,
+    _maxpool_through_concat,
     _fold_input_normalisation,
 )
 

@@ -1,4 +1,4 @@
-"""fold_batchnorm: fold every inference BatchNormalization into a neighbouring Conv or Gemm.
+"""fold_batchnorm: fold every inference BatchNormalization into a neighbouring Conv or Gemm, else make it affine.
 
 With ``s = scale / sqrt(var + epsilon)`` and ``t = bias - mean * s``,
 ``BN(y) = s * y + t`` per channel (axis 1).
@@ -18,9 +18,15 @@ Before / After (into the following linear op, e.g. Add -> BN -> Conv):
     correction (the padding zeros are *after* BN, so they are not ``t``).
     A Flatten/Reshape between BN and a Gemm is allowed.
 
-Refusal: a BN that can go neither way (e.g. Add -> BN -> ReLU in a
-pre-activation ResNet) stops the conversion with a ConversionError naming
-it: no spiking population can apply a per-channel affine map after a sum.
+Before / After (no linear op on either side: pre-activation ResNets'
+Add -> BN -> ReLU, DenseNet's Concat -> BN -> ReLU, ReLU -> BN -> MaxPool):
+    ``BN(x)`` -> ``Add(Mul(x, s), t)`` with ``s`` and ``t`` constants of
+    shape (1, C, 1, ...): a per-channel affine projection between the
+    spiking sources and the next population, linear ops the spiking
+    contract allows (normalise divides ``t`` by the unit of ``x``; ``s``
+    keeps it). The Add keeps the BN's name, the Mul is ``<bn>_scale``.
+    Exact; the two folds above are tried first because they leave no
+    extra node. Nothing is refused.
 """
 
 from __future__ import annotations
@@ -79,18 +85,21 @@ def _fold_batchnorm(graph: nx.DiGraph) -> bool:
     for bn in ir.topological_order(graph):
         if not isinstance(ir.op_of(graph, bn), O.BatchNormalization):
             continue
-        if _fold_into_previous(graph, bn) or _fold_into_next(graph, bn):
-            modified = True
-            continue
-        (src,) = ir.inputs_of(graph, bn)
-        readers = ", ".join(f"{r!r} ({ir.op_of(graph, r).op_type})" for r in ir.consumers(graph, bn)) or "the output"
-        refuse(
-            graph,
-            bn,
-            f"cannot fold: it follows {src!r} ({ir.op_of(graph, src).op_type}), not a Conv/Gemm used only by it, "
-            f"and feeds {readers}, not one Conv/Gemm",
-        )
+        if not (_fold_into_previous(graph, bn) or _fold_into_next(graph, bn)):
+            _to_affine_projection(graph, bn)
+        modified = True
     return modified
+
+
+def _to_affine_projection(graph: nx.DiGraph, bn: str) -> None:
+    (src,) = ir.inputs_of(graph, bn)
+    shape = ir.shape_of(graph, bn)
+    s, t = batchnorm_affine(ir.op_of(graph, bn))
+    channel_shape = (1, -1) + (1,) * (len(shape) - 1)
+    mul = O.Mul(constant=s.reshape(channel_shape).astype(np.float32))
+    scale = ir.add_node(graph, ir.unique_name(graph, f"{bn}_scale"), mul, [src])
+    graph.nodes[bn]["op"] = O.Add(constant=t.reshape(channel_shape).astype(np.float32))
+    ir.set_inputs(graph, bn, [scale])
 
 
 def _no_batchnorm_left(graph: nx.DiGraph) -> None:
@@ -101,7 +110,7 @@ def _no_batchnorm_left(graph: nx.DiGraph) -> None:
 
 fold_batchnorm = Pass(
     name="fold_batchnorm",
-    description="fold BatchNormalization into the preceding (or else the following) Conv/Gemm",
+    description="fold BatchNormalization into the preceding (or else the following) Conv/Gemm, else Mul+Add",
     rewrite=_fold_batchnorm,
     ensures=_no_batchnorm_left,
 )

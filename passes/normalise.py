@@ -1,10 +1,14 @@
 """normalise: data-based (percentile) weight normalisation, threshold 1 for every population.
 
-Populations (in the folded ANN): every ReLU; a ReLU that alone reads a
-two-tensor Add is one residual *merge* population whose branches are the
-Add's inputs.
+Populations (in the folded ANN): every ReLU and every ``Clip(0, c)``
+(ReLU6; its lambda is the percentile of its clipped output, so ``lambda <= c``,
+and its bound becomes ``c / lambda``: per-population lambda only); a ReLU
+that alone reads a two-tensor Add is one residual *merge* population whose
+branches are the Add's inputs.
 
-1. Calibrate: run the ANN (:func:`bsnn_graph.executor.iterate_activations`)
+1. Calibrate (in batches of the given size, or else of the size
+   :func:`calibration_batch_size` fits in :data:`CALIBRATION_MEMORY_BYTES`):
+   run the ANN (:func:`bsnn_graph.executor.iterate_activations`)
    on the calibration batches and feed every population's activation to a
    :class:`~passes.percentile.StreamingPercentile` (bounded memory, relative
    error <= 0.27 %); ``lambda`` = the p-th percentile (default 99.99) of the
@@ -38,7 +42,7 @@ number or per-channel list) until to_spiking moves them into
 ``bsnn.channelwise`` and ``bsnn.calibration_samples`` are recorded too.
 
 Refusal: an op with no linear meaning between populations (Softmax,
-Clip with a maximum, BatchNormalization, MatMul on a >1-d input, Div of a
+a Clip other than Clip(0, c), BatchNormalization, MatMul on a >1-d input, Div of a
 constant by a tensor), a Conv whose input unit varies within a channel,
 a graph without exactly one Input, and calibration data that yields no
 sample.
@@ -58,10 +62,47 @@ from bsnn_graph.data import fit_to_input
 from bsnn_graph.errors import DataError
 from bsnn_graph.executor import iterate_activations
 
-from ._infra import Pass, insert_after, insert_on_edge, refuse
+from ._infra import Pass, insert_after, insert_on_edge, is_population_activation, refuse
 from .percentile import StreamingPercentile
 
-__all__ = ["calibration_batches", "normalise", "population_scales", "read_scales"]
+__all__ = [
+    "CALIBRATION_MEMORY_BYTES",
+    "calibration_batch_size",
+    "calibration_batches",
+    "normalise",
+    "population_scales",
+    "read_scales",
+]
+
+#: activation memory a calibration batch may take when the caller gives no batch size
+CALIBRATION_MEMORY_BYTES = 1 << 30
+#: the temporaries (padded copies, pooling) on top of the live activations, as a factor
+_TEMPORARY_FACTOR = 2
+
+
+def calibration_batch_size(graph: nx.DiGraph, budget_bytes: int = CALIBRATION_MEMORY_BYTES, largest: int = 256) -> int:
+    """The largest calibration batch (1..``largest``) whose activations fit in ``budget_bytes``.
+
+    The per-sample peak is the largest sum of live float32 activations when
+    :func:`bsnn_graph.executor.iterate_activations` frees each tensor after
+    its last reader, times a factor of 2 for temporaries (padded copies);
+    a convolution's im2col block is bounded separately
+    (:data:`bsnn_graph.executor.CONV_BLOCK_BYTES`).
+    """
+    remaining = {n: len(ir.consumers(graph, n)) for n in graph.nodes}
+    keep = set(graph.graph["outputs"])
+    live: dict[str, int] = {}
+    peak = 0
+    for name in ir.topological_order(graph):
+        live[name] = 4 * int(np.prod(ir.shape_of(graph, name), dtype=np.int64))
+        peak = max(peak, sum(live.values()))
+        for src in set(ir.inputs_of(graph, name)):
+            remaining[src] -= 1
+            if remaining[src] == 0 and src not in keep:
+                live.pop(src, None)
+    per_sample = max(1, _TEMPORARY_FACTOR * peak)
+    return int(max(1, min(largest, budget_bytes // per_sample)))
+
 
 _TRANSPARENT = (O.MaxPool, O.AveragePool, O.GlobalAveragePool, O.Dropout, O.Identity, O.Pad)
 
@@ -83,21 +124,24 @@ def population_scales(
     calibration,
     percentile: float = 99.99,
     channelwise: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Percentile lambdas of every ReLU of the ANN ``graph`` over the calibration data.
+    """Percentile lambdas of every ReLU (and Clip(0, c)) of the ANN ``graph`` over the calibration data.
 
     Returns ``(lambdas, samples)``: name -> float64 array of shape () or
     (C,) and the number of calibration samples seen. ``progress(n)`` is
-    called after each batch of ``n`` samples.
+    called after each batch of ``n`` samples. An array ``calibration`` is
+    split into ``batch_size`` batches; None: :func:`calibration_batch_size`.
     """
+    if batch_size is None:
+        batch_size = calibration_batch_size(graph)
     if not 0 < percentile <= 100:
         raise DataError(f"percentile {percentile} is not in (0, 100]")
     if len(graph.graph["inputs"]) != 1:
         refuse(graph, None, f"calibration needs exactly one graph input, found {graph.graph['inputs']}")
     shape = ir.shape_of(graph, graph.graph["inputs"][0])
-    relus = [n for n in ir.topological_order(graph) if isinstance(ir.op_of(graph, n), O.Relu)]
+    relus = [n for n in ir.topological_order(graph) if is_population_activation(ir.op_of(graph, n))]
     estimators = {
         r: StreamingPercentile(ir.shape_of(graph, r)[0] if channelwise and ir.shape_of(graph, r) else None)
         for r in relus
@@ -205,7 +249,7 @@ class _Normaliser:
         g = self.graph
         op = ir.op_of(g, reader)
         shape, reader_shape = ir.shape_of(g, name), ir.shape_of(g, reader)
-        if isinstance(op, O.Relu):
+        if is_population_activation(op):
             return self.lambdas[reader]
         if isinstance(
             op,
@@ -234,6 +278,12 @@ class _Normaliser:
             if target is None or target.ndim == 0:
                 return target
             return _compact(np.broadcast_to(target, reader_shape).reshape(shape), shape)
+        if isinstance(op, O.Transpose):
+            target = self.target(reader)
+            if target is None or target.ndim == 0:
+                return target
+            inverse = np.argsort([p - 1 for p in op.perm[1:]])
+            return _compact(np.transpose(np.broadcast_to(target, reader_shape), inverse), shape)
         if isinstance(op, O.Concat):
             target = self.target(reader)
             if target is None or target.ndim == 0:
@@ -268,9 +318,18 @@ class _Normaliser:
             if isinstance(op, O.Input):
                 op.scale = self.input_scale
                 self.unit[name] = np.array(self.input_scale)
-            elif isinstance(op, O.Relu):
+            elif is_population_activation(op):
                 self.require(srcs[0], name, self.lambdas[name])
                 self.unit[name] = self.lambdas[name]
+                if isinstance(op, O.Clip):  # the bound in the population's unit: c / lambda
+                    if self.lambdas[name].ndim:
+                        refuse(
+                            g,
+                            name,
+                            f"Clip(0, {op.max}) with per-channel lambdas is not supported (its bound is one "
+                            "number); normalise it per population (channelwise off)",
+                        )
+                    op.max = float(np.float64(op.max) / float(self.lambdas[name]))
             elif isinstance(op, (O.Conv, O.Gemm)):
                 self._linear(name, op, srcs[0], shape)
             elif (isinstance(op, O.Add) and op.constant is None) or isinstance(op, O.Sum):
@@ -302,6 +361,9 @@ class _Normaliser:
             elif isinstance(op, (O.Flatten, O.Reshape)):
                 in_shape = ir.shape_of(g, srcs[0])
                 self.unit[name] = _compact(np.broadcast_to(self.unit[srcs[0]], in_shape).reshape(shape), shape)
+            elif isinstance(op, O.Transpose):
+                unit = np.broadcast_to(self.unit[srcs[0]], ir.shape_of(g, srcs[0]))
+                self.unit[name] = _compact(np.transpose(unit, [p - 1 for p in op.perm[1:]]), shape)
             elif isinstance(op, O.Concat):
                 axis = (op.axis if op.axis >= 0 else op.axis + len(shape) + 1) - 1
                 parts = [np.broadcast_to(self.unit[s], ir.shape_of(g, s)) for s in srcs]
@@ -346,7 +408,7 @@ def _normalise(
     calibration=None,
     percentile: float = 99.99,
     channelwise: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     input_lambda: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> bool:

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["StreamingPercentile"]
+__all__ = ["UPDATE_BLOCK", "StreamingPercentile"]
+
+#: values per histogram update step (bounds the temporaries of :meth:`StreamingPercentile.update`)
+UPDATE_BLOCK = 1 << 20
 
 
 class StreamingPercentile:
@@ -73,14 +76,24 @@ class StreamingPercentile:
         return self.counts.sum(axis=1)
 
     def update(self, batch: np.ndarray) -> None:
-        """Add the positive values of ``batch`` (shape (N, C, ...) when per channel)."""
+        """Add the positive values of ``batch`` (shape (N, C, ...) when per channel).
+
+        The values are taken in blocks of at most :data:`UPDATE_BLOCK`, so the
+        temporaries (about 40 bytes per value) stay bounded whatever the batch.
+        """
         batch = np.asarray(batch)
         if self.channels is None:
-            values = batch.reshape(1, -1)
+            rows = [batch.reshape(1, -1)]
         else:
             if batch.ndim < 2 or batch.shape[1] != self.channels:
                 raise ValueError(f"expected {self.channels} channels on axis 1, got shape {batch.shape}")
-            values = np.moveaxis(batch, 1, 0).reshape(self.channels, -1)
+            rows = [sample.reshape(self.channels, -1) for sample in batch]  # views: no transposed copy
+        for values in rows:
+            step = max(1, UPDATE_BLOCK // max(values.shape[0], 1))
+            for start in range(0, values.shape[1], step):
+                self._update_block(values[:, start : start + step])
+
+    def _update_block(self, values: np.ndarray) -> None:
         positive = values > 0
         rows, cols = np.nonzero(positive)
         if rows.size == 0:

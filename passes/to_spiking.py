@@ -3,6 +3,10 @@
 Before / After:
 - ``Relu(x)`` -> ``Population(x)`` with ``scale`` = its lambda (from
   normalise), threshold 1; the node keeps its name.
+- ``Clip(x, 0, c)`` (ReLU6: c = 6) -> ``Population(x)`` with ``scale`` =
+  lambda and ``ceiling`` = ``c / lambda`` (normalise has put the bound in
+  these units): after each integrate period ``V = min(V, ceiling)``, which
+  is exactly ``clip(x, 0, c) / lambda`` as an ANN.
 - ``Relu(Add(a, b))`` where the ReLU alone reads the Add (a residual merge)
   -> one ``Population(a, b)`` that sums its two inputs; the Add disappears.
 - ``MaxPool(p)`` with ``p`` a Population / SynchronousNeuron -> ``MaxGate(p)``
@@ -18,12 +22,12 @@ metadata ``bsnn.mode``, ``bsnn.phases`` and ``bsnn.initial_potential``.
 Stages are set as in ``bsnn-nosn`` (1 + the largest source stage);
 synchronise fixes them (and inserts SNs) for ``bsnn``.
 
-Refusal (one ConversionError naming the first offending node; nothing
-else happens): anything but a linear projection (Conv, Gemm, AveragePool,
-GlobalAveragePool, Flatten, Reshape, Add, Sum, Mul by a constant, Concat,
-Pad with 0) left between spiking nodes -- e.g. ``Clip`` with a maximum
-(ReLU6: a bistable neuron carries the excess over 6 into its residual, so
-it cannot clip), ``Softmax`` inside the network, a ``Sub`` / ``Div`` of input
+Refusal (one ConversionError naming the first offending node and then
+every other one, with op and reason; nothing else happens): anything but
+a linear projection (Conv, Gemm, AveragePool, GlobalAveragePool, Flatten,
+Reshape, Add, Sum, Mul by a constant, Concat, Pad with 0, Transpose
+keeping the batch axis) left between spiking nodes -- e.g. a ``Clip``
+whose minimum is not 0, ``Softmax`` inside the network, a ``Sub`` / ``Div`` of input
 normalisation that could not be folded, a ``MaxPool`` not reading a
 population (e.g. on the analog input or after a residual Add with no ReLU),
 more than one graph output, or a graph that was not normalised.
@@ -39,7 +43,7 @@ import numpy as np
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 
-from ._infra import Pass, merge_add, refuse
+from ._infra import Pass, is_population_activation, merge_add, refuse
 from .normalise import read_scales
 
 __all__ = ["LINEAR", "SPIKING", "check_convertible", "compute_stages", "spiking_sources", "to_spiking"]
@@ -60,8 +64,8 @@ def _linear_problem(graph: nx.DiGraph, name: str, op: O.Op) -> str | None:
         return None
     if isinstance(op, O.Clip):
         return (
-            f"Clip(min={op.min}, max={op.max}) is not supported between layers: a spiking population "
-            "cannot clip (ReLU6 included); use ReLU"
+            f"Clip(min={op.min}, max={op.max}) is not supported between layers: a population is "
+            "Clip(0, c) with c > 0 (ReLU, ReLU6) only"
         )
     if isinstance(op, O.Softmax):
         return f"{op.op_type} inside the network is not supported (only a trailing output Softmax is removed)"
@@ -78,25 +82,37 @@ def _linear_problem(graph: nx.DiGraph, name: str, op: O.Op) -> str | None:
 
 
 def check_convertible(graph: nx.DiGraph) -> None:
-    """Refuse (NodeRefusal) the first node of an ANN graph to_spiking could not convert."""
+    """Refuse (one NodeRefusal) every node of an ANN graph to_spiking could not convert.
+
+    The refusal names the first offending node (``node``, ``op_type``) and
+    its reason, then every other offending node with its op and reason, in
+    topological order, so a user sees all of them at once.
+    """
     if len(graph.graph["outputs"]) != 1:
         refuse(graph, None, f"the graph must have exactly one output, has {graph.graph['outputs']}")
+    problems: list[tuple[str, str]] = []
     for name in ir.topological_order(graph):
         op = ir.op_of(graph, name)
-        if isinstance(op, (O.Input, O.Relu, O.Dropout, O.Identity, SPIKING)):
+        if isinstance(op, (O.Input, O.Dropout, O.Identity, SPIKING)) or is_population_activation(op):
             continue
         if isinstance(op, O.MaxPool):
             (src,) = ir.inputs_of(graph, name)
-            if not isinstance(ir.op_of(graph, src), (O.Relu, O.Population)):
-                refuse(
-                    graph, name, f"MaxPool must read a ReLU population, reads {src!r} ({ir.op_of(graph, src).op_type})"
-                )
+            src_op = ir.op_of(graph, src)
+            if not (isinstance(src_op, O.Population) or is_population_activation(src_op)):
+                problems.append((name, f"MaxPool must read a ReLU population, reads {src!r} ({src_op.op_type})"))
             continue
         if isinstance(op, O.OutputAccumulator):
             continue
         problem = _linear_problem(graph, name, op)
         if problem is not None:
-            refuse(graph, name, problem)
+            problems.append((name, problem))
+    if not problems:
+        return
+    (first, reason), others = problems[0], problems[1:]
+    if others:
+        listed = "; ".join(f"{n!r} ({ir.op_of(graph, n).op_type}): {r}" for n, r in others)
+        reason = f"{reason}; and {len(others)} more node(s) that cannot be converted: {listed}"
+    refuse(graph, first, reason)
 
 
 def spiking_sources(graph: nx.DiGraph, name: str) -> list[str]:
@@ -139,13 +155,17 @@ def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8, initial_
     check_convertible(graph)
     for name in ir.topological_order(graph):
         op = ir.op_of(graph, name)
-        if isinstance(op, O.Relu):
+        if is_population_activation(op):
             if name not in scales:
                 refuse(graph, name, "has no lambda: run normalise first")
             add = merge_add(graph, name)
             inputs = ir.inputs_of(graph, add) if add is not None else ir.inputs_of(graph, name)
+            ceiling = np.full((), np.inf, np.float32)
+            if isinstance(op, O.Clip):  # ReLU6: normalise made the bound c / lambda
+                ceiling = np.asarray(op.max, np.float32)
+            scale = scales[name].astype(np.float32)
             graph.nodes[name]["op"] = O.Population(
-                mode=mode, phases=phases, scale=scales[name].astype(np.float32), initial_potential=initial_potential
+                mode=mode, phases=phases, scale=scale, ceiling=ceiling, initial_potential=initial_potential
             )
             ir.set_inputs(graph, name, inputs)
             if add is not None:

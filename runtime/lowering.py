@@ -218,6 +218,9 @@ def _op_map(graph: nx.DiGraph, node: str, position: int) -> _Sparse:
     n_in, n_out = int(math.prod(in_shape)), int(math.prod(out_shape))
     if isinstance(op, (O.Flatten, O.Reshape, O.Identity, O.Dropout)):
         return _Sparse.identity(n_in)
+    if isinstance(op, O.Transpose):  # a permutation (channel shuffle): y.flat[i] = x.flat[P[i]]
+        perm = op.flat_permutation(in_shape).astype(np.int64)
+        return _Sparse(perm, np.arange(n_out, dtype=np.int64), np.ones(n_out), n_in, n_out)
     if isinstance(op, (O.Add, O.Sum)):
         if in_shape != out_shape:
             raise _refuse(node, op, f"broadcasting input {position} of shape {in_shape} to {out_shape} is not supported")

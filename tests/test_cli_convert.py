@@ -93,7 +93,7 @@ def test_until_writes_the_intermediate_graph(tmp_path, data_dir):
 
 def test_unconvertible_model_writes_nothing(tmp_path):
     b_graph = vgg("max")
-    ir.add_node(b_graph, "relu6", O.Clip(min=0.0, max=6.0), ["fc1"])
+    ir.add_node(b_graph, "relu6", O.Clip(min=-1.0, max=6.0), ["fc1"])
     ir.set_inputs(b_graph, "relu3", ["relu6"])
     ir.verify(b_graph)
     model = tmp_path / "relu6.onnx"

@@ -73,7 +73,7 @@ def _with(op_factory):
 @pytest.mark.parametrize(
     ("factory", "pattern"),
     [
-        (lambda: O.Clip(min=0.0, max=6.0), r"'odd' \(Clip\): Clip\(min=0.0, max=6.0\) is not supported"),
+        (lambda: O.Clip(min=-1.0, max=6.0), r"'odd' \(Clip\): Clip\(min=-1.0, max=6.0\) is not supported"),
         (lambda: O.Softmax(axis=1), r"'odd' \(Softmax\): Softmax inside the network"),
         (lambda: O.Pad(pads=(0, 0, 1, 1, 0, 0, 1, 1), mode="edge"), r"'odd' \(Pad\): Pad in mode 'edge'"),
     ],
