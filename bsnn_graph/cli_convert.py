@@ -134,7 +134,11 @@ def _pass_names() -> list[str]:
 @click.option("--until", type=click.Choice(_pass_names()), help="Stop after this pass (writes an intermediate graph).")
 @input_scale_option
 @input_lambda_option
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Calibration batch.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Calibration batch (default: as many samples as fit a 1 GiB activation budget).",
+)
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Calibrate on the first N samples only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @json_option("the summary")
@@ -150,7 +154,7 @@ def convert_command(
     until: str | None,
     input_scale: float | None,
     input_lambda: float | None,
-    batch_size: int,
+    batch_size: int | None,
     calib_limit: int | None,
     overwrite: bool,
     as_json: bool,
