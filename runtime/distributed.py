@@ -60,7 +60,7 @@ import numpy as np
 from bsnn_graph.errors import BsnnError
 
 from .lowering import LoweredGraph, lower
-from .simulate import SimulationResult, simulate
+from .simulate import SimulationResult, concatenate_results, simulate
 
 if TYPE_CHECKING:
     from typing import Self
@@ -526,26 +526,7 @@ class ShardedRun:
 
 def _concatenate(parts: list[SimulationResult]) -> SimulationResult:
     """The shards' results as one, in sample order (what one ``simulate`` call on all samples returns)."""
-    first = parts[0]
-    result = SimulationResult(
-        predictions=np.concatenate([p.predictions for p in parts], axis=1),
-        logits=np.concatenate([p.logits for p in parts], axis=1),
-        spike_counts={k: np.concatenate([p.spike_counts[k] for p in parts]) for k in first.spike_counts},
-        sops=np.concatenate([p.sops for p in parts]),
-        sops_per_population={
-            k: np.concatenate([p.sops_per_population[k] for p in parts]) for k in first.sops_per_population
-        },
-        events={k: np.concatenate([p.events[k] for p in parts]) for k in first.events},
-        timesteps=first.timesteps,
-        phases=first.phases,
-        mode=first.mode,
-        populations=first.populations,
-        ann_macs=first.ann_macs,
-        input_macs=first.input_macs,
-        schedule=first.schedule,
-        initial_potential=first.initial_potential,
-        extra={"deliveries": np.concatenate([p.extra["deliveries"] for p in parts])},
-    )
+    result = concatenate_results(parts)
     computed = [p for p in parts if "bytes_per_sample" in p.extra]
     if computed:
         result.extra["bytes_per_sample"] = computed[0].extra["bytes_per_sample"]

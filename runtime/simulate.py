@@ -32,7 +32,7 @@ from .lowering import (
 )
 from .schedule import MODE_CODES, periods_of
 
-__all__ = ["E_AC_PJ", "E_MAC_PJ", "SimulationResult", "kernel_tables", "load", "one_sample_threads", "simulate"]
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "SimulationResult", "concatenate_results", "kernel_tables", "load", "one_sample_threads", "simulate"]
 
 #: energy per synaptic operation (an accumulate), pJ, 45 nm (Horowitz 2014)
 E_AC_PJ = 0.9
@@ -253,7 +253,7 @@ def simulate(
             parts.append(part)
     finally:
         numba.set_num_threads(previous)
-    result = _concatenate(parts)
+    result = concatenate_results(parts)
     result.extra["bytes_per_sample"] = lowered.bytes_per_sample(timesteps, per_neuron_counts is True)
     return result
 
@@ -490,7 +490,8 @@ def _run_batch(plan: _Plan, xb: np.ndarray, start: int, record_flags: np.ndarray
     )
 
 
-def _concatenate(parts: list[SimulationResult]) -> SimulationResult:
+def concatenate_results(parts: list[SimulationResult]) -> SimulationResult:
+    """Results of consecutive sample ranges of one run as one result, in sample order."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
