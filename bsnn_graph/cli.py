@@ -29,6 +29,12 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except MemoryError:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            # e.g. a file whose header claims a huge shape, or data too large for this machine
+            click.echo(f"error: bsnn {ctx.invoked_subcommand}: out of memory", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

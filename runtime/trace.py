@@ -234,6 +234,7 @@ class TraceWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
         os.close(fd)
         self._tmp = Path(tmp)
+        self._live = self._tmp  # where the file being written is: the target once named
         os.chmod(self._tmp, _new_file_mode())  # mkstemp makes 0600; give the usual rw-r--r-- (umask)
         try:
             self._create(
@@ -424,6 +425,8 @@ class TraceWriter:
         except OSError:  # the target appeared, or no hard links on this file system
             self._publish_early = False
             return
+        os.unlink(self._tmp)  # the open file lives on under its real name only
+        self._live = self.path
         self.final_path = self.path
 
     def on_batch(self, start: int, stop: int, result: Any) -> None:
@@ -447,12 +450,11 @@ class TraceWriter:
         self._file.close()  # leaves SWMR mode; attributes can be written again
         self._file = None
         h5py = _h5py()
-        with h5py.File(self._tmp, "r+", libver="latest") as f:
+        with h5py.File(self._live, "r+", libver="latest") as f:
             f.attrs["complete"] = complete
             f.attrs["samples_written"] = self.samples_written
         self._closed = True
-        if self.final_path is not None:  # linked under its name after the first batch
-            os.unlink(self._tmp)
+        if self.final_path is not None:  # named after the first batch
             return self.final_path
         if interrupted and self.path.exists():
             # never replace an existing file by a partial one, even with overwrite
@@ -753,6 +755,10 @@ class Trace:
                 raise TraceError(f"{path}: malformed trace: population {pop.name!r}: events of shape {events.shape}")
             lengths += [counts.shape[0], pop_sops.shape[0]]
             self.populations.append(pop)
+        if written > self.samples_total:
+            raise TraceError(
+                f"{path}: malformed trace: {written} samples written of samples_total = {self.samples_total}"
+            )
         held = min(lengths)
         if self.complete and written > held:
             raise TraceError(f"{path}: malformed trace: says {written} samples but holds {held}")
@@ -855,7 +861,12 @@ def open_trace(path: str | os.PathLike) -> Trace:
         raise TraceError(f"{path}: not an HDF5 file")
     try:
         file = h5py.File(path, "r")
-    except Exception:  # noqa: BLE001  (e.g. still marked open for SWMR writing: a run killed, or running)
+    except Exception as exc:  # noqa: BLE001
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "already open for write" not in detail:
+            raise TraceError(f"{path}: cannot open HDF5 file ({detail})") from None
+        # still marked as open by its SWMR writer: a run that is going on, or was killed. Only then
+        # read it as a SWMR reader (which retries damaged metadata, slowly, so not for every file)
         try:
             file = h5py.File(path, "r", swmr=True)
         except Exception as exc:  # noqa: BLE001
