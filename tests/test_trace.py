@@ -189,7 +189,7 @@ def test_file_on_disk_is_valid_after_every_batch(tmp_path):
     with writer_for(tmp_path / "t.h5", n) as writer:
         writer.append(0, 3, batch_of(result, 0, 3))
         writer.append(3, 6, batch_of(result, 3, 6))
-        shutil.copy(writer._tmp, tmp_path / "snapshot.h5")
+        shutil.copy(writer._live, tmp_path / "snapshot.h5")
         writer.append(6, 9, batch_of(result, 6, 9))
     with open_trace(tmp_path / "snapshot.h5") as trace:
         assert trace.samples == 6 and not trace.complete
