@@ -112,6 +112,22 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _text(value: str) -> np.bytes_:
+    """A string attribute as fixed-length UTF-8 bytes.
+
+    h5py writes ``str`` as variable-length strings, which live in the file's
+    global heap; HDF5 can loop forever reading a damaged global heap, so a
+    trace keeps its strings inline (readers decode the bytes).
+    """
+    return np.bytes_(value.encode("utf-8"))
+
+
+def _texts(values: Sequence[str]) -> np.ndarray:
+    """A list of strings as a fixed-length bytes array (see :func:`_text`)."""
+    encoded = [str(v).encode("utf-8") for v in values]
+    return np.array(encoded, dtype=f"S{max([len(e) for e in encoded] + [1])}")
+
+
 def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int) -> int:
     row_bytes = max(1, math.prod(row_shape) * itemsize)
     return int(min(1024, max(1, _CHUNK_BYTES // row_bytes)))
@@ -307,24 +323,24 @@ class TraceWriter:
             if key in root:
                 raise TraceError(f"{self.path}: extra attribute {key!r} clashes with a format attribute")
             root[key] = value
-        f.attrs.update(root)
+        f.attrs.update({key: _text(value) if isinstance(value, str) else value for key, value in root.items()})
 
         self._predictions = _growing(f, "predictions", (timesteps,), _prediction_dtype(classes))
-        self._predictions.attrs["description"] = "argmax of the output potential after every step"
+        self._predictions.attrs["description"] = _text("argmax of the output potential after every step")
         self._logits = _growing(f, "logits", (periods, classes), np.float32)
-        self._logits.attrs["description"] = "output potential at the end of every period"
+        self._logits.attrs["description"] = _text("output potential at the end of every period")
         self._sops = _growing(f, "sops", (), np.int64, rows=4096)
-        self._sops.attrs["description"] = "synaptic operations per sample"
+        self._sops.attrs["description"] = _text("synaptic operations per sample")
         if labels is not None:
             dset = f.create_dataset("labels", data=labels.astype(np.int32), chunks=True, **_COMPRESSION)
-            dset.attrs["description"] = "true class of every sample (all samples_total of them)"
+            dset.attrs["description"] = _text("true class of every sample (all samples_total of them)")
 
         if record_samples is None:
             self._record_filter = None
         else:
             chosen = np.unique(np.asarray(list(record_samples), dtype=np.int64))
             self._record_filter = chosen
-        f.attrs["record_populations"] = np.array(self.record, dtype=h5py.string_dtype())
+        f.attrs["record_populations"] = _texts(self.record)
         if self.record:
             if self._record_filter is None:
                 f.attrs["record_all_samples"] = True
@@ -340,27 +356,27 @@ class TraceWriter:
             shape = tuple(int(d) for d in pop["shape"])
             group = groups.create_group(f"{index:03d}")
             group.attrs.update(
-                name=name,
+                name=_text(name),
                 index=index,
-                op_type=str(pop.get("op_type", "")),
+                op_type=_text(str(pop.get("op_type", ""))),
                 shape=np.asarray(shape, dtype=np.int64),
                 stage=int(pop.get("stage", -1)),
                 scale=np.asarray(pop.get("scale", 1.0), dtype=np.float32),
             )
             if pop.get("source"):
-                group.attrs["source"] = str(pop["source"])  # a MaxGate's input population
+                group.attrs["source"] = _text(str(pop["source"]))  # a MaxGate's input population
             counts = _growing(group, "spike_counts", (math.prod(shape),), count_dtype)
-            counts.attrs["description"] = "spikes of every neuron (flat C-order index) per sample"
+            counts.attrs["description"] = _text("spikes of every neuron (flat C-order index) per sample")
             sops = _growing(group, "sops", (), np.int64, rows=4096)
-            sops.attrs["description"] = "synaptic operations caused by this population's spikes, per sample"
+            sops.attrs["description"] = _text("synaptic operations caused by this population's spikes, per sample")
             entry = {"shape": shape, "counts": counts, "sops": sops, "events": None}
             if name in self.record:
                 events = _growing(group, "events", (3,), np.int32, rows=_EVENT_CHUNK_ROWS)
-                events.attrs["columns"] = np.array(["sample", "step", "neuron"], dtype=h5py.string_dtype())
+                events.attrs["columns"] = _texts(["sample", "step", "neuron"])
                 entry["events"] = events
             self._groups[name] = entry
         self._progress = f.create_dataset("samples_written", data=np.zeros(1, np.int64), maxshape=(1,), chunks=(1,))
-        self._progress.attrs["description"] = "samples the file holds, written after each batch's data"
+        self._progress.attrs["description"] = _text("samples the file holds, written after each batch's data")
         f.flush()
         f.swmr_mode = True  # from here on the file on disk is consistent after every flush
 
@@ -829,12 +845,13 @@ class Trace:
 
 
 def _plain(value: Any) -> Any:
+    """An attribute value as plain Python (str for stored bytes; damaged UTF-8 is replaced, not fatal)."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", errors="replace")
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
+        return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in value.tolist()]
     return value
 
 

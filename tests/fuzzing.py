@@ -7,6 +7,11 @@ one ``error: ...`` line as the last line of stderr, never a traceback or a
 hang; and a failing command changes no existing output file and leaves no
 temporary file behind.
 
+The hang guard is SIGALRM, which interrupts Python code only: a loop inside
+a C library (HDF5 looped on a damaged global heap, which is why traces keep
+their strings inline) shows up as a run that never finishes, and the case
+being run is the last ``caseN`` folder in the scratch folder.
+
 Cases are numbered; case ``i`` of seed ``s`` is always the same
 (``numpy.random.default_rng([s, i])``), so a failure found in a long run is
 replayed with ``python benchmarks/fuzz.py --seed s --first i --cases 1 -v``.

@@ -142,7 +142,9 @@ def test_storage_layout_is_chunked_compressed_and_compact(tmp_path):
         assert f["predictions"].dtype == np.int16
         assert f["populations/002/events"].maxshape == (None, 3)
         assert "events" not in f["populations/000"]
-        assert f["populations/000"].attrs["name"] == POPULATIONS[0]["name"]
+        # strings are fixed-length UTF-8 bytes, kept out of the global heap
+        assert f["populations/000"].attrs["name"].decode() == POPULATIONS[0]["name"]
+        assert f.attrs["format"] == FORMAT.encode() and f.attrs["record_populations"].dtype.kind == "S"
 
 
 def test_record_samples_keeps_only_chosen_samples(tmp_path):
