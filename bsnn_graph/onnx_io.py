@@ -394,6 +394,15 @@ def _window_attrs(node, attrs, x: _Tensor, kernel, has_dilations=True):
         pads = tuple(_auto_pads(auto_pad, x.shape[1:], kernel, strides, dilations))
     else:
         raise _Unsupported(f"{node.op_type} with auto_pad={auto_pad}")
+    where = f"node {node.name or node.output[0]!r} ({node.op_type})"
+    for what, values, size, least in (
+        ("kernel_shape", tuple(int(k) for k in kernel), spatial, 1),
+        ("strides", strides, spatial, 1),
+        ("dilations", dilations, spatial, 1),
+        ("pads", pads, 2 * spatial, 0),
+    ):
+        if len(values) != size or any(v < least for v in values):
+            raise ModelError(f"{where}: {what} {list(values)} (expected {size} values >= {least})")
     return strides, pads, dilations
 
 

@@ -373,3 +373,11 @@ def test_plot_labels_keep_both_ends_of_long_names():
     short = _short(name, 30)
     assert len(short) == 30 and short.startswith("/features/f") and short.endswith("Relu_output_0")
     assert _short("relu1") == "relu1"
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("dilations", [0, 0]), ("strides", [1]), ("pads", [0, 0, -1, 0])])
+def test_window_attributes_out_of_range(tmp_path, attribute, value):
+    pool = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], **{attribute: value})
+    path = build_model(tmp_path / "m.onnx", [pool], [tensor_info("x", ["N", 1, 4, 4])], [tensor_info("y", None)])
+    line = one_error_line(invoke("info", path))
+    assert f"node 'pool' (MaxPool): {attribute} {value} (expected" in line
