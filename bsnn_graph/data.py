@@ -42,6 +42,8 @@ def read_idx(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
                 raise DataError(f"{path}: not an IDX file (bad magic number)")
             ndim = head[3]
+            if ndim > 32:  # numpy's limit is 64; IDX data sets have 1 to 4 axes
+                raise DataError(f"{path}: IDX header says {ndim} dimensions (a damaged file?)")
             raw_dims = f.read(4 * ndim)
             if len(raw_dims) < 4 * ndim:
                 raise DataError(f"{path}: truncated IDX header")

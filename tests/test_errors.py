@@ -122,6 +122,9 @@ def test_idx_is_memory_mapped_and_limited(tmp_path):
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(DataError, match="truncated IDX data"):
         load_dataset(path)
+    path.write_bytes(bytes([0, 0, 8, 200]) + bytes(800))
+    with pytest.raises(DataError, match="IDX header says 200 dimensions"):
+        load_dataset(path)
 
 
 # --------------------------------------------------------------------------- damaged ONNX files
