@@ -825,8 +825,14 @@ def _convert_bsnn(loader, node, attrs, ins):
             raise ModelError(f"{where} is {value!r}, expected one of {', '.join(O.MODES)}")
         if name == "phases" and not 1 <= value <= 16:
             raise ModelError(f"{where} is {value}, expected K in 1..16")
-        if name == "stage" and value < 0:
-            raise ModelError(f"{where} is {value}, expected a stage >= 0")
+        if name == "stage" and not 0 <= value < 2**16:
+            raise ModelError(f"{where} is {value}, expected a stage in 0..65535")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31:
+            raise ModelError(f"{where} is {value}, out of the int32 range")
+        if not isinstance(value, (str, int, float, tuple, np.ndarray)):
+            raise ModelError(f"{where} is of ONNX type {type(value).__name__}, not a number, string or tensor")
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
+            raise ModelError(f"{where} is a tensor of {value.dtype}, expected numbers")
         kwargs[name] = value
     tensors = [_tensor(v, f"{node.op_type} input") for v in ins]
     return cls(**kwargs), [t.key for t in tensors]

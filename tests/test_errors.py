@@ -384,3 +384,29 @@ def test_window_attributes_out_of_range(tmp_path, attribute, value):
     path = build_model(tmp_path / "m.onnx", [pool], [tensor_info("x", ["N", 1, 4, 4])], [tensor_info("y", None)])
     line = one_error_line(invoke("info", path))
     assert f"node 'pool' (MaxPool): {attribute} {value} (expected" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("mode", "fast", "is 'fast', expected one of bsnn"),
+        ("stage", 2**31, "expected a stage in 0..65535"),
+        ("phases", 0, "expected K in 1..16"),
+        ("scale", helper.make_graph([], "g", [], []), "is of ONNX type GraphProto"),
+    ],
+)
+def test_spiking_op_attributes_of_the_wrong_type_or_range(tmp_path, name, value, message):
+    from test_cli_run import tiny_snn
+
+    from bsnn_graph import save_onnx
+
+    path = tmp_path / "snn.onnx"
+    save_onnx(tiny_snn(), path)
+    model = onnx.load(path)
+    node = next(n for n in model.graph.node if n.op_type == "Population")
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+    onnx.save(model, path)
+    line = one_error_line(invoke("info", path))
+    assert f"node {node.name!r} (Population): attribute {name!r}" in line and message in line
