@@ -20,6 +20,11 @@ __all__ = ["main"]
 _COMMAND_MODULES = ("bsnn_graph.cli_info", "bsnn_graph.cli_convert", "bsnn_graph.cli_run")
 
 
+def _one_line(text: str) -> str:
+    """The message on one line: control characters (from a damaged file's names, say) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
@@ -27,7 +32,13 @@ class _Group(click.Group):
         except BsnnError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(str(exc))}", err=True)
+            sys.exit(1)
+        except MemoryError:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            # e.g. a file whose header claims a huge shape, or data too large for this machine
+            click.echo(f"error: bsnn {ctx.invoked_subcommand}: out of memory", err=True)
             sys.exit(1)
 
 

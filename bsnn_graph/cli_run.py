@@ -209,6 +209,12 @@ def _input_shape(graph) -> tuple[int, ...]:
     return tuple(graph.nodes[inputs[0]]["shape"])
 
 
+def _one_output(graph, model: str) -> None:
+    outputs = graph.graph["outputs"]
+    if len(outputs) != 1:
+        raise ModelError(f"{model}: expected one graph output (the class scores), found {len(outputs)}")
+
+
 def _load_data(path: str, graph, input_scale: float | None, limit: int | None):
     x, y = load_dataset(path, input_scale=input_scale, limit=limit)
     x = fit_to_input(x, _input_shape(graph), source=str(path))
@@ -529,6 +535,7 @@ def eval_command(
         )
     _check_model_file(model)
     graph = load_onnx(model)
+    _one_output(graph, model)
     x, y = _load_data(data_path, graph, input_scale, limit)
     if y is None:
         raise DataError(f"{data_path}: eval needs labels (npz array 'y' or an IDX labels file beside the images)")

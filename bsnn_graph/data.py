@@ -42,6 +42,8 @@ def read_idx(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
                 raise DataError(f"{path}: not an IDX file (bad magic number)")
             ndim = head[3]
+            if ndim > 32:  # numpy's limit is 64; IDX data sets have 1 to 4 axes
+                raise DataError(f"{path}: IDX header says {ndim} dimensions (a damaged file?)")
             raw_dims = f.read(4 * ndim)
             if len(raw_dims) < 4 * ndim:
                 raise DataError(f"{path}: truncated IDX header")
@@ -52,12 +54,23 @@ def read_idx(path: str | os.PathLike, limit: int | None = None) -> np.ndarray:
             size = math.prod(dims) * dtype.itemsize
             header = 4 + 4 * ndim
             if compressed:
-                raw = f.read(size)
-                available = len(raw)
+                blocks, available = [], 0
+                while available < size:  # in blocks, so that a header claiming terabytes allocates nothing
+                    block = f.read(min(size - available, 1 << 26))
+                    if not block:
+                        break
+                    blocks.append(block)
+                    available += len(block)
+                raw = b"".join(blocks)
             else:
                 available = os.path.getsize(path) - header
             if available < size:
-                raise DataError(f"{path}: truncated IDX data: expected {size} bytes for shape {dims}")
+                shown = str(dims) if ndim <= 8 else f"of rank {ndim}"
+                raise DataError(
+                    f"{path}: truncated IDX data: the header says shape {shown} "
+                    f"({size if size < 10**15 else 'more than 10**15'} bytes), "
+                    f"the file holds {available} bytes"
+                )
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read IDX file ({exc})") from None
     if compressed:

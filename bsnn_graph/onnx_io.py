@@ -152,6 +152,9 @@ def _read_model(path: Path) -> onnx.ModelProto:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+    bad = _non_text_name(model)
+    if bad:
+        raise ModelError(f"{path}: damaged ONNX file: {bad} is not UTF-8 text")
     external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
     if external:
         for tensor in external:
@@ -172,6 +175,26 @@ def _read_model(path: Path) -> onnx.ModelProto:
 
 
 # --------------------------------------------------------------------------- constant folding
+
+
+def _non_text_name(model: onnx.ModelProto) -> str | None:
+    """Where a string field of the model decoded as bytes (invalid UTF-8, e.g. a bit flip), or None."""
+    graph = model.graph
+    fields = [("graph name", graph.name)]
+    fields += [(f"metadata key {p.key!r}", p.key) for p in model.metadata_props]
+    fields += [(f"metadata value of {p.key!r}", p.value) for p in model.metadata_props]
+    fields += [("opset domain", o.domain) for o in model.opset_import]
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        fields.append(("a value name", info.name))
+    fields += [("an initializer name", t.name) for t in graph.initializer]
+    for node in graph.node:
+        fields += [("a node name", node.name), ("an op type", node.op_type), ("a node domain", node.domain)]
+        fields += [("an edge name", name) for name in list(node.input) + list(node.output)]
+        fields += [("an attribute name", a.name) for a in node.attribute]
+    for what, value in fields:
+        if not isinstance(value, str):
+            return what
+    return None
 
 
 def _source_module(node: onnx.NodeProto) -> str | None:
@@ -373,6 +396,15 @@ def _window_attrs(node, attrs, x: _Tensor, kernel, has_dilations=True):
         pads = tuple(_auto_pads(auto_pad, x.shape[1:], kernel, strides, dilations))
     else:
         raise _Unsupported(f"{node.op_type} with auto_pad={auto_pad}")
+    where = f"node {node.name or node.output[0]!r} ({node.op_type})"
+    for what, values, size, least in (
+        ("kernel_shape", tuple(int(k) for k in kernel), spatial, 1),
+        ("strides", strides, spatial, 1),
+        ("dilations", dilations, spatial, 1),
+        ("pads", pads, 2 * spatial, 0),
+    ):
+        if len(values) != size or any(v < least for v in values):
+            raise ModelError(f"{where}: {what} {list(values)} (expected {size} values >= {least})")
     return strides, pads, dilations
 
 
@@ -799,6 +831,7 @@ def _convert_bsnn(loader, node, attrs, ins):
         if name not in known:
             raise ModelError(f"node {loader.key_hint(node)!r} ({node.op_type}): unknown attribute {name!r}")
         default = _field_default(known[name])
+        where = f"node {loader.key_hint(node)!r} ({node.op_type}): attribute {name!r}"
         if isinstance(value, TensorProto):
             value = np.array(numpy_helper.to_array(value))
         elif isinstance(default, bool):
@@ -806,7 +839,29 @@ def _convert_bsnn(loader, node, attrs, ins):
         elif isinstance(default, tuple) or isinstance(value, list):
             value = tuple(int(v) for v in value)
         elif isinstance(value, bytes):
-            value = value.decode()
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                raise ModelError(f"{where} is not UTF-8 text") from None
+        # the type the op's field has: a damaged or hand-edited file may carry any attribute type
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ModelError(f"{where} is {value!r}, expected a string")
+        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+            raise ModelError(f"{where} is {value!r}, expected an integer")
+        if isinstance(default, float) and not isinstance(value, (int, float)):
+            raise ModelError(f"{where} is {value!r}, expected a number")
+        if name == "mode" and value not in O.MODES:
+            raise ModelError(f"{where} is {value!r}, expected one of {', '.join(O.MODES)}")
+        if name == "phases" and not 1 <= value <= 16:
+            raise ModelError(f"{where} is {value}, expected K in 1..16")
+        if name == "stage" and not 0 <= value < 2**16:
+            raise ModelError(f"{where} is {value}, expected a stage in 0..65535")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31:
+            raise ModelError(f"{where} is {value}, out of the int32 range")
+        if not isinstance(value, (str, int, float, tuple, np.ndarray)):
+            raise ModelError(f"{where} is of ONNX type {type(value).__name__}, not a number, string or tensor")
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
+            raise ModelError(f"{where} is a tensor of {value.dtype}, expected numbers")
         kwargs[name] = value
     if issubclass(cls, O.Population) and "initial_potential" not in kwargs:
         kwargs["initial_potential"] = "zero"  # converted before the attribute existed: truncation, as it ran then
@@ -853,6 +908,8 @@ class _Loader:
             return ir.add_node(self.graph, key, op, inputs)
         except BsnnError as exc:
             raise self.fail(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001  (as in _add_ir)
+            raise self.fail(f"node {name!r} ({op.op_type}): cannot infer its output shape ({exc})") from None
 
     def key_hint(self, node: onnx.NodeProto) -> str:
         return node.name or (node.output[0] if node.output else node.op_type)
@@ -942,7 +999,7 @@ class _Loader:
         except Exception as exc:  # ValueError, TypeError, KeyError of a damaged tensor  # noqa: BLE001
             stored = f"{len(proto.raw_data)} bytes of raw data" if proto.HasField("raw_data") else "its typed data"
             raise self.fail(
-                f"initializer {name!r} ({dtype}, dims {dims}): {stored} does not fit the dims "
+                f"initializer {name!r} ({dtype}, dims {dims}): {stored} cannot be read as {dtype} of these dims "
                 f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
             ) from None
 
@@ -1037,6 +1094,12 @@ class _Loader:
             ir.add_node(self.graph, key, op, inputs)
         except BsnnError as exc:
             raise self.fail(str(exc)) from None
+        except Exception as exc:  # attributes the op's shape rule cannot use (zero strides, short lists)  # noqa: BLE001
+            shapes = " x ".join(str(("N",) + tuple(ir.shape_of(self.graph, i))).replace("'", "") for i in inputs)
+            raise self.fail(
+                f"node {key!r} ({op_type}, inputs {shapes or 'none'}): cannot infer its output shape "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         shape = ir.shape_of(self.graph, key)
         self.values[tensor] = _Tensor(key, shape)
         self.tensor_of_key[key] = tensor
@@ -1180,6 +1243,10 @@ class _Loader:
 
     def _set_outputs(self) -> None:
         outputs = []
+        names = [info.name for info in self.graph_proto.output]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise self.fail(f"graph output {twice[0]!r} is listed more than once")
         for info in self.graph_proto.output:
             value = self.values.get(info.name)
             if not isinstance(value, _Tensor):

@@ -85,13 +85,15 @@ def plot_trace(
         events = rows[rows[:, 0] == sample]
 
     suffix = path.suffix.lstrip(".").lower() or "png"
-    figure = Figure(figsize=(9, 7 if events is not None else 4), layout="constrained")
+    # the rates are horizontal bars, one row per population with its whole name: the figure grows with them
+    bar_height = max(2.0, 0.28 * len(rates) + 1.0)
+    figure = Figure(figsize=(10, bar_height + (4.5 if events is not None else 0)), layout="constrained")
     canvas = FigureCanvasAgg(figure)
     if suffix not in canvas.get_supported_filetypes():
         known = ", ".join(sorted(canvas.get_supported_filetypes()))
         raise BsnnError(f"{path}: cannot write images of type {suffix!r} (use one of {known})")
     if events is not None:
-        raster, bars = figure.subplots(2, 1, height_ratios=(3, 2))
+        raster, bars = figure.subplots(2, 1, height_ratios=(4.5, bar_height))
         neurons = raster_pop.neurons
         binned = ""
         if neurons <= _RASTER_ROWS:
@@ -129,9 +131,10 @@ def plot_trace(
     names = [name for name, _ in rates]
     values = np.array([rate for _, rate in rates], dtype=np.float64)
     positions = np.arange(len(names))
-    bars.bar(positions, values, color="tab:blue")
-    bars.set_xticks(positions, [_short(n) for n in names], rotation=60, ha="right", fontsize=7)
-    bars.set_ylabel("spikes per neuron per step")
+    bars.barh(positions, values, color="tab:blue")
+    bars.set_yticks(positions, [_short(n) for n in names], fontsize=9)
+    bars.invert_yaxis()  # first population on top, as in the table of bsnn inspect
+    bars.set_xlabel("spikes per neuron per step")
     bars.set_title(
         f"firing rate per population ({trace.mode}, K = {trace.phases}, T = {trace.timesteps}, "
         f"{trace.samples} samples)",
@@ -147,5 +150,9 @@ def plot_trace(
     }
 
 
-def _short(name: str, width: int = 28) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3) :]
+def _short(name: str, width: int = 48) -> str:
+    """``name``, or its start and end around an ellipsis when longer than ``width`` (both ends tell layers apart)."""
+    if len(name) <= width:
+        return name
+    head = (width - 3) // 2
+    return name[:head] + "..." + name[-(width - 3 - head) :]

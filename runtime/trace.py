@@ -112,6 +112,22 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _text(value: str) -> np.bytes_:
+    """A string attribute as fixed-length UTF-8 bytes.
+
+    h5py writes ``str`` as variable-length strings, which live in the file's
+    global heap; HDF5 can loop forever reading a damaged global heap, so a
+    trace keeps its strings inline (readers decode the bytes).
+    """
+    return np.bytes_(value.encode("utf-8"))
+
+
+def _texts(values: Sequence[str]) -> np.ndarray:
+    """A list of strings as a fixed-length bytes array (see :func:`_text`)."""
+    encoded = [str(v).encode("utf-8") for v in values]
+    return np.array(encoded, dtype=f"S{max([len(e) for e in encoded] + [1])}")
+
+
 def _rows_per_chunk(row_shape: tuple[int, ...], itemsize: int) -> int:
     row_bytes = max(1, math.prod(row_shape) * itemsize)
     return int(min(1024, max(1, _CHUNK_BYTES // row_bytes)))
@@ -234,6 +250,7 @@ class TraceWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
         os.close(fd)
         self._tmp = Path(tmp)
+        self._live = self._tmp  # where the file being written is: the target once named
         os.chmod(self._tmp, _new_file_mode())  # mkstemp makes 0600; give the usual rw-r--r-- (umask)
         try:
             self._create(
@@ -306,24 +323,24 @@ class TraceWriter:
             if key in root:
                 raise TraceError(f"{self.path}: extra attribute {key!r} clashes with a format attribute")
             root[key] = value
-        f.attrs.update(root)
+        f.attrs.update({key: _text(value) if isinstance(value, str) else value for key, value in root.items()})
 
         self._predictions = _growing(f, "predictions", (timesteps,), _prediction_dtype(classes))
-        self._predictions.attrs["description"] = "argmax of the output potential after every step"
+        self._predictions.attrs["description"] = _text("argmax of the output potential after every step")
         self._logits = _growing(f, "logits", (periods, classes), np.float32)
-        self._logits.attrs["description"] = "output potential at the end of every period"
+        self._logits.attrs["description"] = _text("output potential at the end of every period")
         self._sops = _growing(f, "sops", (), np.int64, rows=4096)
-        self._sops.attrs["description"] = "synaptic operations per sample"
+        self._sops.attrs["description"] = _text("synaptic operations per sample")
         if labels is not None:
             dset = f.create_dataset("labels", data=labels.astype(np.int32), chunks=True, **_COMPRESSION)
-            dset.attrs["description"] = "true class of every sample (all samples_total of them)"
+            dset.attrs["description"] = _text("true class of every sample (all samples_total of them)")
 
         if record_samples is None:
             self._record_filter = None
         else:
             chosen = np.unique(np.asarray(list(record_samples), dtype=np.int64))
             self._record_filter = chosen
-        f.attrs["record_populations"] = np.array(self.record, dtype=h5py.string_dtype())
+        f.attrs["record_populations"] = _texts(self.record)
         if self.record:
             if self._record_filter is None:
                 f.attrs["record_all_samples"] = True
@@ -339,27 +356,27 @@ class TraceWriter:
             shape = tuple(int(d) for d in pop["shape"])
             group = groups.create_group(f"{index:03d}")
             group.attrs.update(
-                name=name,
+                name=_text(name),
                 index=index,
-                op_type=str(pop.get("op_type", "")),
+                op_type=_text(str(pop.get("op_type", ""))),
                 shape=np.asarray(shape, dtype=np.int64),
                 stage=int(pop.get("stage", -1)),
                 scale=np.asarray(pop.get("scale", 1.0), dtype=np.float32),
             )
             if pop.get("source"):
-                group.attrs["source"] = str(pop["source"])  # a MaxGate's input population
+                group.attrs["source"] = _text(str(pop["source"]))  # a MaxGate's input population
             counts = _growing(group, "spike_counts", (math.prod(shape),), count_dtype)
-            counts.attrs["description"] = "spikes of every neuron (flat C-order index) per sample"
+            counts.attrs["description"] = _text("spikes of every neuron (flat C-order index) per sample")
             sops = _growing(group, "sops", (), np.int64, rows=4096)
-            sops.attrs["description"] = "synaptic operations caused by this population's spikes, per sample"
+            sops.attrs["description"] = _text("synaptic operations caused by this population's spikes, per sample")
             entry = {"shape": shape, "counts": counts, "sops": sops, "events": None}
             if name in self.record:
                 events = _growing(group, "events", (3,), np.int32, rows=_EVENT_CHUNK_ROWS)
-                events.attrs["columns"] = np.array(["sample", "step", "neuron"], dtype=h5py.string_dtype())
+                events.attrs["columns"] = _texts(["sample", "step", "neuron"])
                 entry["events"] = events
             self._groups[name] = entry
         self._progress = f.create_dataset("samples_written", data=np.zeros(1, np.int64), maxshape=(1,), chunks=(1,))
-        self._progress.attrs["description"] = "samples the file holds, written after each batch's data"
+        self._progress.attrs["description"] = _text("samples the file holds, written after each batch's data")
         f.flush()
         f.swmr_mode = True  # from here on the file on disk is consistent after every flush
 
@@ -424,6 +441,8 @@ class TraceWriter:
         except OSError:  # the target appeared, or no hard links on this file system
             self._publish_early = False
             return
+        os.unlink(self._tmp)  # the open file lives on under its real name only
+        self._live = self.path
         self.final_path = self.path
 
     def on_batch(self, start: int, stop: int, result: Any) -> None:
@@ -447,12 +466,11 @@ class TraceWriter:
         self._file.close()  # leaves SWMR mode; attributes can be written again
         self._file = None
         h5py = _h5py()
-        with h5py.File(self._tmp, "r+", libver="latest") as f:
+        with h5py.File(self._live, "r+", libver="latest") as f:
             f.attrs["complete"] = complete
             f.attrs["samples_written"] = self.samples_written
         self._closed = True
-        if self.final_path is not None:  # linked under its name after the first batch
-            os.unlink(self._tmp)
+        if self.final_path is not None:  # named after the first batch
             return self.final_path
         if interrupted and self.path.exists():
             # never replace an existing file by a partial one, even with overwrite
@@ -753,6 +771,10 @@ class Trace:
                 raise TraceError(f"{path}: malformed trace: population {pop.name!r}: events of shape {events.shape}")
             lengths += [counts.shape[0], pop_sops.shape[0]]
             self.populations.append(pop)
+        if written > self.samples_total:
+            raise TraceError(
+                f"{path}: malformed trace: {written} samples written of samples_total = {self.samples_total}"
+            )
         held = min(lengths)
         if self.complete and written > held:
             raise TraceError(f"{path}: malformed trace: says {written} samples but holds {held}")
@@ -823,12 +845,13 @@ class Trace:
 
 
 def _plain(value: Any) -> Any:
+    """An attribute value as plain Python (str for stored bytes; damaged UTF-8 is replaced, not fatal)."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", errors="replace")
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
+        return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in value.tolist()]
     return value
 
 
@@ -855,7 +878,12 @@ def open_trace(path: str | os.PathLike) -> Trace:
         raise TraceError(f"{path}: not an HDF5 file")
     try:
         file = h5py.File(path, "r")
-    except Exception:  # noqa: BLE001  (e.g. still marked open for SWMR writing: a run killed, or running)
+    except Exception as exc:  # noqa: BLE001
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "already open for write" not in detail:
+            raise TraceError(f"{path}: cannot open HDF5 file ({detail})") from None
+        # still marked as open by its SWMR writer: a run that is going on, or was killed. Only then
+        # read it as a SWMR reader (which retries damaged metadata, slowly, so not for every file)
         try:
             file = h5py.File(path, "r", swmr=True)
         except Exception as exc:  # noqa: BLE001

@@ -76,6 +76,13 @@ def part_path(target: str | os.PathLike, first: int, last: int) -> Path:
     return parts_folder(target) / f"{first:08d}-{last:08d}.h5"
 
 
+def _text(value, default: str = "") -> str:
+    """A trace's string attribute as str (traces store strings as bytes, see docs/trace-format.md)."""
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def finished_part(path: str | os.PathLike, key: str) -> bool:
     """True if ``path`` is a complete part trace computed from ``key`` (see the module docstring)."""
     path = Path(path)
@@ -83,7 +90,7 @@ def finished_part(path: str | os.PathLike, key: str) -> bool:
         return False
     try:
         with open_trace(path) as trace:
-            return trace.complete and str(trace.attrs.get("shard_key", "")) == key
+            return trace.complete and _text(trace.attrs.get("shard_key")) == key
     except (TraceError, OSError):
         return False
 
@@ -97,7 +104,7 @@ def is_resumable(target: str | os.PathLike) -> bool:
     target = Path(target)
     try:
         with open_trace(target) as trace:
-            return (not trace.complete) and trace.attrs.get("parts") == parts_folder(target).name
+            return (not trace.complete) and _text(trace.attrs.get("parts")) == parts_folder(target).name
     except (TraceError, OSError):
         return False
 
@@ -145,8 +152,8 @@ def read_part(path: str | os.PathLike) -> SimulationResult:
             populations=populations,
             ann_macs=trace.ann_macs or 0,
             input_macs=trace.input_macs or 0,
-            schedule=str(attrs.get("schedule", "light-cone")),
-            initial_potential=str(attrs.get("initial_potential", "half")),
+            schedule=_text(attrs.get("schedule"), "light-cone"),
+            initial_potential=_text(attrs.get("initial_potential"), "half"),
             extra={"deliveries": np.full(n, -1, np.int64)},
         )
 

@@ -122,6 +122,9 @@ def test_idx_is_memory_mapped_and_limited(tmp_path):
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(DataError, match="truncated IDX data"):
         load_dataset(path)
+    path.write_bytes(bytes([0, 0, 8, 200]) + bytes(800))
+    with pytest.raises(DataError, match="IDX header says 200 dimensions"):
+        load_dataset(path)
 
 
 # --------------------------------------------------------------------------- damaged ONNX files
@@ -147,14 +150,15 @@ def test_initializer_whose_data_does_not_match_its_dims(tmp_path, data_dir):
     path = tmp_path / "bad.onnx"
     onnx.save(model, path)
     with pytest.raises(
-        ModelError, match=rf"initializer {tensor.name!r} \(FLOAT, dims .*bytes of raw data does not fit"
+        ModelError,
+        match=rf"initializer {tensor.name!r} \(FLOAT, dims .*bytes of raw data cannot be read as FLOAT of these dims",
     ):
         load_onnx(path)
     for command in ("info", "run", "eval"):
         args = (
             [] if command == "info" else ["--data", data_dir / "vgg_tiny.npz"] + (["-T", 4] if command == "run" else [])
         )
-        assert "does not fit the dims" in one_error_line(invoke(command, path, *args))
+        assert "cannot be read as FLOAT of these dims" in one_error_line(invoke(command, path, *args))
 
 
 @pytest.mark.parametrize("new_type", ["Add", "Relu", "Conv", "MaxPool", "Gemm", "Concat", "Reshape", "Sum"])
@@ -276,3 +280,133 @@ def test_energy_keys_of_the_api_and_of_inspect_agree(tmp_path):
         assert set(api) <= set(document)
         for key in ("snn_energy_pj_per_sample", "ann_energy_pj_per_sample", "sops_per_sample", "snn_over_ann"):
             assert document[key] == pytest.approx(api[key])
+
+
+# --------------------------------------------------------------------------- inspect and convert output
+
+
+@pytest.fixture
+def traced_snn(tmp_path):
+    from test_cli_run import tiny_snn
+
+    from bsnn_graph import save_onnx
+
+    model = tmp_path / "snn.onnx"
+    save_onnx(tiny_snn(), model)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).uniform(0, 1, (6, 1, 6, 6)).astype(np.float32))
+    trace = tmp_path / "t.h5"
+    assert invoke("run", model, "--data", data, "-T", 12, "--trace", trace).exit_code == 0
+    return trace
+
+
+def test_inspect_says_sops_of_a_population_are_counted_at_its_max_gate(traced_snn):
+    document = json.loads(invoke("inspect", traced_snn, "--json").stdout)
+    rows = {p["name"]: p for p in document["populations"]}
+    assert rows["relu1"]["delivers_through"] == ["pool"] and rows["pool"]["source"] == "relu1"
+    assert rows["relu1"]["sops_per_sample"] == 0 and rows["pool"]["sops_per_sample"] > 0
+    table = invoke("inspect", traced_snn).stdout
+    relu1 = next(line for line in table.splitlines() if line.startswith("relu1 "))
+    assert "via pool" in relu1 and " 0 " not in relu1
+    assert "3 spiking nodes (2 populations and 1 max gates)" in table
+
+
+def test_inspect_total_row_follows_population(traced_snn):
+    document = json.loads(invoke("inspect", traced_snn, "--json", "--population", "relu2").stdout)
+    relu2 = next(p for p in document["populations"] if p["name"] == "relu2")
+    shown = document["shown_totals"]
+    assert shown["neurons"] == relu2["neurons"] == 8 and shown["sops_per_sample"] == relu2["sops_per_sample"]
+    table = invoke("inspect", traced_snn, "--population", "relu2").stdout
+    total = next(line for line in table.splitlines() if line.startswith("total (shown)"))
+    assert total.split()[2] == "8"  # the neurons of relu2, not of every population
+
+
+def test_convert_counts_the_max_gates(tmp_path, data_dir):
+    calib = _images(tmp_path, "c.npz", np.random.default_rng(0).integers(0, 256, (8, 1, 12, 12), dtype=np.uint8))
+    out = invoke("convert", data_dir / "vgg_tiny_legacy.onnx", "--calib", calib, "-o", tmp_path / "o.onnx")
+    assert out.exit_code == 0 and "4 populations (0 synchronous) and 2 max gates" in out.stdout
+
+
+def test_inspect_json_of_a_trace_with_nan_values_is_valid_json(traced_snn):
+    import h5py
+
+    with h5py.File(traced_snn, "r+") as f:
+        f["populations/000"].attrs["scale"] = np.float32(np.nan)
+        f["logits"][...] = np.nan
+        f.attrs["e_ac_pj"] = np.nan
+    result = invoke("inspect", traced_snn, "--json")
+    assert result.exit_code == 0
+    json.loads(result.stdout)  # allow_nan=False would have raised: NaN became null
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: f.__delitem__("populations/001/spike_counts"), "dataset 'populations/001/spike_counts' is missing"),
+        (lambda f: f.__setitem__("populations/003", np.dtype("f4")), "populations/003 is a Datatype, not a group"),
+        (lambda f: f.attrs.__setitem__("timesteps", np.nan), "root attribute 'timesteps' is nan"),
+        (lambda f: f.attrs.__setitem__("samples_written", 99), "99 samples written of samples_total = 6"),
+    ],
+)
+def test_damaged_traces(traced_snn, damage, message):
+    import h5py
+
+    with h5py.File(traced_snn, "r+") as f:
+        damage(f)
+    for command in (["inspect"], ["inspect", "--json"]):
+        assert message in one_error_line(invoke(*command, traced_snn))
+
+
+def test_corrupted_chunk_is_one_error_line(traced_snn):
+    import h5py
+
+    with h5py.File(traced_snn, "r") as f:
+        offset = f["populations/000/spike_counts"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(traced_snn.read_bytes())
+    raw[offset : offset + 16] = b"\xff" * 16  # the gzip stream of the first chunk
+    traced_snn.write_bytes(bytes(raw))
+    line = one_error_line(invoke("inspect", traced_snn))
+    assert "damaged trace: cannot read dataset '/populations/000/spike_counts'" in line
+
+
+def test_plot_labels_keep_both_ends_of_long_names():
+    from bsnn_graph.plot import _short
+
+    name = "/features/features.10/block.3/conv2/Relu_output_0"
+    short = _short(name, 30)
+    assert len(short) == 30 and short.startswith("/features/f") and short.endswith("Relu_output_0")
+    assert _short("relu1") == "relu1"
+
+
+@pytest.mark.parametrize(("attribute", "value"), [("dilations", [0, 0]), ("strides", [1]), ("pads", [0, 0, -1, 0])])
+def test_window_attributes_out_of_range(tmp_path, attribute, value):
+    pool = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], **{attribute: value})
+    path = build_model(tmp_path / "m.onnx", [pool], [tensor_info("x", ["N", 1, 4, 4])], [tensor_info("y", None)])
+    line = one_error_line(invoke("info", path))
+    assert f"node 'pool' (MaxPool): {attribute} {value} (expected" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("mode", "fast", "is 'fast', expected one of bsnn"),
+        ("stage", 2**31, "expected a stage in 0..65535"),
+        ("phases", 0, "expected K in 1..16"),
+        ("scale", helper.make_graph([], "g", [], []), "is of ONNX type GraphProto"),
+    ],
+)
+def test_spiking_op_attributes_of_the_wrong_type_or_range(tmp_path, name, value, message):
+    from test_cli_run import tiny_snn
+
+    from bsnn_graph import save_onnx
+
+    path = tmp_path / "snn.onnx"
+    save_onnx(tiny_snn(), path)
+    model = onnx.load(path)
+    node = next(n for n in model.graph.node if n.op_type == "Population")
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+    onnx.save(model, path)
+    line = one_error_line(invoke("info", path))
+    assert f"node {node.name!r} (Population): attribute {name!r}" in line and message in line

@@ -142,7 +142,9 @@ def test_storage_layout_is_chunked_compressed_and_compact(tmp_path):
         assert f["predictions"].dtype == np.int16
         assert f["populations/002/events"].maxshape == (None, 3)
         assert "events" not in f["populations/000"]
-        assert f["populations/000"].attrs["name"] == POPULATIONS[0]["name"]
+        # strings are fixed-length UTF-8 bytes, kept out of the global heap
+        assert f["populations/000"].attrs["name"].decode() == POPULATIONS[0]["name"]
+        assert f.attrs["format"] == FORMAT.encode() and f.attrs["record_populations"].dtype.kind == "S"
 
 
 def test_record_samples_keeps_only_chosen_samples(tmp_path):
@@ -189,7 +191,7 @@ def test_file_on_disk_is_valid_after_every_batch(tmp_path):
     with writer_for(tmp_path / "t.h5", n) as writer:
         writer.append(0, 3, batch_of(result, 0, 3))
         writer.append(3, 6, batch_of(result, 3, 6))
-        shutil.copy(writer._tmp, tmp_path / "snapshot.h5")
+        shutil.copy(writer._live, tmp_path / "snapshot.h5")
         writer.append(6, 9, batch_of(result, 6, 9))
     with open_trace(tmp_path / "snapshot.h5") as trace:
         assert trace.samples == 6 and not trace.complete
