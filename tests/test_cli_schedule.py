@@ -94,3 +94,23 @@ def test_inspect_says_which_schedule_the_trace_holds(folder):
         doc = json.loads(_invoke("inspect", trace, "--json").stdout)
         assert (doc["schedule"], doc["initial_potential"]) == (schedule, "half")
         assert f"schedule {schedule}, initial potential half" in _invoke("inspect", trace).stdout
+
+
+@pytest.mark.parametrize("attribute", ["scale", "initial_potential"])
+def test_a_damaged_spiking_attribute_is_one_error_line(folder, tmp_path, attribute):
+    """Found by the 5,000-case fuzz run: an empty lambda list reached `bsnn info` as a traceback."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(folder / "half.onnx")
+    node = next(n for n in model.graph.node if n.op_type == "Population")
+    kept = [a for a in node.attribute if a.name != attribute]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.attribute.append(helper.make_attribute(attribute, [] if attribute == "scale" else "third",
+                                                attr_type=onnx.AttributeProto.FLOATS if attribute == "scale"
+                                                else None))  # fmt: skip
+    path = tmp_path / "damaged.onnx"
+    onnx.save(model, path)
+    result = CliRunner().invoke(main, ["info", str(path)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and attribute in result.output
