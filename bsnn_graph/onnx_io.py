@@ -834,8 +834,8 @@ def _convert_bsnn(loader, node, attrs, ins):
         where = f"node {loader.key_hint(node)!r} ({node.op_type}): attribute {name!r}"
         if isinstance(value, TensorProto):
             value = np.array(numpy_helper.to_array(value))
-        elif isinstance(default, np.ndarray) and isinstance(value, (list, float, int)):
-            value = np.asarray(value, np.float32)  # a tensor field given as FLOAT(S) / INT(S)
+        elif isinstance(default, np.ndarray) and isinstance(value, list):
+            value = np.asarray(value, np.float32)  # a tensor field given as FLOATS / INTS
         elif isinstance(default, bool):
             value = bool(value)
         elif isinstance(default, tuple) or isinstance(value, list):
@@ -864,8 +864,10 @@ def _convert_bsnn(loader, node, attrs, ins):
             raise ModelError(f"{where} is of ONNX type {type(value).__name__}, not a number, string or tensor")
         if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
             raise ModelError(f"{where} is a tensor of {value.dtype}, expected numbers")
-        if isinstance(default, np.ndarray) and not isinstance(value, np.ndarray):
-            raise ModelError(f"{where} is {value!r}, expected a tensor")
+        if isinstance(default, np.ndarray) and not isinstance(value, (np.ndarray, int, float)):
+            raise ModelError(f"{where} is {value!r}, expected a tensor or a number")
+        if name == "scale" and isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
+            raise ModelError(f"{where} is {value}, expected a positive finite lambda")
         if name in ("scale", "ceiling") and isinstance(value, np.ndarray) and (value.ndim > 1 or value.size == 0):
             raise ModelError(f"{where} has shape {value.shape}, expected one value or one per channel")
         if name == "scale" and isinstance(value, np.ndarray) and not np.all(np.isfinite(value) & (value > 0)):
