@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,11 @@ def test_resume_after_an_interruption_computes_only_the_missing_shards(cluster, 
         with open_trace(where) as partial:
             assert not partial.complete and 0 < partial.samples < SAMPLES
     cluster.client.wait_for_workers(2)
+    # a shard already running when the run was interrupted still finishes (cancel does not stop a running
+    # task; its part is renamed into place whole): wait for it before looking at what is there
+    deadline = time.monotonic() + 60
+    while any(cluster.client.processing().values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     present = {p.name: p.stat().st_mtime_ns for p in parts_folder(target).glob("*.h5")}
     again = ShardedRun(cluster, graph, x, T, shard_size=SHARD, batch_size=SHARD, trace=TracePlan(**plan.__dict__))
     assert 0 < len(again.pending) == 6 - len(present) <= 4
