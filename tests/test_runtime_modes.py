@@ -114,8 +114,9 @@ def test_max_gate_drops_candidates():
     assert result.logits[1, 0, 0] == np.float32(0.625)
 
 
-def _reference_if_rate(drive, steps):
-    v, times = np.float32(0), []
+def _reference_if_rate(drive, steps, v0=0.0):
+    """Spike steps of one if-rate neuron with constant drive, threshold 1, V starting at ``v0``."""
+    v, times = np.float32(v0), []
     for t in range(steps):
         v = np.float32(v + np.float32(drive))
         if v >= 1:
@@ -158,14 +159,19 @@ def test_phase_mode_integrates_and_fires_every_step():
     result = runtime.simulate(graph, np.array([[0.6875]], np.float32), 12, record="all")
     # V += 0.171875 each step; fire when V >= 2^-(k+1): worked out by hand
     assert _times(result, "pop0")[:7] == [1, 2, 3, 5, 6, 7, 8]
-    v, expected = np.float32(0), []
-    for t in range(12):
-        v = np.float32(v + np.float32(0.6875 / 4))
-        w = np.float32(2.0 ** -(t % 4 + 1))
+    assert _times(result, "pop0") == _reference_phase(0.6875, 12, 4)
+
+
+def _reference_phase(drive, steps, phases, v0=0.0):
+    """Spike steps of one phase-mode neuron: V += drive / K every step, fire 2^-(k+1) at phase k."""
+    v, times = np.float32(v0), []
+    for t in range(steps):
+        v = np.float32(v + np.float32(drive / phases))
+        w = np.float32(2.0 ** -(t % phases + 1))
         if v >= w:
             v = np.float32(v - w)
-            expected.append(t)
-    assert _times(result, "pop0") == expected
+            times.append(t)
+    return times
 
 
 def _residual_graph(mode):

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 import pytest
 from spiking_graphs import chain_graph, resnet_graph, vgg_graph
+from test_runtime_modes import _reference_if_rate, _reference_phase
 
 import runtime
 from bsnn_graph.errors import BsnnError
@@ -106,27 +107,14 @@ def test_if_rate_starts_at_half_the_threshold():
     x = np.array([[0.375]], np.float32)
     graph = chain_graph([1.0, 1.0], [0.0, 0.0], mode="if-rate", phases=4, initial_potential="half")
     result = runtime.simulate(graph, x, 8, record="all")
-    v, expected = np.float32(0.5), []
-    for t in range(8):
-        v = np.float32(v + np.float32(0.375))
-        if v >= 1:
-            v = np.float32(v - 1)
-            expected.append(t)
-    assert _times(result, "pop0") == expected == [1, 3, 6]
+    assert _times(result, "pop0") == _reference_if_rate(0.375, 8, v0=0.5) == [1, 3, 6]
 
 
 def test_phase_mode_starts_at_half_the_last_weight():
     x = np.array([[0.6875]], np.float32)
     graph = chain_graph([1.0, 1.0], [0.0, 0.0], mode="phase", phases=4, initial_potential="half")
     result = runtime.simulate(graph, x, 12, record="all")
-    v, expected = np.float32(1 / 32), []
-    for t in range(12):
-        v = np.float32(v + np.float32(0.6875 / 4))
-        w = np.float32(2.0 ** -(t % 4 + 1))
-        if v >= w:
-            v = np.float32(v - w)
-            expected.append(t)
-    assert _times(result, "pop0") == expected
+    assert _times(result, "pop0") == _reference_phase(0.6875, 12, 4, v0=1 / 32)
 
 
 def test_initial_potential_values():
