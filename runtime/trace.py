@@ -694,6 +694,7 @@ class Trace:
         if not isinstance(self.attrs["complete"], (bool, np.bool_, int, np.integer)):
             raise TraceError(f"{path}: malformed trace: root attribute 'complete' is {self.attrs['complete']!r}")
         self.complete = bool(self.attrs["complete"])
+        _check_virtual_sources(path, file)
         predictions = _dataset(path, file, "predictions", 2, "iu")
         logits = _dataset(path, file, "logits", 3, "f")
         sops = _dataset(path, file, "sops", 1, "iu")
@@ -842,6 +843,26 @@ class Trace:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_virtual_sources(path: Path, file: Any) -> None:
+    """Raise TraceError if a virtual dataset of ``file`` reads a part file that is not there.
+
+    HDF5 reads the rows of a missing source as fill values (zeros), which
+    would pass for a real, silent run; the combined trace of a sharded run
+    (``runtime.trace_parts``) names its parts relative to its own folder.
+    """
+    h5py = _h5py()
+    datasets: list = []
+    file.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) and obj.is_virtual else None)
+    for dset in datasets:
+        for source in dset.virtual_sources():
+            name = source.file_name
+            if name == ".":
+                continue
+            source_path = Path(name) if Path(name).is_absolute() else path.parent / name
+            if not source_path.exists():
+                raise TraceError(f"{path}: part file {source_path} of dataset {dset.name} is missing")
 
 
 def _plain(value: Any) -> Any:

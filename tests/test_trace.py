@@ -272,3 +272,22 @@ def test_reader_errors(tmp_path):
     with pytest.raises(TraceError, match="no population 'nope'"), open_trace(tmp_path / "ok.h5") as trace:
         trace.population("nope")
     assert names == [p["name"] for p in POPULATIONS]
+
+
+def test_a_combined_trace_whose_part_file_is_missing_is_refused_not_read_as_zeros(tmp_path):
+    from runtime.trace_parts import combine_parts, part_path
+
+    target = tmp_path / "run.h5"
+    parts = []
+    for first, last in ((0, 3), (3, 5)):
+        path = part_path(target, first, last)
+        path.parent.mkdir(exist_ok=True)
+        write_trace(path, make_result(last - first, seed=first, first_sample=first))
+        parts.append((first, last, path))
+    combine_parts(target, parts, samples_total=5)
+    with open_trace(target) as trace:
+        assert trace.samples == 5
+        assert np.array_equal(trace.predictions[3:], make_result(2, seed=3).predictions.T)
+    os.remove(parts[1][2])
+    with pytest.raises(TraceError, match=r"part file .*0*3-0*5.h5 of dataset /\w+ is missing"):
+        open_trace(target)
