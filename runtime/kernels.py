@@ -199,6 +199,7 @@ class Run(NamedTuple):
     neuron_counts: np.ndarray  # int32 (B, spike_size) when per_neuron, else (B, 1)
     node_counts: np.ndarray  # int64 (B, S) spikes per node
     sops: np.ndarray  # int64 (B, S) synaptic operations caused by each node's spikes
+    period_sops: np.ndarray  # int64 (P, B) synaptic operations caused by the spikes of each period
     predictions: np.ndarray  # int32 (T, B)
     logits: np.ndarray  # float32 (P, B, classes)
     events: np.ndarray  # int32 (E, 3) rows (step, node, internal neuron index)
@@ -514,8 +515,8 @@ def _add_current(net, run, b, n, V, repeat):
 
 
 @njit(cache=True)
-def _count_spikes(net, run, b, n, spikes, soff, count):
-    """Bookkeeping of ``count`` single spikes of node n (step by step): counts and SOPs."""
+def _count_spikes(net, run, b, n, p, spikes, soff, count):
+    """Bookkeeping of ``count`` single spikes of node n in period p (step by step): counts and SOPs."""
     fanout = net.fanout
     synapses = 0
     for i in range(count):
@@ -525,6 +526,7 @@ def _count_spikes(net, run, b, n, spikes, soff, count):
             run.neuron_counts[b, soff + m] += 1
     run.node_counts[b, n] += count
     run.sops[b, n] += synapses
+    run.period_sops[p, b] += synapses
 
 
 @njit(cache=True)
@@ -708,7 +710,7 @@ def _node_step(net, run, b, n, t, p, k, V, spikes, flags, nspikes, candidates, e
             nspikes[n] = _fire(V, table[n, N_STATE], size, value, spikes, soff, flags)
     count = nspikes[n]
     if count > 0:
-        _count_spikes(net, run, b, n, spikes, soff, count)
+        _count_spikes(net, run, b, n, p, spikes, soff, count)
         eoff = table[n, N_EMITTED]
         if eoff >= 0:
             for i in range(count):
@@ -954,6 +956,7 @@ def _bsnn_nodes(net, run, b, p, V, bits, q, active, nactive, event):
                     synapses += s * np.int64(fan[i])
             run.node_counts[b, n] += spikes_total
             run.sops[b, n] += synapses
+            run.period_sops[p, b] += synapses
         if run.record[n]:
             for k in range(kmax):
                 bit = 1 << (phases - 1 - k)

@@ -62,7 +62,9 @@ class SimulationResult:
     input_macs: int = 0  # MACs per sample of the analog input layer, computed densely by the SNN too
     schedule: str = "light-cone"  # "light-cone" (pruned to what can reach the output by T) or "full"
     initial_potential: str = "half"  # the graph's: "half" (rounding) or "zero" (truncation)
-    extra: dict = field(default_factory=dict)  # deliveries (row scatters per sample), bytes_per_sample
+    # deliveries (int64 (N,) row scatters per sample), sops_per_period (int64 (P, N): SOPs of each period's
+    # spikes), bytes_per_sample
+    extra: dict = field(default_factory=dict)
 
     @property
     def samples(self) -> int:
@@ -368,6 +370,7 @@ def _new_run(plan: _Plan, drive: np.ndarray, per_neuron: bool, record: np.ndarra
         neuron_counts=np.zeros((b, max(lo.spike_size, 1) if per_neuron else 1), np.int32),
         node_counts=np.zeros((b, nodes), np.int64),
         sops=np.zeros((b, nodes), np.int64),
+        period_sops=np.zeros((periods, b), np.int64),
         predictions=np.zeros((plan.timesteps, b), np.int32),
         logits=np.zeros((periods, b, lo.classes), np.float32),
         events=events,
@@ -486,7 +489,7 @@ def _run_batch(plan: _Plan, xb: np.ndarray, start: int, record_flags: np.ndarray
         input_macs=lo.input_macs,
         schedule=plan.schedule,
         initial_potential=lo.initial_potential,
-        extra={"deliveries": run.deliveries},
+        extra={"deliveries": run.deliveries, "sops_per_period": run.period_sops},
     )
 
 
@@ -512,5 +515,8 @@ def concatenate_results(parts: list[SimulationResult]) -> SimulationResult:
         input_macs=first.input_macs,
         schedule=first.schedule,
         initial_potential=first.initial_potential,
-        extra={"deliveries": np.concatenate([p.extra["deliveries"] for p in parts])},
+        extra={
+            "deliveries": np.concatenate([p.extra["deliveries"] for p in parts]),
+            "sops_per_period": np.concatenate([p.extra["sops_per_period"] for p in parts], axis=1),
+        },
     )

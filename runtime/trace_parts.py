@@ -114,7 +114,7 @@ def read_part(path: str | os.PathLike) -> SimulationResult:
 
     Spike counts are per sample (int32 (n,)), as ``simulate`` returns them
     with ``per_neuron_counts=False``; events keep their global sample indices.
-    ``extra["deliveries"]`` is not stored in traces and is -1.
+    ``extra["deliveries"]`` and ``extra["sops_per_period"]`` are not stored in traces and are -1.
     """
     with open_trace(path) as trace:
         n = trace.samples
@@ -154,7 +154,8 @@ def read_part(path: str | os.PathLike) -> SimulationResult:
             input_macs=trace.input_macs or 0,
             schedule=_text(attrs.get("schedule"), "light-cone"),
             initial_potential=_text(attrs.get("initial_potential"), "half"),
-            extra={"deliveries": np.full(n, -1, np.int64)},
+            extra={"deliveries": np.full(n, -1, np.int64),
+                   "sops_per_period": np.full((trace.periods, n), -1, np.int64)},
         )
 
 

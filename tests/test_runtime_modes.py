@@ -29,6 +29,8 @@ def test_bistable_schedule_one_neuron():
     np.testing.assert_array_equal(result.logits[:, 0, 0], [0.0, 0.6875, 0.6875, 1.375])
     assert result.spike_counts["pop0"].tolist() == [6]  # spikes per sample (per neuron: per_neuron_counts=True)
     assert result.sops.tolist() == [6]  # one synapse per spike
+    # SOPs by the period of their spikes: fire periods 1 and 3, three spikes each
+    assert result.extra["sops_per_period"][:, 0].tolist() == [0, 3, 0, 3]
 
 
 def test_bistable_residual_carries_to_the_next_period():
@@ -131,6 +133,8 @@ def test_if_rate_counts_for_constant_input():
     result = runtime.simulate(graph, x, 16, record="all")
     assert _times(result, "pop0", 0) == [2, 5, 7, 10, 13, 15] == _reference_if_rate(0.375, 16)
     assert result.spike_counts["pop0"].reshape(-1).tolist() == [6, 0, 16]
+    # steps 2 (period 0), 5, 7 (period 1), 10 (2), 13, 15 (3); 4 spikes a period at 1.5
+    assert result.extra["sops_per_period"].T.tolist() == [[1, 2, 1, 2], [0, 0, 0, 0], [4, 4, 4, 4]]
     # spikes of step t reach the output in step t; logits = accumulated V
     assert result.logits[-1, :, 0].tolist() == [6.0, 0.0, 16.0]
 
