@@ -353,10 +353,13 @@ def measure(runs: list[Run], args) -> dict[Run, dict]:
         from runtime.distributed import Cluster
 
         args.threads = None if args.scheduler else max(1, (os.cpu_count() or 1) // workers)
+        loaded = dict(_DATA)
+        _DATA.clear()  # run as a script, this module travels by value: the workers load the data themselves
         with Cluster(workers=None if args.scheduler else workers, scheduler=args.scheduler) as cluster:
             futures = [cluster.client.submit(_worker, p, args, dict(MODELS), pure=False) for p in pending]
             for future in as_completed(futures):
                 future.result()  # a failed part stops the run with its error
+        _DATA.update(loaded)
         args.threads = threads
     return {run: merged(run, args) for run in runs}
 
