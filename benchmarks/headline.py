@@ -765,7 +765,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--timesteps", type=int, default=256, help="T_max of the other modes (at least 2 (L + 1) 8)")
     parser.add_argument("--bsnn-periods", type=int, default=12, help="bsnn at K = 8 runs to T = (L + this) K")
-    parser.add_argument("--sweep-periods", type=int, default=6, help="bsnn at K != 8 runs to T = (L + this) K")
+    parser.add_argument("--sweep-periods", type=int, default=2, help="bsnn at K != 8 runs to T = (L + this) K")
     parser.add_argument("--select-images", type=int, default=1000,
                         help="the rate baselines' settings are compared on this many images (0: all)")
     parser.add_argument("--percentile", type=float, default=99.9)
