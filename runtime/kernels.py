@@ -80,9 +80,12 @@ from .lowering import (
     N_STAGE,
     N_STATE,
     P_CIN,
+    P_CIN_G,
+    P_COFF,
     P_CORE,
     P_COUT,
     P_CSR_ROW,
+    P_CT,
     P_DH,
     P_DW,
     P_KH,
@@ -222,6 +225,13 @@ def _conv_geometry(proj, j):
 
 
 @njit(cache=True)
+def _conv_channels(proj, j):
+    """(cin_g, ct, coff) of conv core j: input channels per group, channels of the target and the target channel
+    of output channel 0. Input channel ci writes target channels coff + (ci // cin_g) cout + [0, cout)."""
+    return proj[j, P_CIN_G], proj[j, P_CT], proj[j, P_COFF]
+
+
+@njit(cache=True)
 def _gate_geometry(gate, g):
     """(c, height, width, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw) of max gate row g."""
     return (gate[g, G_C], gate[g, G_H], gate[g, G_W], gate[g, G_OH], gate[g, G_OW], gate[g, G_KH], gate[g, G_KW],
@@ -232,8 +242,10 @@ def _gate_geometry(gate, g):
 def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
     """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi)."""
     cin, width, cout, _, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
+    cin_g, ct, coff = _conv_channels(proj, j)
     ci = m % cin
     pos = m // cin
+    cbase = vbase + coff + (ci // cin_g) * cout
     iy = pos // width
     ix = pos - iy * width
     for ky in range(kh):
@@ -254,7 +266,7 @@ def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
             ox = nx // sw
             if ox >= ow:
                 continue
-            base = vbase + (oy * ow + ox) * cout
+            base = cbase + (oy * ow + ox) * ct
             row = woff + ((ci * kh + ky) * kw + kw - 1 - kx) * cout  # kx reversed in the layout
             # slices, not V[base + co]: an index that is provably >= 0 lets LLVM vectorise (10x here)
             v = V[base : base + cout]
@@ -308,16 +320,16 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
     Neuron m carries ``q[qoff + m]``, or ``value`` for all when ``qoff < 0``
     (one step's spikes: the four weight rows are summed, then scaled once).
 
-    The active neurons of one input position are contiguous: the position's
-    index math is done once, and for each kernel offset its output vector
-    ``V[base:base+cout]`` takes all of that position's active channels, four
-    at a time (so only the float32 summation order depends on the grouping,
-    never on ``lo``/``hi``: a split by rows gives every element the same terms
-    in the same order). Only the neurons whose input rows reach [lo, hi) are read.
+    The active neurons of one input position are contiguous, and within it
+    those of one group: the position's index math is done once, and for each
+    kernel offset the group's output vector takes all of its active channels,
+    four at a time (:func:`_conv_position`; so only the float32 summation
+    order depends on the grouping, never on ``lo``/``hi``: a split by rows
+    gives every element the same terms in the same order). Only the neurons
+    whose input rows reach [lo, hi) are read.
     """
-    cin, width, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
-    stride = kh * kw * cout  # between the rows of consecutive input channels
-    contiguous = sw == 1 and dw == 1
+    cin, width, _, oh, _, kh, _, sh, _, pt, _, dh, _, _ = _conv_geometry(proj, j)
+    cin_g = proj[j, P_CIN_G]
     s = 0
     if lo > 0 or hi < oh:  # a part of the rows: the neurons of input rows lo sh - pt .. (hi - 1) sh - pt + (kh - 1) dh
         first = max(lo * sh - pt, 0) * width * cin
@@ -327,52 +339,65 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
         count = np.searchsorted(spikes, last)
     while s < count:
         pos = active[soff + s] // cin
-        limit = (pos + 1) * cin  # the position's neurons are active[s:e], found without a division each
+        group = (active[soff + s] - pos * cin) // cin_g
+        limit = pos * cin + (group + 1) * cin_g  # the group's neurons are active[s:e], found without a division each
         e = s + 1
         while e < count and active[soff + e] < limit:
             e += 1
-        iy = pos // width
-        ix = pos - iy * width
-        for ky in range(kh):
-            ny = iy + pt - ky * dh
-            if ny < 0:
+        _conv_position(V, vbase, proj, j, weights, active, soff, s, e, pos, group, value, q, qoff, lo, hi)
+        s = e
+
+
+@njit(cache=True)
+def _conv_position(V, vbase, proj, j, weights, active, soff, s, e, pos, group, value, q, qoff, lo, hi):
+    """The active neurons ``active[soff + s : soff + e]`` of input position ``pos`` and one group, through every
+    kernel offset of conv core j that lands in output rows [lo, hi)."""
+    cin, width, cout, _, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
+    _, ct, coff = _conv_channels(proj, j)
+    stride = kh * kw * cout  # between the rows of consecutive input channels
+    contiguous = sw == 1 and dw == 1 and ct == cout  # ungrouped, alone in its target: output positions adjoin
+    cbase = vbase + coff + group * cout
+    iy = pos // width
+    ix = pos - iy * width
+    for ky in range(kh):
+        ny = iy + pt - ky * dh
+        if ny < 0:
+            break
+        if sh == 1:  # integer division is slow: skip it for the common stride 1
+            oy = ny
+        elif ny % sh != 0:
+            continue
+        else:
+            oy = ny // sh
+        if oy < lo or oy >= hi:  # hi <= oh
+            continue
+        if contiguous:  # the output positions ox_lo..ox_hi and their kernel rows, each one run
+            ox_lo = max(ix + pl - kw + 1, 0)
+            ox_hi = min(ix + pl, ow - 1)
+            if ox_lo > ox_hi:
+                continue
+            n = (ox_hi - ox_lo + 1) * cout
+            base = cbase + (oy * ow + ox_lo) * cout
+            v = V[base : base + n]
+            offset = woff + (ky * kw + ox_lo - (ix + pl - kw + 1)) * cout - pos * cin * stride
+            _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, n)
+            continue
+        for kx in range(kw):
+            nx = ix + pl - kx * dw
+            if nx < 0:
                 break
-            if sh == 1:  # integer division is slow: skip it for the common stride 1
-                oy = ny
-            elif ny % sh != 0:
+            if sw == 1:
+                ox = nx
+            elif nx % sw != 0:
                 continue
             else:
-                oy = ny // sh
-            if oy < lo or oy >= hi:  # hi <= oh
+                ox = nx // sw
+            if ox >= ow:
                 continue
-            if contiguous:  # the output positions ox_lo..ox_hi and their kernel rows, each one run
-                ox_lo = max(ix + pl - kw + 1, 0)
-                ox_hi = min(ix + pl, ow - 1)
-                if ox_lo > ox_hi:
-                    continue
-                n = (ox_hi - ox_lo + 1) * cout
-                base = vbase + (oy * ow + ox_lo) * cout
-                v = V[base : base + n]
-                offset = woff + (ky * kw + ox_lo - (ix + pl - kw + 1)) * cout - pos * cin * stride
-                _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, n)
-                continue
-            for kx in range(kw):
-                nx = ix + pl - kx * dw
-                if nx < 0:
-                    break
-                if sw == 1:
-                    ox = nx
-                elif nx % sw != 0:
-                    continue
-                else:
-                    ox = nx // sw
-                if ox >= ow:
-                    continue
-                base = vbase + (oy * ow + ox) * cout
-                v = V[base : base + cout]
-                offset = woff + (ky * kw + kw - 1 - kx) * cout - pos * cin * stride
-                _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, cout)
-        s = e
+            base = cbase + (oy * ow + ox) * ct
+            v = V[base : base + cout]
+            offset = woff + (ky * kw + kw - 1 - kx) * cout - pos * cin * stride
+            _rows_add(v, weights, offset, stride, active, soff, s, e, value, q, qoff, cout)
 
 
 @njit(cache=True)

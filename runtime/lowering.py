@@ -96,7 +96,7 @@ P_CSR_ROW = 4  # first row of the core CSR in csr_indptr (CORE_CSR)
 P_CIN = 5  # conv: input channels; dense: input features
 P_H = 6
 P_W = 7
-P_COUT = 8  # conv: output channels; dense: output features
+P_COUT = 8  # conv: output channels per group (the scatter row length); dense: output features
 P_OH = 9
 P_OW = 10
 P_KH = 11
@@ -108,7 +108,10 @@ P_PL = 16
 P_DH = 17
 P_DW = 18
 P_WOFF = 19  # offset of the scatter rows in weights
-PROJ_FIELDS = 20
+P_CIN_G = 20  # conv: input channels per group (P_CIN if ungrouped)
+P_CT = 21  # conv: channels of the target (the channel stride of its layout; P_COUT if the conv feeds it alone)
+P_COFF = 22  # conv: the target channel its output channel 0 lands on (after a Concat), else 0
+PROJ_FIELDS = 23
 
 # columns of gate_table
 G_C = 0
@@ -350,12 +353,22 @@ def _to_internal(s: _Sparse, in_shape, out_shape) -> _Sparse:
     return _Sparse(inv_in[s.rows], inv_out[s.cols], s.vals, s.n_in, s.n_out)
 
 
-def _conv_core(graph, chain, h):
-    """If ``chain[h]`` is a 2-d, ungrouped Conv, its scatter description (absorbing a Pad right before it)."""
+def _conv_core(graph, chain, h, target_shape):
+    """If ``chain[h]`` is a 2-d Conv (grouped or depthwise included) whose output reaches the target through
+    :func:`_conv_tail`, its scatter description (absorbing a Pad right before it), else None.
+
+    The scatter rows are ``W[ci, ky, kw - 1 - kx, :]`` over the ``cout / group``
+    output channels of input channel ci's group, scaled by the tail's
+    per-channel factors.
+    """
     node, _ = chain[h]
     op = ir.op_of(graph, node)
-    if not isinstance(op, O.Conv) or op.group != 1 or op.weight.ndim != 4:
+    if not isinstance(op, O.Conv) or op.weight.ndim != 4:
         return None
+    tail = _conv_tail(graph, chain, h, target_shape)
+    if tail is None:
+        return None
+    coff, ct, scale = tail
     pads = list(op.pads) or [0, 0, 0, 0]
     start = h
     if h > 0:
@@ -370,16 +383,59 @@ def _conv_core(graph, chain, h):
     out_shape = tuple(ir.shape_of(graph, node))
     strides = tuple(op.strides) or (1, 1)
     dilations = tuple(op.dilations) or (1, 1)
-    cout, cin, kh, kw = op.weight.shape
-    # W[ci, ky, kw - 1 - kx, :]: kx reversed, so that at stride and dilation 1 the kernel row of one input
-    # position and the output positions it reaches are both contiguous (one scatter per ky, see kernels)
-    rows = np.ascontiguousarray(op.weight.transpose(1, 2, 3, 0)[:, :, ::-1, :], dtype=np.float32).reshape(-1)
+    cout, cin_g, kh, kw = op.weight.shape
+    groups = int(op.group)
+    cout_g = cout // groups
+    # (group, cin_g, kh, kw, cout_g) -> (cin, kh, kw, cout_g); kx reversed, so that at stride and dilation 1 the
+    # kernel row of one input position and the output positions it reaches are both contiguous (see kernels)
+    w = op.weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    w = w.reshape(groups, cout_g, cin_g, kh, kw).transpose(0, 2, 3, 4, 1).reshape(groups * cin_g, kh, kw, cout_g)
+    rows = np.ascontiguousarray(w[:, :, ::-1, :], dtype=np.float32).reshape(-1)
     params = {
-        "cin": cin, "h": in_shape[1], "w": in_shape[2], "cout": cout, "oh": out_shape[1], "ow": out_shape[2],
-        "kh": kh, "kw": kw, "sh": strides[0], "sw": strides[1], "pt": pads[0], "pl": pads[1],
-        "dh": dilations[0], "dw": dilations[1],
+        "cin": in_shape[0], "h": in_shape[1], "w": in_shape[2], "cout": cout_g, "oh": out_shape[1],
+        "ow": out_shape[2], "kh": kh, "kw": kw, "sh": strides[0], "sw": strides[1], "pt": pads[0], "pl": pads[1],
+        "dh": dilations[0], "dw": dilations[1], "cin_g": cin_g, "ct": ct, "coff": coff,
     }
     return start, in_shape, params, rows
+
+
+def _channel_factor(constant: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A Mul constant over a tensor of ``shape`` as one float64 factor per channel, None if it varies within one."""
+    full = np.broadcast_to(np.asarray(constant, np.float64), (1,) + tuple(shape))[0].reshape(shape[0], -1)
+    return full[:, 0].copy() if np.all(full == full[:, :1]) else None
+
+
+def _conv_tail(graph, chain, h, target_shape):
+    """How the output of the conv ``chain[h]`` reaches the target: (channel offset, target channels, per output
+    channel factor), or None when it does not keep its spatial positions.
+
+    Allowed after the conv: Concat along the channels (an offset), Mul by a
+    scalar or per-channel constant (a factor), Add / Sum / Identity / Dropout
+    that keep the shape (their other inputs are other paths or bias).
+    """
+    node = chain[h][0]
+    shape = tuple(ir.shape_of(graph, node))
+    cout = shape[0]
+    coff, scale = 0, np.ones(cout)
+    for name, position in chain[h + 1 :]:
+        op = ir.op_of(graph, name)
+        out = tuple(ir.shape_of(graph, name))
+        if isinstance(op, O.Concat):
+            axis = op.axis if op.axis >= 0 else op.axis + len(out) + 1
+            if axis != 1 or out[1:] != shape[1:]:
+                return None
+            coff += sum(ir.shape_of(graph, src)[0] for src in ir.inputs_of(graph, name)[:position])
+        elif isinstance(op, O.Mul):
+            factor = _channel_factor(op.constant, out) if out == shape else None
+            if factor is None:
+                return None
+            scale = scale * factor[coff : coff + cout]
+        elif not (isinstance(op, _SHAPE_KEEPING) and out == shape):
+            return None
+        shape = out
+    if shape != tuple(target_shape):
+        return None
+    return coff, shape[0], scale
 
 
 def _dense_core(graph, chain, h):
@@ -820,8 +876,9 @@ def lower(graph: nx.DiGraph) -> LoweredGraph:
                     for n, _ in after
                 )
                 heavy_shape = tuple(ir.shape_of(graph, chain[heavy][0]))
-                if keeps and heavy_shape == target_shape:
-                    core = _conv_core(graph, chain, heavy) or _dense_core(graph, chain, heavy)
+                core = _conv_core(graph, chain, heavy, target_shape)
+                if core is None and keeps and heavy_shape == target_shape:
+                    core = _dense_core(graph, chain, heavy)
             if core is not None:
                 start, mid_shape, params, rows = core
                 is_conv = "kh" in params
@@ -829,7 +886,8 @@ def lower(graph: nx.DiGraph) -> LoweredGraph:
                 if is_conv:
                     for key, col in (("cin", P_CIN), ("h", P_H), ("w", P_W), ("cout", P_COUT), ("oh", P_OH),
                                      ("ow", P_OW), ("kh", P_KH), ("kw", P_KW), ("sh", P_SH), ("sw", P_SW),
-                                     ("pt", P_PT), ("pl", P_PL), ("dh", P_DH), ("dw", P_DW)):
+                                     ("pt", P_PT), ("pl", P_PL), ("dh", P_DH), ("dw", P_DW), ("cin_g", P_CIN_G),
+                                     ("ct", P_CT), ("coff", P_COFF)):
                         row[col] = int(params[key])
                     mid_fan = _conv_fanout(params)
                 else:

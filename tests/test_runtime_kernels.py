@@ -49,7 +49,30 @@ def misc_graph(mode="bsnn"):
     return b.output(biased, 4)
 
 
-GRAPHS = {"vgg": vgg_graph, "resnet": resnet_graph, "misc": misc_graph}
+def channels_graph(mode="bsnn"):
+    """Convs the conv core takes whole: grouped, depthwise, into a Concat (channel offsets), through a
+    per-channel Mul, strided into a Concat, and a Concat of Concats."""
+    b = Builder((4, 8, 8), mode, 8, seed=5)
+    p1 = b.population([b.conv("x", 6)], 1)
+
+    def grouped(src, cout, group, stride=1):
+        cin = b.graph.nodes[src]["shape"][0]
+        w = b.rng.standard_normal((cout, cin // group, 3, 3)).astype(np.float32) * 0.4
+        return b.op("gconv", O.Conv(weight=w, bias=np.full(cout, 0.02, np.float32), strides=(stride, stride),
+                                    pads=(1, 1, 1, 1), dilations=(1, 1), group=group), [src])
+
+    depthwise = grouped(p1, 6, 6)
+    scaled = b.op("mul", O.Mul(constant=np.linspace(0.5, 1.5, 6, dtype=np.float32).reshape(1, 6, 1, 1)), [depthwise])
+    cat = b.op("cat", O.Concat(axis=1), [scaled, grouped(p1, 4, 2), b.conv(p1, 2, k=1, pad=0)])
+    p2 = b.population([cat], 2)  # 12 channels: 0-5 depthwise x Mul, 6-9 grouped, 10-11 a 1x1 conv
+    inner = b.op("cat", O.Concat(axis=1), [grouped(p2, 4, 4, stride=2), b.conv(p2, 2, stride=2)])
+    outer = b.op("cat", O.Concat(axis=1), [b.conv(p2, 3, stride=2), inner])
+    p3 = b.population([b.op("mul", O.Mul(constant=np.array(0.8, np.float32)), [outer])], 3)
+    gap = b.op("gap", O.GlobalAveragePool(), [p3])
+    return b.output(b.gemm(b.op("flat", O.Flatten(axis=1), [gap]), 5), 4)
+
+
+GRAPHS = {"vgg": vgg_graph, "resnet": resnet_graph, "misc": misc_graph, "channels": channels_graph}
 
 
 def numpy_deliver(lowered, j, spikes_internal: np.ndarray) -> np.ndarray:
@@ -67,14 +90,16 @@ def numpy_deliver(lowered, j, spikes_internal: np.ndarray) -> np.ndarray:
             out[:] += value * lowered.weights[row[L.P_WOFF] : row[L.P_WOFF] + n_in * n_out].reshape(n_in, n_out)[m]
         else:
             cin, _h, w, cout, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = row[L.P_CIN : L.P_WOFF + 1]
+            cin_g, ct, coff = row[L.P_CIN_G], row[L.P_CT], row[L.P_COFF]
             weights = lowered.weights[woff : woff + cin * kh * kw * cout].reshape(cin, kh, kw, cout)[:, :, ::-1]
             ci, iy, ix = m % cin, (m // cin) // w, (m // cin) % w
+            channel = coff + (ci // cin_g) * cout  # the first target channel of ci's group
             for ky in range(kh):
                 for kx in range(kw):
                     ny, nx = iy + pt - ky * dh, ix + pl - kx * dw
                     if ny < 0 or nx < 0 or ny % sh or nx % sw or ny // sh >= oh or nx // sw >= ow:
                         continue
-                    base = ((ny // sh) * ow + nx // sw) * cout
+                    base = ((ny // sh) * ow + nx // sw) * ct + channel
                     out[base : base + cout] += value * weights[ci, ky, kx]
 
     for m in np.nonzero(spikes_internal)[0]:
@@ -120,10 +145,16 @@ def test_projections_equal_the_executor(name):
     if name == "resnet":
         assert (L.CORE_CSR, 0) in kinds  # SN identity and the Mul shortcut
     if name == "misc":
-        assert (L.CORE_CSR, 0) in kinds and (L.CORE_DENSE, 1) in kinds
+        assert (L.CORE_CONV, 1) in kinds and (L.CORE_DENSE, 1) in kinds
+    if name == "channels":  # every conv in the conv core: none falls back to the coordinate list
+        table = lowered.proj_table
+        conv = table[table[:, L.P_CORE] == L.CORE_CONV]
+        assert (L.CORE_CSR, 0) not in kinds and len(conv) == 6
+        assert (conv[:, L.P_CIN_G] == 1).any() and (conv[:, L.P_COFF] > 0).any()
+        assert (conv[:, L.P_CT] > conv[:, L.P_COUT]).all()  # each shares its target (a Concat)
 
 
-@pytest.mark.parametrize("name", ["vgg", "misc"])
+@pytest.mark.parametrize("name", ["vgg", "misc", "channels"])
 def test_numba_delivery_equals_numpy_scatter(name):
     lowered = runtime.lower(GRAPHS[name]())
     net = kernel_tables(lowered)
@@ -155,7 +186,7 @@ def test_numba_delivery_equals_numpy_scatter(name):
             got = V[offset : offset + lowered.node_table[tgt, L.N_SIZE]]
             if row[L.P_CORE] != L.CORE_CSR:  # conv and dense cores update only their part [lo, hi)
                 index = np.arange(got.size)
-                part = index // (row[L.P_COUT] * row[L.P_OW]) if conv else index
+                part = index // (row[L.P_CT] * row[L.P_OW]) if conv else index
                 expected = np.where((part >= lo) & (part < hi), expected, 0)
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -177,9 +208,10 @@ def test_batch_single_and_thread_paths_agree(monkeypatch):
     assert batch.sops.min() > 0
 
 
-def test_general_path_graph_matches_oracle():
-    graph = misc_graph()
-    x = np.random.default_rng(4).random((4, 2, 9, 9)).astype(np.float32)
+@pytest.mark.parametrize("name", ["misc", "channels"])
+def test_general_path_graph_matches_oracle(name):
+    graph = GRAPHS[name]()
+    x = np.random.default_rng(4).random((4,) + runtime.lower(graph).input_shape).astype(np.float32)
     waves = 2
     result = runtime.simulate(graph, x, (3 + 2 * waves) * 8, record="all", full_dynamics=True)
     emitted = {n: oracle.emitted_per_wave(result, graph, n, waves) for n in result.spike_counts}
@@ -208,7 +240,7 @@ def test_sops_count_spike_synapse_pairs():
     assert result.sops.tolist() == sum(result.sops_per_population.values()).tolist()
 
 
-@pytest.mark.parametrize("name", ["vgg", "resnet", "misc"])
+@pytest.mark.parametrize("name", ["vgg", "resnet", "misc", "channels"])
 @pytest.mark.parametrize("timesteps", [93, 96])
 def test_period_kernel_equals_step_by_step(monkeypatch, name, timesteps):
     """Mode bsnn: the period kernel (coalesced q * row per active neuron) vs every spike delivered in its step.
@@ -257,7 +289,9 @@ def test_period_kernel_equals_step_by_step(monkeypatch, name, timesteps):
     np.testing.assert_allclose(period.logits, step.logits, rtol=1e-4, atol=1e-4 + 2.0 * (not same))
     # the period kernel scatters one row per active neuron and period: fewer than one per spike
     spikes = sum(int(c.sum()) for c in step.spike_counts.values())
-    assert period.extra["deliveries"].sum() < step.extra["deliveries"].sum() <= spikes * 2
+    table = lowered.node_table
+    paths = int((table[:, L.N_PROJ_END] - table[:, L.N_PROJ_START]).max())  # one delivery per spike and path
+    assert period.extra["deliveries"].sum() < step.extra["deliveries"].sum() <= spikes * paths
 
 
 @pytest.mark.parametrize(("setup", "expected"), [("", "workqueue"), ("numba.config.THREADING_LAYER = 'omp'", "omp")])
