@@ -12,6 +12,12 @@ process, which reports its calibration (conversion) seconds and its peak
 resident set size (``ru_maxrss``). A graph the converter refuses prints its
 one-line error (the three with LRN: AlexNet, ZFNet, Inception-v1).
 
+Then (unless ``--no-run``) a second fresh process loads the converted graph
+and runs one random image at its first full output T = (L + 1) K with the
+light-cone schedule: lowering and run seconds (the run after a warm-up
+one), its peak RSS, SOPs against the ANN's MACs, and the event-driven
+logits against the dense oracle (runtime.oracle.dense_bsnn, one wave).
+
 Usage::
 
     python benchmarks/zoo_convert.py --images 512 --models resnet50
@@ -76,10 +82,53 @@ try:
     row["input_shape"] = list(shape)
     row["populations"] = sum(1 for n in spiking.nodes if spiking.nodes[n]["op"].op_type == "Population")
     row["synchronous_neurons"] = int(spiking.graph["metadata"].get("bsnn.synchronous_neurons", 0))
+    row["ann_macs"] = int(sum(bsnn_graph.executor.macs(graph, n) for n in graph.nodes))
+    bsnn_graph.save_onnx(spiking, out + ".spiking.onnx")
 except BsnnError as exc:
     row["refused"] = str(exc).replace(random_path, row["model"])
 row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 json.dump(row, open(out, "w"))
+"""
+
+
+_RUN = r"""
+import json, resource, sys, time
+import numpy as np
+import bsnn_graph, runtime
+from runtime import oracle
+
+path, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+graph = bsnn_graph.load_onnx(path)
+(name,) = graph.graph["inputs"]
+x = np.random.default_rng(seed + 1).random((1,) + tuple(graph.nodes[name]["shape"]), dtype=np.float32)
+stage = max(graph.nodes[n]["op"].stage for n in graph.nodes if graph.nodes[n]["op"].op_type == "Population")
+phases = next(graph.nodes[n]["op"].phases for n in graph.nodes if graph.nodes[n]["op"].op_type == "Population")
+t_first = (stage + 1) * phases
+started = time.perf_counter()
+lowered = runtime.lower(graph)
+lower_seconds = time.perf_counter() - started
+runtime.simulate(lowered, x, t_first)  # compiled (cached on disk after the first graph)
+started = time.perf_counter()
+result = runtime.simulate(lowered, x, t_first)
+seconds = time.perf_counter() - started
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+dense = oracle.dense_bsnn(graph, x, 1)
+got, want = result.logits[stage, 0], dense.logits[0, 0]
+# layer by layer: every population's emitted K-bit values against Q_K of V from the run's own source values
+recorded = runtime.simulate(lowered, x, t_first, record="all")
+emitted = {n: oracle.emitted_per_wave(recorded, graph, n, 1) for n in recorded.spike_counts}
+checks, _ = oracle.teacher_forced_check(graph, x, emitted)
+json.dump({
+    "t_first": t_first, "lower_seconds": round(lower_seconds, 2), "run_seconds": round(seconds, 3),
+    "run_peak_rss_mb": round(rss, 1), "sops": int(result.sops[0]), "input_macs": int(result.input_macs),
+    "oracle_same_prediction": bool(np.argmax(got) == np.argmax(want)),
+    "oracle_max_abs_logit_difference": float(np.max(np.abs(got - want))),
+    "oracle_max_abs_logit": float(np.max(np.abs(want))),
+    "teacher_forced_neuron_waves": int(sum(c.neuron_periods for c in checks.values())),
+    "teacher_forced_mismatches": int(sum(c.mismatches for c in checks.values())),
+    "teacher_forced_ties": int(sum(c.ties for c in checks.values())),
+    "spikes": int(sum(int(np.sum(c)) for c in result.spike_counts.values())),
+}, open(out, "w"))
 """
 
 
@@ -97,6 +146,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="names (e.g. resnet50 squeezenet); default all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
+    parser.add_argument("--no-run", dest="run", action="store_false",
+                        help="convert only (default: also run one image at the first full output in a fresh process)")
     args = parser.parse_args()
     rows = []
     for path in zoo_models():
@@ -108,7 +159,11 @@ def main() -> None:
             [sys.executable, "-c", _CHILD, str(path), str(args.images), str(args.seed), str(out)], check=True
         )
         row = json.loads(out.read_text())
-        for leftover in (out, Path(str(out) + ".random.onnx")):
+        spiking = Path(str(out) + ".spiking.onnx")
+        if "refused" not in row and args.run:
+            subprocess.run([sys.executable, "-c", _RUN, str(spiking), str(args.seed), str(out)], check=True)
+            row.update(json.loads(out.read_text()))
+        for leftover in (out, Path(str(out) + ".random.onnx"), spiking, Path(str(spiking) + ".data")):
             leftover.unlink(missing_ok=True)
         rows.append(row)
         if "refused" in row:
@@ -120,6 +175,17 @@ def main() -> None:
                 f"{row['synchronous_neurons']} SN",
                 flush=True,
             )
+            if "run_seconds" in row:
+                print(
+                    f"{'':>14}  one image at T = {row['t_first']}: lower {row['lower_seconds']:.1f} s, run "
+                    f"{row['run_seconds']:.3f} s, peak RSS {row['run_peak_rss_mb']:.0f} MB, SOPs {row['sops']:.3g} "
+                    f"vs ANN MACs {row['ann_macs']:.3g} ({row['sops'] / row['ann_macs']:.2f}x); oracle: same "
+                    f"prediction {row['oracle_same_prediction']}, max |logit difference| "
+                    f"{row['oracle_max_abs_logit_difference']:.2e} of {row['oracle_max_abs_logit']:.2e}; "
+                    f"teacher-forced: {row['teacher_forced_mismatches']} of {row['teacher_forced_neuron_waves']} "
+                    f"neuron-waves differ, {row['teacher_forced_ties']} of them float32 ties",
+                    flush=True,
+                )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
