@@ -19,12 +19,19 @@ way. Metadata ``bsnn.synchronise = applied``, ``bsnn.synchronous_neurons``.
 Modes ``bsnn-nosn``, ``phase``, ``if-rate``: no SN is inserted; stages are
 1 + the largest source stage; ``bsnn.synchronise = skipped``.
 
-Refusal: a linear node on the path from an early source that also feeds
-other spiking nodes (delaying it would delay them too), and graphs that are
-not spiking yet.
+A source delayed for several targets has one chain, each target reading
+the SN of its own delay. A linear node on a path from an early source that
+also feeds other spiking nodes (a Concat that later layers of a DenseNet
+block all read, the branches of an Inception block) is copied for the
+target first, so its paths are delayed without delaying the others
+(:func:`_privatise`); ``bsnn.copied_nodes`` counts those copies.
+
+Refusal: graphs that are not spiking yet.
 """
 
 from __future__ import annotations
+
+import copy
 
 import networkx as nx
 import numpy as np
@@ -58,33 +65,59 @@ def _source_scale(graph: nx.DiGraph, name: str) -> np.ndarray:
     return np.array(op.scale, np.float32)
 
 
-def _insert_chain(graph: nx.DiGraph, source: str, target: str, length: int, stage: int) -> list[str]:
+def _privatise(graph: nx.DiGraph, source: str, target: str) -> int:
+    """Give ``target`` its own copy of every linear node on a path ``source -> target`` that also feeds other
+    spiking nodes (a DenseNet or Inception Concat read by several later layers), so that those paths can be
+    delayed for ``target`` alone; returns how many nodes were copied.
+
+    A copy computes the same op on the same inputs (copies where those were
+    copied), and the nodes of the paths to ``target`` read the copies; the
+    originals keep feeding the other nodes. The runtime lowers every path
+    from a source to a target as its own projection, so the copies cost no
+    memory there.
+    """
+    below = nx.descendants(graph, source)
+    region = [n for n in ir.topological_order(graph) if n in below and n != target
+              and not isinstance(ir.op_of(graph, n), (*SPIKING, O.OutputAccumulator))
+              and target in spiking_targets(graph, n)]
+    shared = {n for n in region if spiking_targets(graph, n) != {target}}
+    copies: dict[str, str] = {}
+    for name in region:
+        if name in shared:
+            copy_name = ir.unique_name(graph, f"{name}_for_{target}")
+            inputs = [copies.get(i, i) for i in ir.inputs_of(graph, name)]
+            ir.add_node(graph, copy_name, copy.copy(ir.op_of(graph, name)), inputs, shape=ir.shape_of(graph, name))
+            copies[name] = copy_name
+    for name in [n for n in region if n not in shared] + [target]:
+        inputs = ir.inputs_of(graph, name)
+        if any(i in copies for i in inputs):
+            ir.set_inputs(graph, name, [copies.get(i, i) for i in inputs])
+    return len(copies)
+
+
+def _delay(
+    graph: nx.DiGraph, source: str, target: str, length: int, stage: int, chains: dict[str, list[str]]
+) -> tuple[list[str], int]:
+    """Make ``target`` read ``source`` ``length`` stages later, through the source's chain of SNs (extended as
+    needed, shared by every target of the source); returns the SNs added and the linear nodes copied."""
+    copied = _privatise(graph, source, target)
     first_hops = [x for x in ir.consumers(graph, source) if x == target or target in spiking_targets(graph, x)]
-    for hop in first_hops:
-        reached = spiking_targets(graph, hop)
-        if reached != {target}:
-            others = ", ".join(sorted(reached - {target}))
-            refuse(
-                graph,
-                hop,
-                f"lies on the path from {source!r} to {target!r} but also feeds {others}; "
-                "cannot delay it for synchronisation",
-            )
     target_op = ir.op_of(graph, target)
     mode, phases = target_op.mode, target_op.phases
     start = getattr(target_op, "initial_potential", None) or graph.graph["metadata"].get("bsnn.initial_potential", "half")
     scale = _source_scale(graph, source)
-    chain, previous = [], source
-    for i in range(length):
-        name = ir.unique_name(graph, f"{source}_sn{stage + i + 1}")
-        sn = O.SynchronousNeuron(mode=mode, phases=phases, stage=stage + i + 1, scale=scale.copy(),
+    chain = chains.setdefault(source, [])
+    added = []
+    while len(chain) < length:
+        name = ir.unique_name(graph, f"{source}_sn{stage + len(chain) + 1}")
+        sn = O.SynchronousNeuron(mode=mode, phases=phases, stage=stage + len(chain) + 1, scale=scale.copy(),
                                  initial_potential=start)
-        ir.add_node(graph, name, sn, [previous])
+        ir.add_node(graph, name, sn, [chain[-1] if chain else source])
         chain.append(name)
-        previous = name
+        added.append(name)
     for hop in first_hops:
-        ir.set_inputs(graph, hop, [previous if s == source else s for s in ir.inputs_of(graph, hop)])
-    return chain
+        ir.set_inputs(graph, hop, [chain[length - 1] if s == source else s for s in ir.inputs_of(graph, hop)])
+    return added, copied
 
 
 def _synchronise(graph: nx.DiGraph) -> bool:
@@ -96,6 +129,8 @@ def _synchronise(graph: nx.DiGraph) -> bool:
         return False
     stage: dict[str, int] = {}
     inserted: list[str] = []
+    chains: dict[str, list[str]] = {}
+    copied = 0
     for name in ir.topological_order(graph):
         op = ir.op_of(graph, name)
         if isinstance(op, O.Input):
@@ -107,14 +142,16 @@ def _synchronise(graph: nx.DiGraph) -> bool:
             latest = max(stage[s] for s in sources)
             for source in sources:
                 if stage[source] < latest:
-                    chain = _insert_chain(graph, source, name, latest - stage[source], stage[source])
-                    for i, sn in enumerate(chain):
-                        stage[sn] = stage[source] + i + 1
-                    inserted += chain
+                    added, copies = _delay(graph, source, name, latest - stage[source], stage[source], chains)
+                    copied += copies
+                    for sn in added:
+                        stage[sn] = ir.op_of(graph, sn).stage
+                    inserted += added
             stage[name] = latest + 1
     compute_stages(graph)
     graph.graph["metadata"]["bsnn.synchronise"] = "applied"
     graph.graph["metadata"]["bsnn.synchronous_neurons"] = str(len(inserted))
+    graph.graph["metadata"]["bsnn.copied_nodes"] = str(copied)
     return bool(inserted)
 
 

@@ -60,9 +60,9 @@ def test_family_spiking_run_matches_the_oracle(family):
     _check_run_against_oracle(spiking, np.abs(sample["x"]))
 
 
-def test_two_dense_layers_share_a_concat_that_synchronise_cannot_delay_yet():
-    """The limit left: an early source on a linear path (a Concat) read by populations of different
-    stages needs that path duplicated; until then bsnn refuses it by name and bsnn-nosn converts it."""
+def test_two_dense_layers_share_a_concat_that_synchronise_copies_per_target():
+    """An early source on a linear path (a Concat) read by populations of different stages: the path is copied
+    per target and each target reads the source's SN chain at its own delay; the run is exact."""
     b = Builder(11)
     x = b.input("x", (2, 6, 6))
     x0 = b.relu("stem", b.conv("stem_conv", x, 3))
@@ -73,10 +73,15 @@ def test_two_dense_layers_share_a_concat_that_synchronise_cannot_delay_yet():
     pooled = b.op("gap", O.GlobalAveragePool(), b.relu("norm", b.bn("norm_bn", cat2)))
     graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), pooled), 3))
     data = random_input(graph, n=16, positive=False)
-    with pytest.raises(PassError, match=r"pass synchronise .*node 'cat1' \(Concat\): lies on the path from 'stem'"):
-        convert(graph, data)
-    nosn = convert(graph, data, mode="bsnn-nosn")
-    np.testing.assert_allclose(evaluate(nosn, data), evaluate(graph, data), rtol=1e-4, atol=1e-5)
+    spiking = convert(graph, data)
+    np.testing.assert_allclose(evaluate(spiking, data), evaluate(graph, data), rtol=1e-4, atol=1e-5)
+    meta = spiking.graph["metadata"]
+    assert int(meta["bsnn.copied_nodes"]) > 0
+    # stem (stage 1) feeds l1_relu (stage 2), l2_relu (stage 3) and norm (stage 4): one chain of 2 SNs, of which
+    # l2_relu reads the first and norm the second; l1_relu (stage 2) is delayed once for norm
+    sns = {n: ir.op_of(spiking, n) for n in spiking.nodes if ir.op_of(spiking, n).op_type == "SynchronousNeuron"}
+    assert sorted((n.split("_sn")[0], op.stage) for n, op in sns.items()) == [("l1_relu", 3), ("stem", 2), ("stem", 3)]
+    _check_run_against_oracle(spiking, np.abs(data))
 
 
 def test_inception_pool_branch_after_a_pool_is_refused_by_name():

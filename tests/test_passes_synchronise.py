@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_passes_graphs import Builder, op_types, random_input, resnet, vgg
+from test_rewrites import _check_run_against_oracle
 
 from bsnn_graph import evaluate, ir
 from bsnn_graph import ops as O
@@ -96,7 +97,7 @@ def test_vgg_needs_no_sn_and_is_not_modified():
     assert result.graph.graph["metadata"]["bsnn.synchronise"] == "applied"
 
 
-def test_a_shortcut_op_shared_with_another_population_is_refused():
+def test_a_shortcut_op_shared_with_another_population_is_copied_for_the_delayed_target():
     b = Builder(21)
     x = b.input("x", (2, 5, 5))
     r1 = b.relu("r1", b.conv("c1", x, 2))
@@ -106,8 +107,18 @@ def test_a_shortcut_op_shared_with_another_population_is_refused():
     other = b.relu("other", shared)
     h = b.op("cat", O.Concat(axis=1), merge, other)
     graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), h), 3))
-    with pytest.raises(PassError, match=r"pass synchronise .*node 'shared' \(Conv\): .* also feeds other"):
-        convert(graph, random_input(graph))
+    x = random_input(graph)
+    spiking = convert(graph, x)
+    np.testing.assert_allclose(evaluate(spiking, x), evaluate(graph, x), rtol=1e-4, atol=1e-5)
+    assert spiking.graph["metadata"]["bsnn.copied_nodes"] == "1"
+    # 'other' still reads the shared conv from r1 directly (stage 2); the merge reads a copy through r1's SN
+    (copy,) = [n for n in spiking.nodes if n.startswith("shared_for_")]
+    assert ir.op_of(spiking, copy).op_type == "Conv" and ir.op_of(spiking, ir.inputs_of(spiking, copy)[0]).op_type == (
+        "SynchronousNeuron")
+    assert ir.inputs_of(spiking, "shared") == ["r1"] and _stage(spiking, "other") == 2
+    for name in _populations(spiking) + spiking.graph["outputs"]:
+        assert len({_stage(spiking, s) for s in spiking_sources(spiking, name)}) == 1, name
+    _check_run_against_oracle(spiking, np.abs(x))
 
 
 def test_requires_a_spiking_graph():
