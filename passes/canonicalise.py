@@ -44,6 +44,13 @@ where stated):
   part is the same; each part then reads its own population, as a max gate
   must. The Concat stays when it has other readers. Not applied to a Concat
   along a spatial axis (a window would straddle the parts).
+- ``MaxPool(MaxPool(x))`` -> ``MaxPool(x)`` (Inception's pool branch after
+  a stage pool): the max of maxes is the max over the union of the composed
+  windows, which along each axis is the window of kernel ``k1 + (k2 - 1) s1``,
+  stride ``s1 s2``, begin padding ``p1 + p2 s1`` (the end padding and ceil
+  mode found to give the same output size), when that pooling's windows are
+  exactly those unions (checked window by window); else it is left for
+  to_spiking to refuse. Dilated pools are left alone.
 """
 
 from __future__ import annotations
@@ -206,6 +213,66 @@ def _maxpool_through_concat(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
     return True
 
 
+def _members(size: int, outputs: int, kernel: int, stride: int, pad: int) -> list[set[int]]:
+    """The input positions (in [0, size)) of each of ``outputs`` windows along one axis (dilation 1)."""
+    return [set(range(max(o * stride - pad, 0), min(o * stride - pad + kernel, size))) for o in range(outputs)]
+
+
+def _merged_axis(size: int, first: tuple[int, int, int, int], second: tuple[int, int, int, int], outputs: int):
+    """(kernel, stride, pad begin, pad end, ceil mode) of one pooling along an axis whose windows are exactly
+    the unions of the windows of ``first`` then ``second`` ((kernel, stride, pad begin, pad end) each), or None."""
+    (k1, s1, b1, e1), (k2, s2, b2, _) = first, second
+    inner = O.pool_output_size(size, k1, s1, b1, e1, 1, False)
+    layer1 = _members(size, inner, k1, s1, b1)
+    want = [set().union(*(layer1[j] for j in w)) for w in _members(inner, outputs, k2, s2, b2)]
+    kernel, stride, begin = k1 + (k2 - 1) * s1, s1 * s2, b1 + b2 * s1
+    if begin >= kernel:
+        return None
+    for end in range(kernel):
+        for ceil in (False, True):
+            try:
+                n = O.pool_output_size(size, kernel, stride, begin, end, 1, ceil)
+            except O.ShapeError:
+                continue
+            if n == outputs and _members(size, n, kernel, stride, begin) == want:
+                return kernel, stride, begin, end, ceil
+    return None
+
+
+def _merge_maxpools(graph: nx.DiGraph, name: str, op: O.Op) -> bool:
+    """``MaxPool(MaxPool(x))`` -> one ``MaxPool(x)`` whose windows are the unions of the composed windows, when
+    such a pooling exists (checked window by window along each axis); max over a union is the max of maxes."""
+    if not isinstance(op, O.MaxPool):
+        return False
+    (inner,) = ir.inputs_of(graph, name)
+    inner_op = ir.op_of(graph, inner)
+    if not isinstance(inner_op, O.MaxPool) or inner_op.ceil_mode:
+        return False
+    (x,) = ir.inputs_of(graph, inner)
+    shape, out = ir.shape_of(graph, x), ir.shape_of(graph, name)
+    spatial = len(shape) - 1
+    axes = []
+    for i in range(spatial):
+        def window(pool, i=i):
+            pads = tuple(pool.pads) or (0,) * (2 * spatial)
+            return pool.kernel_shape[i], (tuple(pool.strides) or (1,) * spatial)[i], pads[i], pads[i + spatial]
+        if any((tuple(pool.dilations) or (1,) * spatial)[i] != 1 for pool in (op, inner_op)):
+            return False
+        merged = _merged_axis(shape[1 + i], window(inner_op), window(op), out[1 + i])
+        if merged is None:
+            return False
+        axes.append(merged)
+    if len({a[4] for a in axes}) > 1:  # one ceil mode for every axis
+        return False
+    graph.nodes[name]["op"] = O.MaxPool(kernel_shape=tuple(a[0] for a in axes), strides=tuple(a[1] for a in axes),
+                                        pads=tuple(a[2] for a in axes) + tuple(a[3] for a in axes),
+                                        dilations=(1,) * spatial, ceil_mode=axes[0][4])
+    ir.set_inputs(graph, name, [x])
+    if not ir.consumers(graph, inner) and inner not in graph.graph["outputs"]:
+        ir.remove_node(graph, inner)
+    return True
+
+
 _AFFINE = (O.Sub, O.Mul, O.Div, O.Add)
 
 
@@ -259,6 +326,7 @@ _RULES = (
     _split_leaky_relu,
     _relu_before_maxpool,
     _maxpool_through_concat,
+    _merge_maxpools,
     _fold_input_normalisation,
 )
 

@@ -16,7 +16,7 @@ from test_rewrites import _check_run_against_oracle
 
 from bsnn_graph import evaluate, ir, load_onnx
 from bsnn_graph import ops as O
-from passes import PassError, convert
+from passes import convert
 
 K = 8
 #: family -> the runtime support its spiking run still needs (None: runs now)
@@ -84,9 +84,14 @@ def test_two_dense_layers_share_a_concat_that_synchronise_copies_per_target():
     _check_run_against_oracle(spiking, np.abs(data))
 
 
-def test_inception_pool_branch_after_a_pool_is_refused_by_name():
-    """A MaxPool reading a MaxPool (Inception's pool branch after the stage pool) has no max gate rule
-    yet (a gate reads a population): refused before calibration, naming both parts."""
+def test_inception_pool_branch_after_a_pool_converts_and_runs_exactly():
+    """A MaxPool reading a MaxPool (Inception's pool branch after the stage pool) becomes one max pool over
+    the union windows (canonicalise), so its max gate reads a population: as an ANN it equals onnxruntime,
+    and the spiking run matches the oracle."""
+    path = DATA / "fire_inception_legacy.onnx"
     sample = np.load(DATA / "fire_inception.npz")
-    with pytest.raises(PassError, match=r"MaxPool must read a ReLU population, reads '/MaxPool_part0' \(MaxPool\)"):
-        convert(load_onnx(DATA / "fire_inception_legacy.onnx"), _calibration(sample["x"]))
+    graph = load_onnx(path)
+    spiking = convert(graph, _calibration(sample["x"]), phases=K)
+    (expected,) = run_onnxruntime(path, {"x": sample["x"]})
+    np.testing.assert_allclose(evaluate(spiking, sample["x"]), expected, rtol=1e-4, atol=1e-5)
+    _check_run_against_oracle(spiking, np.abs(sample["x"]))

@@ -175,3 +175,40 @@ def test_canonical_vgg_is_equivalent():
     x = random_input(graph)
     np.testing.assert_array_equal(evaluate(result.graph, x).argmax(1), evaluate(graph, x).argmax(1))
     assert not canonicalise(result.graph).modified
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ((3, 2, 1, False), (3, 2, 1, False)),  # Inception: a stage pool, then the pool branch
+        ((3, 1, 1, False), (3, 1, 1, False)),  # two 3 x 3 stride-1 pools: one 5 x 5
+        ((3, 2, 0, False), (2, 2, 0, True)),  # ceil mode in the second (its last window is half virtual)
+    ],
+)
+def test_maxpool_after_maxpool_becomes_one_maxpool_with_the_union_windows(first, second):
+    b = Builder(3)
+    x = b.input("x", (2, 11, 11))
+    inner = b.op("p1", O.MaxPool(kernel_shape=(first[0],) * 2, strides=(first[1],) * 2, pads=(first[2],) * 4,
+                                  ceil_mode=first[3]), b.conv("conv", x, 3))
+    outer = b.op("p2", O.MaxPool(kernel_shape=(second[0],) * 2, strides=(second[1],) * 2, pads=(second[2],) * 4,
+                                  ceil_mode=second[3]), inner)
+    graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), outer), 4))
+    result = canonicalise(graph)
+    assert op_types(result.graph).count("MaxPool") == 1
+    pool = ir.op_of(result.graph, "p2")
+    assert pool.kernel_shape[0] == first[0] + (second[0] - 1) * first[1] and pool.strides[0] == first[1] * second[1]
+    xs = random_input(graph, positive=False)
+    np.testing.assert_array_equal(evaluate(result.graph, xs), evaluate(graph, xs))
+
+
+def test_maxpool_after_maxpool_whose_union_is_no_window_is_left_and_refused_by_name():
+    # 5 rows in windows of 2 (row 4 is in none), then a window reaching past the end: its union {2, 3} is not
+    # a window of any single pooling of stride 4 that also gives {0, 1, 2, 3}
+    b = Builder(3)
+    x = b.input("x", (2, 5, 5))
+    inner = b.op("p1", O.MaxPool(kernel_shape=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0)), b.conv("conv", x, 3))
+    outer = b.op("p2", O.MaxPool(kernel_shape=(2, 2), strides=(1, 1), pads=(0, 0, 1, 1)), inner)
+    graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), outer), 4))
+    assert op_types(canonicalise(graph).graph).count("MaxPool") == 2
+    with pytest.raises(PassError, match=r"MaxPool must read a ReLU population, reads 'p1' \(MaxPool\)"):
+        convert(graph, random_input(graph))
