@@ -194,6 +194,27 @@ def test_progress_covers_every_pass_over_the_calibration_data():
     assert sum(seen) == 20 * passes and calibration_passes(graph) == 1
 
 
+def test_search_memory_is_independent_of_the_number_of_batches():
+    import tracemalloc
+
+    folded = _folded(vgg("max"))
+    rng = np.random.default_rng(3)
+
+    def peak(batches: int) -> int:
+        data = [rng.random((16, 1, 8, 8), dtype=np.float32) for _ in range(batches)]  # re-readable: a list
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        search_scales(folded, data, phases=4)
+        top = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        return top
+
+    peak(1)  # compile the kernel first
+    few, many = peak(4), peak(60)
+    assert many < 1.3 * few + 200_000
+
+
 def test_refusals_are_one_line():
     graph = _clipped_vgg()
     x = random_input(graph, n=8)
