@@ -23,6 +23,8 @@ import numpy as np
 
 from . import ops as O
 from .cli_options import (
+    calibrate_option,
+    calibration_label,
     channelwise_option,
     initial_potential_option,
     input_lambda_option,
@@ -47,8 +49,9 @@ def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: floa
 
     Keys: ``model`` and ``output`` (paths), ``passes`` (names applied, in
     order), ``mode`` / ``phases`` (null before to_spiking), ``percentile``,
-    ``channelwise``, ``input_lambda`` and ``calibration_samples`` (null
-    before normalise), ``initial_potential`` ("half" or "zero"; null before
+    ``channelwise``, ``input_lambda``, ``calibration_samples``,
+    ``calibrate`` ("percentile" or "search") and ``calibration_seconds``
+    (wall-clock time of the calibration; all null before normalise), ``initial_potential`` ("half" or "zero"; null before
     to_spiking), ``removed_output_op`` (e.g. "Softmax" or null),
     ``synchronise`` ("applied", "skipped" or null), ``synchronous_neurons``
     (int), ``populations`` (spiking nodes in topological order, each
@@ -91,6 +94,10 @@ def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: floa
         "channelwise": meta["bsnn.channelwise"] == "true" if "bsnn.channelwise" in meta else None,
         "input_lambda": float(meta["bsnn.input_scale"]) if "bsnn.input_scale" in meta else None,
         "calibration_samples": int(meta["bsnn.calibration_samples"]) if "bsnn.calibration_samples" in meta else None,
+        "calibrate": meta.get("bsnn.calibrate"),
+        "calibration_seconds": (
+            float(meta["bsnn.calibration_seconds"]) if "bsnn.calibration_seconds" in meta else None
+        ),
         "initial_potential": meta.get("bsnn.initial_potential"),
         "removed_output_op": meta.get("bsnn.removed_output_op"),
         "synchronise": meta.get("bsnn.synchronise"),
@@ -130,6 +137,7 @@ def _pass_names() -> list[str]:
     help="Percentile of the positive activations taken as each lambda.",
 )
 @channelwise_option
+@calibrate_option()
 @initial_potential_option()
 @click.option("--until", type=click.Choice(_pass_names()), help="Stop after this pass (writes an intermediate graph).")
 @input_scale_option
@@ -150,6 +158,7 @@ def convert_command(
     phases: int,
     percentile: float,
     channelwise: bool,
+    calibrate: str,
     initial_potential: str,
     until: str | None,
     input_scale: float | None,
@@ -174,8 +183,9 @@ def convert_command(
     x = fit_to_input(x, shape_of(graph, graph.graph["inputs"][0]), source=str(calib_path))
     if len(x) == 0:
         raise DataError(f"{calib_path}: no samples")
+    reads = passes.calibration_passes(graph, calibrate)
     started = time.perf_counter()
-    with click.progressbar(length=len(x), label="calibrating", file=sys.stderr) as bar:
+    with click.progressbar(length=len(x) * reads, label=calibration_label(calibrate, reads), file=sys.stderr) as bar:
         converted = passes.convert(
             graph,
             x,
@@ -188,6 +198,7 @@ def convert_command(
             batch_size=batch_size,
             input_lambda=input_lambda,
             initial_potential=initial_potential,
+            calibrate=calibrate,
         )
     seconds = time.perf_counter() - started
     check_output_path(output, overwrite)  # again: a file may have appeared during the calibration

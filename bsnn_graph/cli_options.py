@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 __all__ = [
+    "calibrate_option",
+    "calibration_label",
     "channelwise_option",
     "full_dynamics_option",
     "initial_potential_option",
@@ -26,6 +28,27 @@ channelwise_option = click.option("--channelwise", is_flag=True, help="One lambd
 input_lambda_option = click.option(
     "--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1)."
 )
+
+def calibrate_option(default: str | None = "percentile"):
+    """``--calibrate``: how the lambdas are chosen (conversion of an ANN)."""
+    return click.option(
+        "--calibrate",
+        type=click.Choice(["percentile", "search"]),
+        default=default,
+        show_default=default is not None,
+        help="Lambda per population: the --percentile of the activations, or the search for the lambda that "
+        "minimises the K-bit network's error layer by layer (1 + levels passes over the calibration data)"
+        + ("." if default is not None else "; default percentile."),
+    )
+
+
+def calibration_label(calibrate: str, passes: int, mode: str | None = None) -> str:
+    """The progress bar label of a calibration that reads the data ``passes`` times."""
+    where = f" {mode}" if mode else ""
+    if calibrate == "search":
+        return f"calibrating{where} (search: {passes} passes over the data)"
+    return f"calibrating{where} (percentile)"
+
 
 def initial_potential_option(default: str | None = "half"):
     """``--initial-potential``: where every spiking population's V starts (conversion of an ANN)."""

@@ -27,6 +27,8 @@ import numpy as np
 from . import ops as O
 from .cli_cluster import cluster_options, open_cluster, simulate_on_cluster
 from .cli_options import (
+    calibrate_option,
+    calibration_label,
     channelwise_option,
     full_dynamics_option,
     initial_potential_option,
@@ -486,6 +488,7 @@ def run_command(
     help="Normalisation percentile (ANN models; default 99.99).",
 )
 @channelwise_option
+@calibrate_option(default=None)
 @input_lambda_option
 @initial_potential_option(default=None)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")
@@ -504,6 +507,7 @@ def eval_command(
     phases: int | None,
     percentile: float | None,
     channelwise: bool,
+    calibrate: str | None,
     input_lambda: float | None,
     initial_potential: str | None,
     limit: int | None,
@@ -549,7 +553,8 @@ def eval_command(
         if phases is not None and phases != own_phases:
             raise BsnnError(f"{model}: already converted with K = {own_phases}; --phases applies to ANN models only")
         for given, flag in ((channelwise, "--channelwise"), (input_lambda is not None, "--input-lambda"),
-                            (initial_potential is not None, "--initial-potential")):
+                            (initial_potential is not None, "--initial-potential"),
+                            (calibrate is not None, "--calibrate"), (percentile is not None, "--percentile")):
             if given:
                 raise BsnnError(f"{model}: already converted; {flag} applies to ANN models only")
         if calib_path is not None:
@@ -563,14 +568,16 @@ def eval_command(
 
         calib, _ = _load_data(calib_path, graph, input_scale, None)
         options = {"channelwise": channelwise, "input_lambda": input_lambda,
-                   "initial_potential": initial_potential or "half"}
+                   "initial_potential": initial_potential or "half", "calibrate": calibrate or "percentile"}
         if phases is not None:
             options["phases"] = phases
         if percentile is not None:
             options["percentile"] = percentile
         snns = {}
+        reads = passes.calibration_passes(graph, options["calibrate"])
         for mode in wanted:
-            with click.progressbar(length=len(calib), label=f"calibrating ({mode})", file=_stderr()) as bar:
+            label = calibration_label(options["calibrate"], reads, mode)
+            with click.progressbar(length=len(calib) * reads, label=label, file=_stderr()) as bar:
                 snns[mode] = passes.convert(
                     graph, calib, mode=mode, batch_size=batch_size, progress=bar.update, **options
                 )

@@ -22,7 +22,8 @@ from bsnn_graph import ops as O
 from ._infra import NodeRefusal, Pass, PassError, PassResult, passes_applied
 from .canonicalise import canonicalise
 from .fold_batchnorm import fold_batchnorm
-from .normalise import normalise
+from .lambda_search import search_passes
+from .normalise import check_calibrate, normalise
 from .percentile import StreamingPercentile
 from .synchronise import synchronise
 from .to_spiking import check_convertible, to_spiking
@@ -33,6 +34,7 @@ __all__ = [
     "PassError",
     "PassResult",
     "StreamingPercentile",
+    "calibration_passes",
     "canonicalise",
     "convert",
     "fold_batchnorm",
@@ -63,6 +65,7 @@ def convert(
     batch_size: int | None = None,
     input_lambda: float | None = None,
     initial_potential: str = "half",
+    calibrate: str = "percentile",
 ) -> nx.DiGraph:
     """Convert an ANN IR graph into a BSNN spiking graph (the input graph is not changed).
 
@@ -85,6 +88,11 @@ def convert(
     initial_potential : where every spiking population's V starts: ``"half"``
         (the default: ``theta 2^-(K+1)``, ``theta / 2`` in ``if-rate``, so a
         fire period rounds to K bits) or ``"zero"`` (truncation).
+    calibrate : how normalise chooses the lambdas: ``"percentile"`` (the
+        default; one pass over the calibration data) or ``"search"``
+        (:mod:`passes.lambda_search`: the lambda minimising the K-bit
+        network's activation error, layer by layer, with K = ``phases`` and
+        ``initial_potential``; :func:`calibration_passes` passes).
 
     Returns
     -------
@@ -93,8 +101,10 @@ def convert(
     Raises
     ------
     PassError (a ConversionError) naming the pass, node, op and the passes
-    applied before; DataError for unusable calibration data.
+    applied before; DataError for unusable calibration data or an unknown
+    ``calibrate``.
     """
+    check_calibrate(calibrate)
     names = pass_names()
     if until is not None and until not in names:
         raise PassError(
@@ -112,6 +122,7 @@ def convert(
         "batch_size": batch_size,
         "input_lambda": input_lambda,
         "initial_potential": initial_potential,
+        "calibrate": calibrate,
     }
     for pass_ in PIPELINE:
         if pass_ is normalise and (until is None or names.index(until) >= names.index("to_spiking")):
@@ -120,6 +131,19 @@ def convert(
         if pass_.name == until:
             break
     return graph
+
+
+def calibration_passes(graph: nx.DiGraph, calibrate: str = "percentile") -> int:
+    """How many times :func:`convert` reads the calibration data of the ANN ``graph``.
+
+    1 for the percentile; for search 1 + the number of population levels
+    of the canonicalised, BN-folded graph (:func:`passes.lambda_search.search_passes`).
+    A progress bar over the calibration covers ``samples x calibration_passes`` samples.
+    """
+    check_calibrate(calibrate)
+    if calibrate == "percentile":
+        return 1
+    return search_passes(fold_batchnorm(canonicalise(graph).graph).graph)
 
 
 def _preflight(graph: nx.DiGraph, mode: str, phases: int, initial_potential: str = "half") -> None:

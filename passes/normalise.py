@@ -1,4 +1,4 @@
-"""normalise: data-based (percentile) weight normalisation, threshold 1 for every population.
+"""normalise: data-based weight normalisation (percentile or search), threshold 1 for every population.
 
 Populations (in the folded ANN): every ReLU and every ``Clip(0, c)``
 (ReLU6; its lambda is the percentile of its clipped output, so ``lambda <= c``,
@@ -7,14 +7,23 @@ that alone reads a two-tensor Add is one residual *merge* population whose
 branches are the Add's inputs.
 
 1. Calibrate (in batches of the given size, or else of the size
-   :func:`calibration_batch_size` fits in :data:`CALIBRATION_MEMORY_BYTES`):
-   run the ANN (:func:`bsnn_graph.executor.iterate_activations`)
-   on the calibration batches and feed every population's activation to a
-   :class:`~passes.percentile.StreamingPercentile` (bounded memory, relative
-   error <= 0.27 %); ``lambda`` = the p-th percentile (default 99.99) of the
-   positive activations, per population or, with ``channelwise``, per
-   channel (axis 1). A population (channel) with no positive activation gets
-   1 (the population's lambda).
+   :func:`calibration_batch_size` fits in :data:`CALIBRATION_MEMORY_BYTES`;
+   :mod:`passes.calibration`), as ``calibrate`` says:
+
+   - ``"percentile"`` (the default): run the ANN
+     (:func:`bsnn_graph.executor.iterate_activations`) on the calibration
+     batches and feed every population's activation to a
+     :class:`~passes.percentile.StreamingPercentile` (bounded memory,
+     relative error <= 0.27 %); ``lambda`` = the p-th percentile (default
+     99.99) of the positive activations, per population or, with
+     ``channelwise``, per channel (axis 1). A population with no positive
+     activation gets 1, a channel with none its population's lambda.
+   - ``"search"``: :func:`passes.lambda_search.search_scales`, population by
+     population in topological order with the earlier ones quantised to K
+     = ``phases`` bits (``initial_potential``: rounding or truncation), the
+     candidate lambda with the least squared error between the K-bit
+     network's activation and the ANN's over the calibration data; ``1 +
+     levels`` passes over the data instead of one.
 2. Rescale. Every tensor gets a *unit* ``u`` (ANN value = ``u`` x value in
    the normalised graph): the Input ``Input.scale`` (1 unless configured),
    a population its ``lambda``. A Conv / Gemm turns input unit ``u_in`` into
@@ -39,140 +48,58 @@ population p and the outputs are unchanged (float32 rounding aside). The
 lambdas are kept in metadata ``bsnn.scales`` (JSON: population name ->
 number or per-channel list) until to_spiking moves them into
 ``Population.scale``; ``bsnn.input_scale``, ``bsnn.percentile``,
-``bsnn.channelwise`` and ``bsnn.calibration_samples`` are recorded too.
+``bsnn.channelwise``, ``bsnn.calibration_samples``, ``bsnn.calibrate``
+(percentile or search) and ``bsnn.calibration_seconds`` (wall-clock time of
+step 1) are recorded too.
 
 Refusal: an op with no linear meaning between populations (Softmax,
 a Clip other than Clip(0, c), BatchNormalization, MatMul on a >1-d input, Div of a
 constant by a tensor), a Conv whose input unit varies within a channel,
-a graph without exactly one Input, and calibration data that yields no
-sample.
+a graph without exactly one Input, calibration data that yields no
+sample, a ``calibrate`` other than percentile or search (one line naming
+them), ``channelwise`` with a ``Clip(0, c)`` population (before calibrating),
+and, for search, calibration data that can be read only once (an iterator).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 
 import networkx as nx
 import numpy as np
 
 from bsnn_graph import ir
 from bsnn_graph import ops as O
-from bsnn_graph.data import fit_to_input
 from bsnn_graph.errors import DataError
-from bsnn_graph.executor import iterate_activations
 
 from ._infra import Pass, insert_after, insert_on_edge, is_population_activation, refuse
-from .percentile import StreamingPercentile
+from .calibration import (
+    CALIBRATION_MEMORY_BYTES,
+    calibration_batch_size,
+    calibration_batches,
+    population_names,
+    population_scales,
+)
+from .lambda_search import search_scales
 
 __all__ = [
+    "CALIBRATIONS",
     "CALIBRATION_MEMORY_BYTES",
     "calibration_batch_size",
     "calibration_batches",
+    "check_calibrate",
     "normalise",
     "population_scales",
     "read_scales",
 ]
 
-#: activation memory a calibration batch may take when the caller gives no batch size
-CALIBRATION_MEMORY_BYTES = 1 << 30
-#: the temporaries (padded copies, pooling) on top of the live activations, as a factor
-_TEMPORARY_FACTOR = 2
-
-
-def calibration_batch_size(graph: nx.DiGraph, budget_bytes: int = CALIBRATION_MEMORY_BYTES, largest: int = 256) -> int:
-    """The largest calibration batch (1..``largest``) whose activations fit in ``budget_bytes``.
-
-    The per-sample peak is the largest sum of live float32 activations when
-    :func:`bsnn_graph.executor.iterate_activations` frees each tensor after
-    its last reader, times a factor of 2 for temporaries (padded copies);
-    a convolution's im2col block is bounded separately
-    (:data:`bsnn_graph.executor.CONV_BLOCK_BYTES`).
-    """
-    remaining = {n: len(ir.consumers(graph, n)) for n in graph.nodes}
-    keep = set(graph.graph["outputs"])
-    live: dict[str, int] = {}
-    peak = 0
-    for name in ir.topological_order(graph):
-        live[name] = 4 * int(np.prod(ir.shape_of(graph, name), dtype=np.int64))
-        peak = max(peak, sum(live.values()))
-        for src in set(ir.inputs_of(graph, name)):
-            remaining[src] -= 1
-            if remaining[src] == 0 and src not in keep:
-                live.pop(src, None)
-    per_sample = max(1, _TEMPORARY_FACTOR * peak)
-    return int(max(1, min(largest, budget_bytes // per_sample)))
+#: the ways normalise chooses the lambdas (``calibrate``)
+CALIBRATIONS = ("percentile", "search")
 
 
 _TRANSPARENT = (O.MaxPool, O.AveragePool, O.GlobalAveragePool, O.Dropout, O.Identity, O.Pad)
-
-
-def calibration_batches(calibration, batch_size: int = 64) -> Iterable[np.ndarray]:
-    """Batches of calibration inputs: an ndarray is split into ``batch_size`` slices,
-    any other iterable is taken as a sequence of batches (arrays)."""
-    if isinstance(calibration, np.ndarray):
-        for start in range(0, len(calibration), batch_size):
-            yield calibration[start : start + batch_size]
-        return
-    if isinstance(calibration, (str, bytes)) or not isinstance(calibration, Iterable):
-        raise DataError(f"calibration data must be an array or an iterable of arrays, not {type(calibration).__name__}")
-    yield from calibration
-
-
-def population_scales(
-    graph: nx.DiGraph,
-    calibration,
-    percentile: float = 99.99,
-    channelwise: bool = False,
-    batch_size: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Percentile lambdas of every ReLU (and Clip(0, c)) of the ANN ``graph`` over the calibration data.
-
-    Returns ``(lambdas, samples)``: name -> float64 array of shape () or
-    (C,) and the number of calibration samples seen. ``progress(n)`` is
-    called after each batch of ``n`` samples. An array ``calibration`` is
-    split into ``batch_size`` batches; None: :func:`calibration_batch_size`.
-    """
-    if batch_size is None:
-        batch_size = calibration_batch_size(graph)
-    if not 0 < percentile <= 100:
-        raise DataError(f"percentile {percentile} is not in (0, 100]")
-    if len(graph.graph["inputs"]) != 1:
-        refuse(graph, None, f"calibration needs exactly one graph input, found {graph.graph['inputs']}")
-    shape = ir.shape_of(graph, graph.graph["inputs"][0])
-    relus = [n for n in ir.topological_order(graph) if is_population_activation(ir.op_of(graph, n))]
-    estimators = {
-        r: StreamingPercentile(ir.shape_of(graph, r)[0] if channelwise and ir.shape_of(graph, r) else None)
-        for r in relus
-    }
-    samples = 0
-    for batch in calibration_batches(calibration, batch_size):
-        x = fit_to_input(np.asarray(batch, np.float32), shape, "calibration data")
-        if len(x) == 0:
-            continue
-        for name, value in iterate_activations(graph, x):
-            if name in estimators:
-                estimators[name].update(value)
-        samples += len(x)
-        if progress is not None:
-            progress(len(x))
-    if samples == 0:
-        raise DataError("calibration data holds no samples")
-    lambdas = {}
-    for name, estimator in estimators.items():
-        value = estimator.percentile(percentile)
-        if channelwise:
-            overall = StreamingPercentile(None, estimator.bins_per_octave, estimator.min_exponent)
-            overall.counts = estimator.counts.sum(axis=0, keepdims=True)
-            overall.minimum = estimator.minimum.min(keepdims=True)
-            overall.maximum = estimator.maximum.max(keepdims=True)
-            layer = overall.percentile(percentile)
-            value = np.where(np.isnan(value), 1.0 if np.isnan(layer) else layer, value)
-        elif np.isnan(value):
-            value = np.array(1.0)
-        lambdas[name] = np.asarray(value, np.float64)
-    return lambdas, samples
 
 
 def read_scales(graph: nx.DiGraph) -> dict[str, np.ndarray]:
@@ -403,6 +330,24 @@ class _Normaliser:
         self.unit[name] = target
 
 
+def check_calibrate(calibrate: str) -> None:
+    """Refuse an unknown ``calibrate`` in one line naming the allowed values."""
+    if calibrate not in CALIBRATIONS:
+        raise DataError(f"calibrate {calibrate!r} is not one of {', '.join(CALIBRATIONS)}")
+
+
+def _refuse_channelwise_clips(graph: nx.DiGraph) -> None:
+    for name in population_names(graph):
+        op = ir.op_of(graph, name)
+        if isinstance(op, O.Clip):
+            refuse(
+                graph,
+                name,
+                f"Clip(0, {op.max}) with per-channel lambdas is not supported (its bound is one "
+                "number); normalise it per population (channelwise off)",
+            )
+
+
 def _normalise(
     graph: nx.DiGraph,
     calibration=None,
@@ -411,10 +356,23 @@ def _normalise(
     batch_size: int | None = None,
     input_lambda: float | None = None,
     progress: Callable[[int], None] | None = None,
+    calibrate: str = "percentile",
+    phases: int = 8,
+    initial_potential: str = "half",
 ) -> bool:
+    check_calibrate(calibrate)
     if calibration is None:
         raise DataError("normalise needs calibration data")
-    lambdas, samples = population_scales(graph, calibration, percentile, channelwise, batch_size, progress)
+    if channelwise:
+        _refuse_channelwise_clips(graph)
+    started = time.perf_counter()
+    if calibrate == "search":
+        lambdas, samples = search_scales(
+            graph, calibration, phases, initial_potential, percentile, channelwise, batch_size, progress
+        )
+    else:
+        lambdas, samples = population_scales(graph, calibration, percentile, channelwise, batch_size, progress)
+    seconds = time.perf_counter() - started
     if input_lambda is None:
         (name,) = graph.graph["inputs"]
         input_lambda = ir.op_of(graph, name).scale
@@ -427,6 +385,8 @@ def _normalise(
     meta["bsnn.percentile"] = repr(float(percentile))
     meta["bsnn.channelwise"] = "true" if channelwise else "false"
     meta["bsnn.calibration_samples"] = str(samples)
+    meta["bsnn.calibrate"] = calibrate
+    meta["bsnn.calibration_seconds"] = repr(round(seconds, 3))
     return True
 
 
@@ -440,7 +400,7 @@ def _requires_folded(graph: nx.DiGraph) -> None:
 
 normalise = Pass(
     name="normalise",
-    description="percentile lambda per population from calibration data; W' = W lambda_in / lambda_out",
+    description="lambda per population from calibration data (percentile or search); W' = W lambda_in / lambda_out",
     rewrite=_normalise,
     requires=_requires_folded,
 )

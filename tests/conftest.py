@@ -72,3 +72,7 @@ def rng():
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than 20 s (e.g. a bundled model calibrated by search)")

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from test_passes_graphs import vgg
 
+import passes
 from bsnn_graph import evaluate, ir, load_onnx, save_onnx
 from bsnn_graph import ops as O
 from bsnn_graph.cli import main
@@ -75,6 +76,29 @@ def test_convert_vgg_with_average_pooling_channelwise(tmp_path):
     assert out.read_bytes() == before
     again = _invoke(*args, "--overwrite", "--phases", "3")
     assert again.exit_code == 0 and load_onnx(out).graph["metadata"]["bsnn.phases"] == "3"
+
+
+def test_convert_with_lambda_by_search_reports_it(tmp_path):
+    model = tmp_path / "vgg_max.onnx"
+    save_onnx(vgg("max"), model)
+    calib = _calibration(tmp_path / "calib.npz", (1, 8, 8), n=24)
+    out = tmp_path / "snn.onnx"
+    result = CliRunner().invoke(
+        main, [str(a) for a in ("convert", model, "--calib", calib, "-o", out, "-K", 4, "--calibrate", "search", "--json")]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["calibrate"] == "search" and summary["calibration_seconds"] > 0
+    assert "calibrating (search: 4 passes over the data)" in result.stderr  # statistics + 3 levels
+    x = np.load(calib)["x"].astype(np.float32) / 255.0
+    searched = passes.convert(load_onnx(str(model)), x, phases=4, calibrate="search")
+    for population in summary["populations"]:
+        if population["op"] == "Population":
+            assert population["scale"] == pytest.approx(float(ir.op_of(searched, population["name"]).scale))
+    plain = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json").stdout)
+    assert plain["calibrate"] == "percentile" and plain["calibration_seconds"] >= 0
+    refused = CliRunner().invoke(main, [str(a) for a in ("convert", model, "--calib", calib, "-o", out, "--calibrate", "grid")])
+    assert refused.exit_code == 2 and "'grid' is not one of 'percentile', 'search'" in refused.output
 
 
 def test_until_writes_the_intermediate_graph(tmp_path, data_dir):

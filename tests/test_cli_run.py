@@ -386,8 +386,26 @@ def test_eval_passes_the_normalisation_options_to_the_conversion(tmp_path, data_
     assert options["sops_per_sample"] != plain["sops_per_sample"]  # the options changed the network
 
 
+def test_eval_passes_calibrate_search_to_the_conversion(tmp_path, data_dir):
+    import passes
+    from bsnn_graph import load_onnx
+
+    samples = np.load(data_dir / "vgg_tiny.npz")
+    data = tmp_path / "vgg.npz"
+    labels = samples["y"].argmax(axis=1)
+    np.savez(data, x=samples["x"], y=labels)
+    model = data_dir / "vgg_tiny_legacy.onnx"
+    args = ["eval", model, "--data", data, "--calib", data, "-T", "6,24", "--phases", 3, "--json"]
+    plain = json.loads(invoke(*args).stdout)["modes"]["bsnn"]
+    searched = json.loads(invoke(*args, "--calibrate", "search").stdout)["modes"]["bsnn"]
+    x = samples["x"].astype(np.float32)
+    snn = passes.convert(load_onnx(model), x, phases=3, calibrate="search")
+    assert searched["sops_per_sample"] == pytest.approx(runtime.simulate(snn, x, 24).sops.mean())
+    assert searched["sops_per_sample"] != plain["sops_per_sample"]  # the search changed the lambdas
+
+
 def test_eval_refuses_normalisation_options_for_a_converted_model(snn):
     model, data, _, _ = snn
-    for flag in (["--channelwise"], ["--input-lambda", "2"]):
+    for flag in (["--channelwise"], ["--input-lambda", "2"], ["--calibrate", "search"], ["--percentile", "99"]):
         line = one_error_line(invoke("eval", model, "--data", data, *flag))
         assert f"already converted; {flag[0]} applies to ANN models only" in line
