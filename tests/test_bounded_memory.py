@@ -61,6 +61,11 @@ def test_default_batch_size_gives_the_same_conversion_as_an_explicit_one():
     chosen = convert(graph, x)
     explicit = convert(graph, x, batch_size=7)
     assert chosen.graph["metadata"]["bsnn.calibration_samples"] == "40"
+    # the same lambdas up to float32 rounding: the calibration runs the executor, whose BLAS sums depend on the
+    # batch's shape (bit-equal on some CPUs, 1 ulp apart on others)
     for name in chosen.nodes:
         a, b = chosen.nodes[name]["op"], explicit.nodes[name]["op"]
-        assert a.same_as(b), name
+        assert type(a) is type(b), name
+        for field in ("weight", "bias", "scale", "constant"):
+            if getattr(a, field, None) is not None:
+                np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-7, err_msg=name)
