@@ -1,4 +1,4 @@
-"""One exported PyTorch model per CNN family (tests/data/make_models.py): load, rewrite, convert, run.
+"""One PyTorch model per CNN family, exported with both exporters (tests/data/make_models.py): load, rewrite, convert, run.
 
 Each is checked against the torch output saved beside it and against
 onnxruntime (the converted graph's ANN meaning, rtol 1e-4, atol 1e-5), and,
@@ -28,9 +28,10 @@ def _calibration(x, n=32, seed=0):
     return np.concatenate([x, rng.standard_normal((n,) + x.shape[1:]).astype(np.float32)])
 
 
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_converts_exactly_as_an_ann(family):
-    path = DATA / f"{family}_legacy.onnx"
+def test_family_converts_exactly_as_an_ann(family, exporter):
+    path = DATA / f"{family}_{exporter}.onnx"
     sample = np.load(DATA / f"{family}.npz")
     x, y = sample["x"], sample["y"]
     graph = load_onnx(path)
@@ -50,13 +51,11 @@ def test_family_converts_exactly_as_an_ann(family):
         assert sum(n.endswith("_negative") for n in spiking.nodes) == 2
 
 
-@pytest.mark.parametrize(
-    "family",
-    sorted(FAMILIES),
-)
-def test_family_spiking_run_matches_the_oracle(family):
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_spiking_run_matches_the_oracle(family, exporter):
     sample = np.load(DATA / f"{family}.npz")
-    spiking = convert(load_onnx(DATA / f"{family}_legacy.onnx"), _calibration(sample["x"]), phases=K)
+    spiking = convert(load_onnx(DATA / f"{family}_{exporter}.onnx"), _calibration(sample["x"]), phases=K)
     _check_run_against_oracle(spiking, np.abs(sample["x"]))
 
 
@@ -84,11 +83,12 @@ def test_two_dense_layers_share_a_concat_that_synchronise_copies_per_target():
     _check_run_against_oracle(spiking, np.abs(data))
 
 
-def test_inception_pool_branch_after_a_pool_converts_and_runs_exactly():
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_inception_pool_branch_after_a_pool_converts_and_runs_exactly(exporter):
     """A MaxPool reading a MaxPool (Inception's pool branch after the stage pool) becomes one max pool over
     the union windows (canonicalise), so its max gate reads a population: as an ANN it equals onnxruntime,
     and the spiking run matches the oracle."""
-    path = DATA / "fire_inception_legacy.onnx"
+    path = DATA / f"fire_inception_{exporter}.onnx"
     sample = np.load(DATA / "fire_inception.npz")
     graph = load_onnx(path)
     spiking = convert(graph, _calibration(sample["x"]), phases=K)
