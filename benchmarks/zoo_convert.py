@@ -22,6 +22,7 @@ Usage::
 
     python benchmarks/zoo_convert.py --images 512 --models resnet50
     python benchmarks/zoo_convert.py --images 16          # every zoo graph
+    python benchmarks/zoo_convert.py --images 64 --json benchmarks/results/zoo_run.json --markdown docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -140,12 +141,48 @@ def zoo_models() -> list[Path]:
     return sorted(folder.glob("*.onnx"))
 
 
+def markdown(rows: list[dict], command: str) -> str:
+    """The zoo table of docs/benchmarks.md."""
+    import platform
+    import time
+
+    lines = [
+        f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; the machine shared with other benchmarks, so seconds are loaded). Seeded "
+        "random weights, uniform random images; conversion in one fresh process (its peak RSS), then one image "
+        "at the first full output T = (L + 1) 8 with the light cone in another (its peak RSS; the run timed after "
+        "a warm-up run). Oracle: the dense per-wave evaluation (same prediction, largest logit difference) and "
+        "the teacher-forced check, population by population (neuron-waves whose K-bit value differs from Q_K of "
+        "the V computed from the run's own inputs; each must be a float32 tie).",
+        "",
+        "| graph | conversion s | conversion peak RSS MB | populations / SN | T | lowering s | run s | run peak RSS MB "
+        "| SOPs | ANN MACs | SOPs / MACs | same prediction as oracle | differing neuron-waves (ties) |",
+        "|---" * 13 + "|",
+    ]
+    for row in rows:
+        if "refused" in row:
+            lines.append(f"| {row['model']} | refused: {row['refused']} |" + " |" * 11)
+            continue
+        run = "run_seconds" in row
+        lines.append(
+            f"| {row['model']} | {row['seconds']} | {row['peak_rss_mb']:.0f} | {row['populations']} / "
+            f"{row['synchronous_neurons']} | "
+            + (f"{row['t_first']} | {row['lower_seconds']} | {row['run_seconds']} | {row['run_peak_rss_mb']:.0f} | "
+               f"{row['sops']:.3g} | {row['ann_macs']:.3g} | {row['sops'] / row['ann_macs']:.2f} | "
+               f"{row['oracle_same_prediction']} | {row['teacher_forced_mismatches']} of "
+               f"{row['teacher_forced_neuron_waves']:,} ({row['teacher_forced_ties']}) |" if run else " |" * 9)
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=512, help="calibration images per graph")
     parser.add_argument("--models", nargs="*", default=None, help="names (e.g. resnet50 squeezenet); default all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="write the table into this file between <!-- zoo:start --> and <!-- zoo:end -->")
     parser.add_argument("--no-run", dest="run", action="store_false",
                         help="convert only (default: also run one image at the first full output in a fresh process)")
     args = parser.parse_args()
@@ -187,7 +224,18 @@ def main() -> None:
                     flush=True,
                 )
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        if args.json.exists():  # rows of other graphs measured before are kept
+            names = {row["model"] for row in rows}
+            rows = sorted([r for r in json.loads(args.json.read_text()) if r["model"] not in names] + rows,
+                          key=lambda r: r["model"])
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+        tmp.replace(args.json)
+    if args.markdown is not None:
+        from headline import insert_section
+
+        insert_section(args.markdown, markdown(rows, "python benchmarks/zoo_convert.py " + " ".join(sys.argv[1:])),
+                       "zoo")
 
 
 if __name__ == "__main__":
