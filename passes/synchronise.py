@@ -76,11 +76,19 @@ def _privatise(graph: nx.DiGraph, source: str, target: str) -> int:
     from a source to a target as its own projection, so the copies cost no
     memory there.
     """
-    below = nx.descendants(graph, source)
-    region = [n for n in ir.topological_order(graph) if n in below and n != target
-              and not isinstance(ir.op_of(graph, n), (*SPIKING, O.OutputAccumulator))
-              and target in spiking_targets(graph, n)]
-    shared = {n for n in region if spiking_targets(graph, n) != {target}}
+    stops = (*SPIKING, O.OutputAccumulator)
+    linear, frontier = set(), [c for c in ir.consumers(graph, source) if not isinstance(ir.op_of(graph, c), stops)]
+    while frontier:  # the linear nodes reachable from the source without crossing a spiking node
+        node = frontier.pop()
+        if node not in linear:
+            linear.add(node)
+            frontier += [c for c in ir.consumers(graph, node) if not isinstance(ir.op_of(graph, c), stops)]
+    reached: dict[str, frozenset] = {}
+    order = [n for n in ir.topological_order(graph) if n in linear]
+    for node in reversed(order):  # the spiking nodes each one feeds, from its consumers'
+        reached[node] = frozenset().union(*({c} if c not in linear else reached[c] for c in ir.consumers(graph, node)))
+    region = [n for n in order if target in reached[n]]
+    shared = {n for n in region if reached[n] != {target}}
     copies: dict[str, str] = {}
     for name in region:
         if name in shared:
