@@ -365,7 +365,9 @@ def _conv_core(graph, chain, h, target_shape):
     op = ir.op_of(graph, node)
     if not isinstance(op, O.Conv) or op.weight.ndim != 4:
         return None
-    tail = _conv_tail(graph, chain, h, target_shape)
+    pooled = _pool_after(graph, chain, h, op)
+    end = h + (pooled is not None)
+    tail = _conv_tail(graph, chain, end, target_shape)
     if tail is None:
         return None
     coff, ct, scale = tail
@@ -380,15 +382,18 @@ def _conv_core(graph, chain, h, target_shape):
                 pads = [pads[0] + p[2], pads[1] + p[3], pads[2] + p[6], pads[3] + p[7]]
                 start = h - 1
     in_shape = tuple(ir.shape_of(graph, ir.inputs_of(graph, chain[start][0])[chain[start][1]]))
-    out_shape = tuple(ir.shape_of(graph, node))
+    out_shape = tuple(ir.shape_of(graph, chain[end][0]))
     strides = tuple(op.strides) or (1, 1)
     dilations = tuple(op.dilations) or (1, 1)
-    cout, cin_g, kh, kw = op.weight.shape
+    weight = op.weight.astype(np.float64)
+    if pooled is not None:  # conv then average pool = one conv with the box-filtered kernel, the pool's stride
+        weight, strides = pooled
+    cout, cin_g, kh, kw = weight.shape
     groups = int(op.group)
     cout_g = cout // groups
     # (group, cin_g, kh, kw, cout_g) -> (cin, kh, kw, cout_g); kx reversed, so that at stride and dilation 1 the
     # kernel row of one input position and the output positions it reaches are both contiguous (see kernels)
-    w = op.weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    w = weight * scale.reshape(-1, 1, 1, 1)
     w = w.reshape(groups, cout_g, cin_g, kh, kw).transpose(0, 2, 3, 4, 1).reshape(groups * cin_g, kh, kw, cout_g)
     rows = np.ascontiguousarray(w[:, :, ::-1, :], dtype=np.float32).reshape(-1)
     params = {
@@ -397,6 +402,26 @@ def _conv_core(graph, chain, h, target_shape):
         "dh": dilations[0], "dw": dilations[1], "cin_g": cin_g, "ct": ct, "coff": coff,
     }
     return start, in_shape, params, rows
+
+
+def _pool_after(graph, chain, h, op):
+    """(composed float64 weight, strides) when ``chain[h]``, a stride-1 undilated conv, is read by an
+    AveragePool without padding or ceil mode (a DenseNet transition): the two are one conv whose kernel is the
+    conv kernel summed over the pool window, divided by its area, at the pool's stride; else None."""
+    if h + 1 >= len(chain) or (tuple(op.strides) or (1, 1)) != (1, 1) or (tuple(op.dilations) or (1, 1)) != (1, 1):
+        return None
+    pool = ir.op_of(graph, chain[h + 1][0])
+    if not isinstance(pool, O.AveragePool) or len(pool.kernel_shape) != 2 or pool.ceil_mode:
+        return None
+    if any(pool.pads or ()) or (tuple(pool.dilations or ()) or (1, 1)) != (1, 1):
+        return None
+    (ph, pw), strides = pool.kernel_shape, tuple(pool.strides) or (1, 1)
+    cout, cin_g, kh, kw = op.weight.shape
+    weight = np.zeros((cout, cin_g, kh + ph - 1, kw + pw - 1))
+    for a in range(ph):
+        for b in range(pw):
+            weight[:, :, a : a + kh, b : b + kw] += op.weight.astype(np.float64) / (ph * pw)
+    return weight, strides
 
 
 def _channel_factor(constant: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -854,15 +854,18 @@ def _check_virtual_sources(path: Path, file: Any) -> None:
     """
     h5py = _h5py()
     datasets: list = []
-    file.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) and obj.is_virtual else None)
-    for dset in datasets:
-        for source in dset.virtual_sources():
-            name = source.file_name
-            if name == ".":
-                continue
-            source_path = Path(name) if Path(name).is_absolute() else path.parent / name
-            if not source_path.exists():
-                raise TraceError(f"{path}: part file {source_path} of dataset {dset.name} is missing")
+    try:
+        file.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) and obj.is_virtual else None)
+        sources = [(dset, source.file_name) for dset in datasets for source in dset.virtual_sources()]
+    except Exception as exc:  # damaged metadata  # noqa: BLE001
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"{path}: damaged trace: cannot list its datasets ({detail})") from None
+    for dset, name in sources:
+        if name == ".":
+            continue
+        source_path = Path(name) if Path(name).is_absolute() else path.parent / name
+        if not source_path.exists():
+            raise TraceError(f"{path}: part file {source_path} of dataset {dset.name} is missing")
 
 
 def _plain(value: Any) -> Any:

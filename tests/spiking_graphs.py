@@ -59,7 +59,7 @@ class Builder:
                 op.bias = (op.bias * factor).astype(np.float32)
         elif isinstance(op, O.Mul):
             op.constant = (op.constant * factor).astype(np.float32)
-        elif isinstance(op, (O.Concat, O.Sum)):
+        elif isinstance(op, (O.Concat, O.Sum, O.AveragePool)):  # linear: scale what it reads
             for src in ir.inputs_of(self.graph, name):
                 self._scale_input(src, factor)
         else:

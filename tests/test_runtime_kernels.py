@@ -51,7 +51,7 @@ def misc_graph(mode="bsnn"):
 
 def channels_graph(mode="bsnn"):
     """Convs the conv core takes whole: grouped, depthwise, into a Concat (channel offsets), through a
-    per-channel Mul, strided into a Concat, and a Concat of Concats."""
+    per-channel Mul, strided into a Concat, a Concat of Concats, and a 1x1 conv read by an average pool."""
     b = Builder((4, 8, 8), mode, 8, seed=5)
     p1 = b.population([b.conv("x", 6)], 1)
 
@@ -68,8 +68,12 @@ def channels_graph(mode="bsnn"):
     inner = b.op("cat", O.Concat(axis=1), [grouped(p2, 4, 4, stride=2), b.conv(p2, 2, stride=2)])
     outer = b.op("cat", O.Concat(axis=1), [b.conv(p2, 3, stride=2), inner])
     p3 = b.population([b.op("mul", O.Mul(constant=np.array(0.8, np.float32)), [outer])], 3)
-    gap = b.op("gap", O.GlobalAveragePool(), [p3])
-    return b.output(b.gemm(b.op("flat", O.Flatten(axis=1), [gap]), 5), 4)
+    # a DenseNet transition: 1x1 conv, then 2x2 average pooling (one 2x2 stride-2 conv)
+    pool = b.op("avg", O.AveragePool(kernel_shape=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0)),
+                [b.conv(p3, 4, k=1, pad=0)])
+    p4 = b.population([pool], 4)
+    gap = b.op("gap", O.GlobalAveragePool(), [p4])
+    return b.output(b.gemm(b.op("flat", O.Flatten(axis=1), [gap]), 5), 5)
 
 
 GRAPHS = {"vgg": vgg_graph, "resnet": resnet_graph, "misc": misc_graph, "channels": channels_graph}
@@ -149,9 +153,10 @@ def test_projections_equal_the_executor(name):
     if name == "channels":  # every conv in the conv core: none falls back to the coordinate list
         table = lowered.proj_table
         conv = table[table[:, L.P_CORE] == L.CORE_CONV]
-        assert (L.CORE_CSR, 0) not in kinds and len(conv) == 6
+        assert (L.CORE_CSR, 0) not in kinds and len(conv) == 7
         assert (conv[:, L.P_CIN_G] == 1).any() and (conv[:, L.P_COFF] > 0).any()
-        assert (conv[:, L.P_CT] > conv[:, L.P_COUT]).all()  # each shares its target (a Concat)
+        assert (conv[:-1, L.P_CT] > conv[:-1, L.P_COUT]).all()  # each shares its target (a Concat)
+        assert conv[-1, L.P_KH] == 2 and conv[-1, L.P_SH] == 2  # the conv and the pool as one
 
 
 @pytest.mark.parametrize("name", ["vgg", "misc", "channels"])
@@ -213,14 +218,15 @@ def test_general_path_graph_matches_oracle(name):
     graph = GRAPHS[name]()
     x = np.random.default_rng(4).random((4,) + runtime.lower(graph).input_shape).astype(np.float32)
     waves = 2
-    result = runtime.simulate(graph, x, (3 + 2 * waves) * 8, record="all", full_dynamics=True)
+    stage = max(graph.nodes[n]["op"].stage for n in runtime.lower(graph).spiking)  # L
+    result = runtime.simulate(graph, x, (stage + 2 * waves) * 8, record="all", full_dynamics=True)
     emitted = {n: oracle.emitted_per_wave(result, graph, n, waves) for n in result.spike_counts}
     checks, logits = oracle.teacher_forced_check(graph, x, emitted)
     total = sum(c.neuron_periods for c in checks.values())
     assert all(c.unexplained == 0 for c in checks.values()), checks
     assert sum(c.ties for c in checks.values()) <= max(1, 1e-4 * total)
     assert all(emitted[n].any() for n in emitted)
-    np.testing.assert_allclose(result.logits[3::2][:waves], logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(result.logits[stage::2][:waves], logits, rtol=1e-4, atol=1e-4)
 
 
 def test_sops_count_spike_synapse_pairs():
