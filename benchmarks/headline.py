@@ -12,7 +12,7 @@ full Fashion-MNIST test set in docs/benchmarks.md) it measures:
   within 1 point of the ANN;
 - **the rate baselines** ``if-rate`` and ``phase`` (K = 8) under the same four
   settings on the first ``--select-images`` test images, and the stronger
-  setting (first within 1 point, then mean accuracy) on every image, to
+  setting (the higher mean accuracy over T) on every image, to
   T_max = max(``--timesteps``, 2 (L + 1) 8, bsnn's T_max); ``bsnn-nosn`` with
   bsnn's K = 8 setting (the ablation of SN);
 - the first T from which each run stays within 1 point (and 0.1 point) of the
@@ -368,9 +368,11 @@ def measure(runs: list[Run], args) -> dict[Run, dict]:
 
 
 def _rank(entry: dict, ann: float) -> tuple:
-    """Order of the settings of a mode: first within 1 point (never: last), then mean accuracy over T."""
+    """Order of the settings of a mode: the mean accuracy over T = 1..T_max (the area under the accuracy curve:
+    on 1,000 images far steadier than the first T within 1 point, which a 0.1-point wobble moves by tens of
+    steps), then the first T within 1 point."""
     within = first_within(np.array(entry["accuracy"]), ann, 1.0, readouts(entry))
-    return (within is None, within or 0, -float(np.mean(entry["accuracy"])))
+    return (-round(float(np.mean(entry["accuracy"])), 6), within is None, within or 0)
 
 
 def sweep_runs(model: str, args) -> list[Run]:
@@ -679,8 +681,8 @@ def _selection_table(res: dict) -> list[str]:
     runs = [r for r in res["runs"].values() if r["mode"] in BASELINES and not r["images_all"]]
     if not runs:
         return []
-    lines = [(f"Rate baselines, the four settings on the first {runs[0]['images']} test images (the stronger one, "
-             "first within 1 point, then mean accuracy over T, is run on every image):"), "",
+    lines = [(f"Rate baselines, the settings on the first {runs[0]['images']} test images (the stronger one, the "
+              "higher mean accuracy over T, is run on every image):"), "",
              "| mode | setting | ANN % | T within 1 pt | T within 0.1 pt | mean accuracy over T | T_max: acc. |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["mode"], r["setting"])):
