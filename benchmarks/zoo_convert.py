@@ -98,7 +98,7 @@ import numpy as np
 import bsnn_graph, runtime
 from runtime import oracle
 
-path, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+path, seed, out, record_limit = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 graph = bsnn_graph.load_onnx(path)
 (name,) = graph.graph["inputs"]
 x = np.random.default_rng(seed + 1).random((1,) + tuple(graph.nodes[name]["shape"]), dtype=np.float32)
@@ -116,10 +116,10 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 dense = oracle.dense_bsnn(graph, x, 1)
 got, want = result.logits[stage, 0], dense.logits[0, 0]
 # layer by layer: every population's emitted K-bit values against Q_K of V from the run's own source values
-# (it records every spike event: skipped above 5e7 spikes, where the events alone take gigabytes)
+# (it records every spike event: skipped above --record-limit spikes, where the events alone take gigabytes)
 spikes = int(sum(int(np.sum(c)) for c in result.spike_counts.values()))
 checks = {}
-if spikes <= 5e7:
+if spikes <= record_limit:
     recorded = runtime.simulate(lowered, x, t_first, record="all")
     emitted = {n: oracle.emitted_per_wave(recorded, graph, n, 1) for n in recorded.spike_counts}
     checks, _ = oracle.teacher_forced_check(graph, x, emitted)
@@ -193,6 +193,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the table into this file between <!-- zoo:start --> and <!-- zoo:end -->")
+    parser.add_argument("--record-limit", type=float, default=5e7,
+                        help="the teacher-forced check records every spike: skip it above this many (default 5e7)")
     parser.add_argument("--no-run", dest="run", action="store_false",
                         help="convert only (default: also run one image at the first full output in a fresh process)")
     args = parser.parse_args()
@@ -208,7 +210,8 @@ def main() -> None:
         row = json.loads(out.read_text())
         spiking = Path(str(out) + ".spiking.onnx")
         if "refused" not in row and args.run:
-            subprocess.run([sys.executable, "-c", _RUN, str(spiking), str(args.seed), str(out)], check=True)
+            subprocess.run([sys.executable, "-c", _RUN, str(spiking), str(args.seed), str(out), str(args.record_limit)],
+                           check=True)
             row.update(json.loads(out.read_text()))
         for leftover in (out, Path(str(out) + ".random.onnx"), spiking, Path(str(spiking) + ".data")):
             leftover.unlink(missing_ok=True)
