@@ -486,15 +486,14 @@ def sops_curve(args, model: str, runs: dict[str, dict]) -> dict[str, dict]:
     """Points (SOPs per image, accuracy) per mode: bsnn from light-cone runs at each output, the rate modes from
     the SOPs of each period of their runs."""
     curves = {}
-    key = _best_of(runs, "bsnn", 8)
-    if key:
+    for key in dict.fromkeys(k for k in (_best_of(runs, "bsnn", 8), _smallest_k(runs)) if k):
         run, r = _run_of(model, runs[key]), runs[key]
-        points = []
-        for j in range(min(6, (r["timesteps"] // 8) - r["deepest_stage"])):
-            t = (r["deepest_stage"] + 1 + j) * 8
+        k, points = r["phases"], []
+        for j in range(min(6, (r["timesteps"] // k) - r["deepest_stage"])):
+            t = (r["deepest_stage"] + 1 + j) * k
             c = cost(args, run, t)
             points.append((c["sops_per_image"], r["accuracy"][t - 1], t))
-        curves[f"bsnn K=8 ({r['setting']}, light cone at each T)"] = points
+        curves[f"bsnn K={k} ({r['setting']}, light cone at each T)"] = points
     for mode in BASELINES:
         key = next((k for k, r in runs.items() if r["mode"] == mode and r["images_all"]), None)
         if key:
