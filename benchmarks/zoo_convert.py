@@ -158,16 +158,16 @@ def markdown(rows: list[dict], command: str) -> str:
     import time
 
     lines = [
-        f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, Python "
+        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; the machine shared with other benchmarks, so seconds are loaded). Seeded "
         "random weights, uniform random images; conversion in one fresh process (its peak RSS), then one image "
         "at the first full output T = (L + 1) 8 with the light cone in another (its peak RSS; the run timed after "
         "a warm-up run). Oracle: the dense per-wave evaluation (same prediction, largest logit difference) and "
         "the teacher-forced check, population by population (neuron-waves whose K-bit value differs from Q_K of "
-        "the V computed from the run's own inputs; each must be a float32 tie).",
+        "the V computed from the run's own inputs; each must be a float32 tie)."),
         "",
-        "| graph | conversion s | conversion peak RSS MB | populations / SN | T | lowering s | run s | run peak RSS MB "
-        "| SOPs | ANN MACs | SOPs / MACs | same prediction as oracle | teacher-forced neuron-waves |",
+        ("| graph | conversion s | conversion peak RSS MB | populations / SN | T | lowering s | run s | run peak RSS MB "
+        "| SOPs | ANN MACs | SOPs / MACs | same prediction as oracle | teacher-forced neuron-waves |"),
         "|---" * 13 + "|",
     ]
     for row in rows:
