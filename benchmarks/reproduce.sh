@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every figure of docs/benchmarks.md, in one command: about 5 hours on 2 cores from an empty cache (the
-# headline's runs add up to about 9 core-hours, most of it the step-by-step baselines on the full test set).
-# Each headline run is measured in parts of 2,000 images, cached in benchmarks/results/headline/ and reused,
+# Every figure of docs/benchmarks.md, in one command: many hours on 2 cores from an empty cache, most of it the
+# headline's step-by-step rate baselines on the full test set (ResNet-32 at T = 512) and the lambda-by-search
+# conversions. Each headline run is measured in parts of 1,000 images, cached in benchmarks/results/headline/ and reused,
 # so an interrupted run resumes from its last finished part and, with the committed cache, only what is
 # missing runs (the headline then takes a few minutes: the ANN accuracies and the plots).
 #
@@ -15,8 +15,9 @@ RESULTS=benchmarks/results
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-# 1. accuracy versus T of all four modes, K sweep, T within 1 / 0.1 point, ratio per depth, energy, plots
-#    -> docs/benchmarks.md (between the headline markers), docs/headline.json, docs/acc_vs_T_<model>.png
+# 1. accuracy versus T of all four modes, the K sweep under every calibration and initial potential, T within
+#    1 / 0.1 point, cost at matched accuracy, plots -> docs/benchmarks.md (between the headline markers),
+#    docs/headline.json, docs/acc_vs_T_<model>.png, docs/acc_vs_sops_<model>.png
 if [ -z "${SKIP_HEADLINE:-}" ]; then
     python benchmarks/headline.py --data "$DATA" --workers 2
 fi
@@ -57,3 +58,9 @@ python benchmarks/runtime_speed.py --before 28282a1
 
 # 5. calibration memory
 python benchmarks/calib_memory.py --counts 500 10000
+
+# 6. the onnx wheel's zoo graphs at 224x224: conversion and one image at the first full output, with the oracles
+python benchmarks/zoo_convert.py --images 64 --record-limit 3e8 --json "$RESULTS/zoo_run.json" --markdown docs/benchmarks.md
+
+# 7. distributed: one process against a 2-worker Dask cluster (needs pip install -e '.[distributed]')
+python benchmarks/distributed_speed.py --images 2000 --json "$RESULTS/distributed_speed.json"
