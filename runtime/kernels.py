@@ -339,7 +339,7 @@ def _conv_add_active(V, vbase, proj, j, weights, active, soff, count, value, q, 
         count = np.searchsorted(spikes, last)
     while s < count:
         pos = active[soff + s] // cin
-        group = (active[soff + s] - pos * cin) // cin_g
+        group = 0 if cin_g == cin else (active[soff + s] - pos * cin) // cin_g  # ungrouped: no division
         limit = pos * cin + (group + 1) * cin_g  # the group's neurons are active[s:e], found without a division each
         e = s + 1
         while e < count and active[soff + e] < limit:
