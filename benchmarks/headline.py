@@ -64,6 +64,7 @@ import runtime
 from bsnn_graph import evaluate, load_onnx, save_onnx
 from bsnn_graph.data import load_dataset
 from bsnn_graph.executor import macs
+from runtime.energy import snn_energy_pj
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("bsnn", "bsnn-nosn", "phase", "if-rate")
@@ -443,7 +444,7 @@ def cost(args, run: Run, t: int) -> dict:
         "accuracy": float(100.0 * np.mean(result.predictions[-1] == y[:n])),
         "sops_per_image": sops,
         "input_layer_macs": int(result.input_macs),
-        "energy_uJ_estimate": (sops * runtime.E_AC_PJ + int(result.input_macs) * runtime.E_MAC_PJ) * 1e-6,
+        "energy_uJ_estimate": snn_energy_pj(sops, int(result.input_macs)) * 1e-6,
         "ms_per_image_batch": 1000.0 * seconds / n,
         "ms_per_image_batch1": 1000.0 * seconds1 / n1,
         "schedule": result.schedule,

@@ -166,33 +166,11 @@ def _first_output_step(graph) -> int | None:
     return int(acc.stage) * int(acc.phases)
 
 
-def energy_estimate(sops_per_sample: float | None, ann_macs: int | None, input_macs: int | None) -> dict:
-    """Energy per sample, an *estimate* (45 nm figures, Horowitz 2014).
+def runtime_energy(sops_per_sample, ann_macs, input_macs) -> dict:
+    """``runtime.energy.energy_estimate``, imported when first needed (runtime loads Numba)."""
+    from runtime.energy import energy_estimate
 
-    SNN: ``E_AC * SOPs + E_MAC * input MACs`` (the analog input layer is
-    computed densely); ANN: ``E_MAC * MACs``. The keys are those of
-    ``runtime.SimulationResult.energy_estimate()`` (same names, same
-    values) plus ``estimate``, ``e_ac_pj`` and ``e_mac_pj``; unknown parts
-    are None (JSON null).
-    """
-    from runtime.simulate import E_AC_PJ, E_MAC_PJ
-
-    snn = None
-    if sops_per_sample is not None:
-        snn = E_AC_PJ * sops_per_sample + E_MAC_PJ * (input_macs or 0)
-    ann = E_MAC_PJ * ann_macs if ann_macs is not None else None
-    return {
-        "estimate": True,
-        "label": f"estimate: E_AC = {E_AC_PJ} pJ per SOP, E_MAC = {E_MAC_PJ} pJ per MAC (45 nm, Horowitz 2014)",
-        "e_ac_pj": E_AC_PJ,
-        "e_mac_pj": E_MAC_PJ,
-        "sops_per_sample": sops_per_sample,
-        "input_macs_per_sample": float(input_macs) if input_macs is not None else None,
-        "ann_macs_per_sample": float(ann_macs) if ann_macs is not None else None,
-        "snn_energy_pj_per_sample": snn,
-        "ann_energy_pj_per_sample": ann,
-        "snn_over_ann": snn / ann if snn is not None and ann else None,
-    }
+    return energy_estimate(sops_per_sample, ann_macs, input_macs)
 
 
 def _energy_line(energy: dict) -> str:
@@ -442,7 +420,7 @@ def run_command(
         "predictions": predictions[-1].astype(int).tolist(),
         "labels": y.astype(int).tolist() if y is not None else None,
         "sops_per_sample": float(sops.mean()),
-        "energy": energy_estimate(float(sops.mean()), int(result.ann_macs), int(result.input_macs)),
+        "energy": runtime_energy(float(sops.mean()), int(result.ann_macs), int(result.input_macs)),
         "seconds": seconds,
         "seconds_per_sample": seconds / n,
         "batch_size": batch_size,
@@ -692,7 +670,7 @@ def inspect_trace(trace) -> dict:
     sops_per_sample = float(trace.sops.mean()) if samples else None
     first = trace.first_output_step
     labels = trace.labels
-    energy = energy_estimate(sops_per_sample, trace.ann_macs, trace.input_macs)
+    energy = runtime_energy(sops_per_sample, trace.ann_macs, trace.input_macs)
     neurons = sum(p["neurons"] for p in populations)
     spikes = sum(p["spikes_per_sample"] for p in populations)
     attrs = trace.attrs

@@ -21,7 +21,7 @@ from .data import fit_to_input
 from .errors import DataError
 from .ir import consumers, inputs_of, op_of, topological_order
 
-__all__ = ["conv_nd", "evaluate", "iterate_activations", "pool_nd"]
+__all__ = ["apply_op", "conv_nd", "evaluate", "iterate_activations", "pool_nd", "sliding_windows"]
 
 
 def _spatial_params(op, spatial: int):
@@ -54,7 +54,7 @@ def _window_geometry(sizes, kernel, strides, pads, dilations, ceil_mode: bool):
     return outs, extra
 
 
-def _windows(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool, fill: float):
+def sliding_windows(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool, fill: float):
     """Strided window view (N, C, *out, *kernel) of ``x`` padded with ``fill``."""
     spatial = x.ndim - 2
     outs, extra = _window_geometry(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
@@ -79,7 +79,7 @@ def conv_nd(x: np.ndarray, weight: np.ndarray, bias, strides=(), pads=(), dilati
     strides = tuple(strides) or (1,) * spatial
     pads = tuple(pads) or (0,) * (2 * spatial)
     dilations = tuple(dilations) or (1,) * spatial
-    win, outs, _ = _windows(x, weight.shape[2:], strides, pads, dilations, False, 0.0)
+    win, outs, _ = sliding_windows(x, weight.shape[2:], strides, pads, dilations, False, 0.0)
     n, channels = x.shape[:2]
     per_group_in = channels // group
     per_group_out = weight.shape[0] // group
@@ -113,7 +113,7 @@ def pool_nd(x: np.ndarray, op) -> np.ndarray:
     ceil_mode = bool(getattr(op, "ceil_mode", False))
     win_axes = tuple(range(x.ndim, x.ndim + spatial))
     if isinstance(op, O.AveragePool):
-        win, outs, extra = _windows(x, op.kernel_shape, strides, pads, dilations, ceil_mode, 0.0)
+        win, outs, extra = sliding_windows(x, op.kernel_shape, strides, pads, dilations, ceil_mode, 0.0)
         total = win.sum(axis=win_axes, dtype=np.float32)
         # divisor: window members inside the input, or inside input + explicit
         # pads with count_include_pad; the ceil-mode overhang never counts
@@ -123,7 +123,7 @@ def pool_nd(x: np.ndarray, op) -> np.ndarray:
         indicator = np.pad(indicator, [(0, 0), (0, 0)] + [(0, e) for e in extra])
         count = _window_view(indicator, op.kernel_shape, strides, dilations, outs).sum(axis=win_axes, dtype=np.float32)
         return (total / np.maximum(count, 1.0)).astype(np.float32)
-    win, _, _ = _windows(x, op.kernel_shape, strides, pads, dilations, ceil_mode, -np.inf)
+    win, _, _ = sliding_windows(x, op.kernel_shape, strides, pads, dilations, ceil_mode, -np.inf)
     return win.max(axis=win_axes)
 
 
@@ -154,7 +154,8 @@ def _pad(x: np.ndarray, op: O.Pad) -> np.ndarray:
     return y[crop]
 
 
-def _apply(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
+def apply_op(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
+    """The ANN meaning of one op on its (batched, float32) inputs: the rule ``evaluate`` applies per node."""
     x = args[0] if args else None
     if isinstance(op, O.Conv):
         return conv_nd(x, op.weight, op.bias, op.strides, op.pads, op.dilations, op.group)
@@ -251,7 +252,7 @@ def iterate_activations(graph: nx.DiGraph, x, keep: Iterable[str] = ()):
         op = op_of(graph, name)
         if not isinstance(op, O.Input):
             srcs = inputs_of(graph, name)
-            values[name] = np.asarray(_apply(op, [values[s] for s in srcs]), dtype=np.float32)
+            values[name] = np.asarray(apply_op(op, [values[s] for s in srcs]), dtype=np.float32)
             for s in set(srcs):
                 remaining[s] -= 1
                 if remaining[s] == 0 and s not in keep:

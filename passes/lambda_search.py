@@ -74,7 +74,7 @@ import numpy as np
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import DataError
-from bsnn_graph.executor import _apply
+from bsnn_graph.executor import apply_op
 
 from .calibration import (
     CALIBRATION_MEMORY_BYTES,
@@ -212,12 +212,12 @@ def _dual_forward(
         if name in targets:
             yield name, low_bit.get(srcs[0], exact[srcs[0]]), exact[srcs[0]]
         else:
-            exact[name] = np.asarray(_apply(op, [exact[s] for s in srcs]), np.float32)
+            exact[name] = np.asarray(apply_op(op, [exact[s] for s in srcs]), np.float32)
             if name in quantised:
                 z = low_bit.get(srcs[0], exact[srcs[0]])
                 low_bit[name] = fake_quantise(z, quantised[name], *settings, ceiling=_ceiling(op))
             elif any(s in low_bit for s in srcs):
-                low_bit[name] = np.asarray(_apply(op, [low_bit.get(s, exact[s]) for s in srcs]), np.float32)
+                low_bit[name] = np.asarray(apply_op(op, [low_bit.get(s, exact[s]) for s in srcs]), np.float32)
         for s in set(srcs):
             remaining[s] -= 1
             if remaining[s] == 0:
@@ -242,7 +242,7 @@ def quantised_forward(
         if isinstance(op, O.Input):
             values[name] = np.asarray(x, np.float32)
             continue
-        value = np.asarray(_apply(op, [values[s] for s in ir.inputs_of(graph, name)]), np.float32)
+        value = np.asarray(apply_op(op, [values[s] for s in ir.inputs_of(graph, name)]), np.float32)
         if name in lambdas:
             z = values[ir.inputs_of(graph, name)[0]]
             value = fake_quantise(z, lambdas[name], phases, initial_potential, _ceiling(op))

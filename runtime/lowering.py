@@ -39,7 +39,7 @@ import numpy as np
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError
-from bsnn_graph.executor import _apply, _windows, evaluate, macs, pool_nd
+from bsnn_graph.executor import apply_op, evaluate, macs, pool_nd, sliding_windows
 
 from .schedule import MODE_CODES, initial_potential, light_cone, periods_of
 
@@ -209,7 +209,7 @@ def _window_indices(op, in_shape: tuple[int, ...], kernel) -> np.ndarray:
     pads = tuple(op.pads) or (0,) * (2 * spatial)
     dilations = tuple(getattr(op, "dilations", ()) or ()) or (1,) * spatial
     index = np.arange(math.prod(in_shape), dtype=np.float64).reshape((1,) + tuple(in_shape))
-    win, _, _ = _windows(index, kernel, strides, pads, dilations, bool(getattr(op, "ceil_mode", False)), -1.0)
+    win, _, _ = sliding_windows(index, kernel, strides, pads, dilations, bool(getattr(op, "ceil_mode", False)), -1.0)
     return win[0].astype(np.int64)
 
 
@@ -688,10 +688,10 @@ def _batch_free_evaluate(sub: nx.DiGraph, feeds: dict, outputs: list[str]) -> di
                                  np.ascontiguousarray(bias, np.float32), out)  # fmt: skip
             values[name] = out
         elif isinstance(op, (O.Conv, O.Gemm, O.MatMul, O.AveragePool, O.GlobalAveragePool)):
-            values[name] = np.concatenate([np.asarray(_apply(op, [a[i : i + 1] for a in args]), np.float32)
+            values[name] = np.concatenate([np.asarray(apply_op(op, [a[i : i + 1] for a in args]), np.float32)
                                            for i in range(x.shape[0])])  # fmt: skip
         else:
-            values[name] = np.asarray(_apply(op, args), np.float32)
+            values[name] = np.asarray(apply_op(op, args), np.float32)
     return {name: values[name] for name in outputs}
 
 

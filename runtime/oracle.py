@@ -33,7 +33,7 @@ import numpy as np
 
 from bsnn_graph import ir
 from bsnn_graph import ops as O
-from bsnn_graph.executor import _apply, pool_nd
+from bsnn_graph.executor import apply_op, pool_nd
 
 from .schedule import fire_period, initial_potential
 
@@ -129,7 +129,7 @@ def _waves(graph: nx.DiGraph, x: np.ndarray, waves: int, forced: dict[str, np.nd
                 logits.append(accumulated.reshape(accumulated.shape[0], -1).copy())
                 current[name] = accumulated
             else:
-                current[name] = np.asarray(_apply(op, args), np.float32)
+                current[name] = np.asarray(apply_op(op, args), np.float32)
     stacked = {k: np.stack(v) for k, v in values.items()}
     stacked_margins = {k: np.stack(v) for k, v in margins.items()}
     return stacked, stacked_margins, np.stack(logits)

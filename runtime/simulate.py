@@ -21,6 +21,7 @@ from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
 
 from . import kernels
+from .energy import E_AC_PJ, E_MAC_PJ, energy_estimate
 from .lowering import (
     KIND_GATE,
     KIND_OUTPUT,
@@ -33,12 +34,6 @@ from .lowering import (
 from .schedule import MODE_CODES, periods_of
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "SimulationResult", "concatenate_results", "kernel_tables", "load", "one_sample_threads", "simulate"]
-
-#: energy per synaptic operation (an accumulate), pJ, 45 nm (Horowitz 2014)
-E_AC_PJ = 0.9
-#: energy per multiply-accumulate, pJ, 45 nm (Horowitz 2014)
-E_MAC_PJ = 4.6
-
 
 @dataclass
 class SimulationResult:
@@ -77,24 +72,10 @@ class SimulationResult:
             raise DataError(f"{labels.shape[1]} labels for {self.samples} samples")
         return (self.predictions == labels).mean(axis=1)
 
-    def energy_estimate(self) -> dict[str, float | str]:
-        """Energy per sample, an *estimate* with 45 nm figures (Horowitz 2014).
-
-        SNN: ``E_AC * SOPs + E_MAC * input MACs`` (the analog input layer is
-        dense); ANN: ``E_MAC * MACs``.
-        """
+    def energy_estimate(self) -> dict[str, float | str | None]:
+        """Energy per sample, an *estimate* (``runtime.energy.energy_estimate`` of this run's mean SOPs)."""
         sops = float(self.sops.mean()) if self.sops.size else 0.0
-        snn = E_AC_PJ * sops + E_MAC_PJ * self.input_macs
-        ann = E_MAC_PJ * self.ann_macs
-        return {
-            "label": "estimate: E_AC = 0.9 pJ per SOP, E_MAC = 4.6 pJ per MAC (45 nm, Horowitz 2014)",
-            "sops_per_sample": sops,
-            "ann_macs_per_sample": float(self.ann_macs),
-            "input_macs_per_sample": float(self.input_macs),
-            "snn_energy_pj_per_sample": snn,
-            "ann_energy_pj_per_sample": ann,
-            "snn_over_ann": snn / ann if ann else float("nan"),
-        }
+        return energy_estimate(sops, self.ann_macs, self.input_macs)
 
 
 def load(path: str | os.PathLike) -> nx.DiGraph:
