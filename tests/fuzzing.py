@@ -362,123 +362,196 @@ _OP_TYPES = ["Add", "Relu", "Conv", "MaxPool", "Gemm", "Concat", "Reshape", "Sum
 _OP_TYPES += ["Identity", "Flatten", "Softmax", "BatchNormalization", "Constant", "Shape", "Gather", "NoSuchOp"]
 
 
+def _pick(rng, items):
+    return items[int(rng.integers(len(items)))]
+
+
+def _odd_int(rng, exclude_last: int = 0) -> int:
+    return _ODD_INTS[int(rng.integers(len(_ODD_INTS) - exclude_last))]
+
+
+def _new_op_type(rng, model, node) -> str:
+    new = _pick(rng, _OP_TYPES)
+    what = f"op type of {node.name} {node.op_type} -> {new}"
+    node.op_type = new
+    return what
+
+
+def _remove_node(rng, model, node) -> str:
+    graph = model.graph
+    graph.node.remove(node)
+    return f"removed node {node.name} (dangling edge)"
+
+
+def _remove_initializer(rng, model, node) -> str:
+    graph = model.graph
+    i = int(rng.integers(len(graph.initializer)))
+    name = graph.initializer[i].name
+    del graph.initializer[i]
+    return f"removed initializer {name}"
+
+
+def _initializer_dims(rng, model, node) -> str:
+    graph = model.graph
+    tensor = _pick(rng, graph.initializer)
+    if tensor.dims:
+        axis = int(rng.integers(len(tensor.dims)))
+        tensor.dims[axis] = _odd_int(rng)
+    else:
+        tensor.dims.append(3)
+    return f"dims of initializer {tensor.name} -> {list(tensor.dims)}"
+
+
+def _initializer_dtype(rng, model, node) -> str:
+    graph = model.graph
+    tensor = _pick(rng, graph.initializer)
+    dtypes = [TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.INT8, TensorProto.BOOL]
+    dtypes += [TensorProto.STRING, TensorProto.UNDEFINED, 77]
+    tensor.data_type = _pick(rng, dtypes)
+    return f"dtype of initializer {tensor.name} -> {tensor.data_type}"
+
+
+def _truncate_initializer(rng, model, node) -> str:
+    graph = model.graph
+    tensor = _pick(rng, graph.initializer)
+    if tensor.raw_data:
+        tensor.raw_data = tensor.raw_data[: int(rng.integers(len(tensor.raw_data)))]
+    else:
+        del tensor.float_data[:]
+    return f"truncated data of initializer {tensor.name}"
+
+
+def _change_attribute(rng, model, node) -> str:
+    if not node.attribute:
+        node.attribute.add(name="axis", type=onnx.AttributeProto.INT, i=int(rng.integers(-3, 5)))
+        return f"extra attribute axis on {node.name}"
+    attr = _pick(rng, node.attribute)
+    if attr.ints:
+        attr.ints[int(rng.integers(len(attr.ints)))] = _odd_int(rng)
+    elif attr.type == onnx.AttributeProto.INT:
+        attr.i = _odd_int(rng)
+    elif attr.type == onnx.AttributeProto.FLOAT:
+        attr.f = _pick(rng, _ODD_FLOATS)
+    else:
+        attr.type = int(rng.integers(0, 15))
+    return f"attribute {attr.name} of {node.name}"
+
+
+def _add_attribute(rng, model, node) -> str:
+    attr = node.attribute.add()
+    attr.name = _pick(rng, ["kernel_shape", "strides", "pads", "axis", "perm", "alpha"])
+    attr.type = _pick(rng, [onnx.AttributeProto.STRING, onnx.AttributeProto.FLOATS, onnx.AttributeProto.INTS])
+    if attr.type == onnx.AttributeProto.STRING:
+        attr.s = b"odd"
+    elif attr.type == onnx.AttributeProto.FLOATS:
+        attr.floats.extend([1.5, float("nan")])
+    else:
+        attr.ints.extend(int(v) for v in rng.integers(-2, 9, int(rng.integers(0, 6))))
+    return f"attribute {attr.name} of type {attr.type} on {node.name}"
+
+
+def _opset(rng, model, node) -> str:
+    version = int(rng.choice([1, 5, 6, 7, 9, 11, 13, 19, 21, 22, 23, 30, 999]))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = version
+    return f"opset -> {version}"
+
+
+def _empty_graph(rng, model, node) -> str:
+    graph = model.graph
+    del graph.node[:]
+    return "empty graph (no nodes)"
+
+
+def _graph_inputs_outputs(rng, model, node) -> str:
+    graph = model.graph
+    which = int(rng.integers(3))
+    if which == 0:
+        del graph.input[:]
+        return "no graph inputs"
+    if which == 1:
+        del graph.output[:]
+        return "no graph outputs"
+    if graph.output:
+        graph.output.add().CopyFrom(graph.output[0])
+    return "duplicate graph output"
+
+
+def _input_dims(rng, model, node) -> str:
+    graph = model.graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if dims:
+        axis = int(rng.integers(len(dims)))
+        value = _odd_int(rng, exclude_last=3)
+        if rng.random() < 0.3:
+            dims[axis].dim_param = "S"
+        else:
+            dims[axis].dim_value = value
+    return "input dims mutated"
+
+
+def _input_dtype(rng, model, node) -> str:
+    graph = model.graph
+    graph.input[0].type.tensor_type.elem_type = int(rng.choice([0, 2, 7, 10, 11, 8]))
+    return f"input element type -> {graph.input[0].type.tensor_type.elem_type}"
+
+
+def _rewire_edge(rng, model, node) -> str:
+    graph = model.graph
+    nodes = list(graph.node)
+    a, b = sorted(rng.choice(len(nodes), 2, replace=False))
+    if nodes[a].input and nodes[b].output:
+        nodes[a].input[0] = nodes[b].output[0]  # an edge backwards: a cycle or a shape mismatch
+    return f"edge rewired: {nodes[a].name} reads {nodes[b].name}"
+
+
+def _node_domain(rng, model, node) -> str:
+    node.domain = _pick(rng, ["ai.bsnn", "com.microsoft", "x.y"])
+    return f"domain of {node.name} -> {node.domain}"
+
+
+def _rename_output(rng, model, node) -> str:
+    graph = model.graph
+    nodes = list(graph.node)
+    if node.output:
+        node.output[0] = nodes[int(rng.integers(len(nodes)))].output[0] if rng.random() < 0.5 else ""
+    return f"output of {node.name} renamed or emptied"
+
+
+#: (when it applies, mutation) by the number drawn; one that does not apply falls back to renaming an output
+_MODEL_MUTATIONS = [
+    ("nodes", _new_op_type),
+    ("nodes", _remove_node),
+    ("initializers", _remove_initializer),
+    ("initializers", _initializer_dims),
+    ("initializers", _initializer_dtype),
+    ("initializers", _truncate_initializer),
+    ("nodes", _change_attribute),
+    ("nodes", _add_attribute),
+    ("always", _opset),
+    ("always", _empty_graph),
+    ("always", _graph_inputs_outputs),
+    ("inputs", _input_dims),
+    ("inputs", _input_dtype),
+    ("three nodes", _rewire_edge),
+    ("nodes", _node_domain),
+]
+
+
 def _mutate_model(rng, model: onnx.ModelProto) -> str:
     """Apply one structural mutation to ``model`` in place; return what it was."""
     graph = model.graph
     nodes = list(graph.node)
     choice = int(rng.integers(16))
     pick = int(rng.integers(max(len(nodes), 1)))
-    if choice == 0 and nodes:
-        node = nodes[pick]
-        new = _OP_TYPES[int(rng.integers(len(_OP_TYPES)))]
-        what = f"op type of {node.name} {node.op_type} -> {new}"
-        node.op_type = new
-        return what
-    if choice == 1 and nodes:
-        del graph.node[pick]
-        return f"removed node {nodes[pick].name} (dangling edge)"
-    if choice == 2 and graph.initializer:
-        i = int(rng.integers(len(graph.initializer)))
-        name = graph.initializer[i].name
-        del graph.initializer[i]
-        return f"removed initializer {name}"
-    if choice == 3 and graph.initializer:
-        tensor = graph.initializer[int(rng.integers(len(graph.initializer)))]
-        if tensor.dims:
-            axis = int(rng.integers(len(tensor.dims)))
-            tensor.dims[axis] = _ODD_INTS[int(rng.integers(len(_ODD_INTS)))]
-        else:
-            tensor.dims.append(3)
-        return f"dims of initializer {tensor.name} -> {list(tensor.dims)}"
-    if choice == 4 and graph.initializer:
-        tensor = graph.initializer[int(rng.integers(len(graph.initializer)))]
-        dtypes = [TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.INT8, TensorProto.BOOL]
-        dtypes += [TensorProto.STRING, TensorProto.UNDEFINED, 77]
-        tensor.data_type = dtypes[int(rng.integers(len(dtypes)))]
-        return f"dtype of initializer {tensor.name} -> {tensor.data_type}"
-    if choice == 5 and graph.initializer:
-        tensor = graph.initializer[int(rng.integers(len(graph.initializer)))]
-        if tensor.raw_data:
-            tensor.raw_data = tensor.raw_data[: int(rng.integers(len(tensor.raw_data)))]
-        else:
-            del tensor.float_data[:]
-        return f"truncated data of initializer {tensor.name}"
-    if choice == 6 and nodes:
-        node = nodes[pick]
-        if node.attribute:
-            attr = node.attribute[int(rng.integers(len(node.attribute)))]
-            if attr.ints:
-                attr.ints[int(rng.integers(len(attr.ints)))] = _ODD_INTS[int(rng.integers(len(_ODD_INTS)))]
-            elif attr.type == onnx.AttributeProto.INT:
-                attr.i = _ODD_INTS[int(rng.integers(len(_ODD_INTS)))]
-            elif attr.type == onnx.AttributeProto.FLOAT:
-                attr.f = _ODD_FLOATS[int(rng.integers(len(_ODD_FLOATS)))]
-            else:
-                attr.type = int(rng.integers(0, 15))
-            return f"attribute {attr.name} of {node.name}"
-        node.attribute.add(name="axis", type=onnx.AttributeProto.INT, i=int(rng.integers(-3, 5)))
-        return f"extra attribute axis on {node.name}"
-    if choice == 7 and nodes:
-        node = nodes[pick]
-        attr = node.attribute.add()
-        attr.name = ["kernel_shape", "strides", "pads", "axis", "perm", "alpha"][int(rng.integers(6))]
-        attr.type = [onnx.AttributeProto.STRING, onnx.AttributeProto.FLOATS, onnx.AttributeProto.INTS][
-            int(rng.integers(3))
-        ]
-        if attr.type == onnx.AttributeProto.STRING:
-            attr.s = b"odd"
-        elif attr.type == onnx.AttributeProto.FLOATS:
-            attr.floats.extend([1.5, float("nan")])
-        else:
-            attr.ints.extend(int(v) for v in rng.integers(-2, 9, int(rng.integers(0, 6))))
-        return f"attribute {attr.name} of type {attr.type} on {node.name}"
-    if choice == 8:
-        version = int(rng.choice([1, 5, 6, 7, 9, 11, 13, 19, 21, 22, 23, 30, 999]))
-        for entry in model.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = version
-        return f"opset -> {version}"
-    if choice == 9:
-        del graph.node[:]
-        return "empty graph (no nodes)"
-    if choice == 10:
-        which = int(rng.integers(3))
-        if which == 0:
-            del graph.input[:]
-            return "no graph inputs"
-        if which == 1:
-            del graph.output[:]
-            return "no graph outputs"
-        graph.output.add().CopyFrom(graph.output[0]) if graph.output else None
-        return "duplicate graph output"
-    if choice == 11 and graph.input:
-        dims = graph.input[0].type.tensor_type.shape.dim
-        if dims:
-            axis = int(rng.integers(len(dims)))
-            value = _ODD_INTS[int(rng.integers(len(_ODD_INTS) - 3))]
-            if rng.random() < 0.3:
-                dims[axis].dim_param = "S"
-            else:
-                dims[axis].dim_value = value
-        return "input dims mutated"
-    if choice == 12 and graph.input:
-        graph.input[0].type.tensor_type.elem_type = int(rng.choice([0, 2, 7, 10, 11, 8]))
-        return f"input element type -> {graph.input[0].type.tensor_type.elem_type}"
-    if choice == 13 and len(nodes) > 2:
-        a, b = sorted(rng.choice(len(nodes), 2, replace=False))
-        if nodes[a].input and nodes[b].output:
-            nodes[a].input[0] = nodes[b].output[0]  # an edge backwards: a cycle or a shape mismatch
-        return f"edge rewired: {nodes[a].name} reads {nodes[b].name}"
-    if choice == 14 and nodes:
-        node = nodes[pick]
-        node.domain = ["ai.bsnn", "com.microsoft", "x.y"][int(rng.integers(3))]
-        return f"domain of {node.name} -> {node.domain}"
-    if nodes:
-        node = nodes[pick]
-        if node.output:
-            node.output[0] = nodes[int(rng.integers(len(nodes)))].output[0] if rng.random() < 0.5 else ""
-        return f"output of {node.name} renamed or emptied"
-    return "nothing to mutate"
+    node = nodes[pick] if nodes else None
+    applies = {"always": True, "nodes": bool(nodes), "initializers": bool(graph.initializer),
+               "inputs": bool(graph.input), "three nodes": len(nodes) > 2}
+    if choice < len(_MODEL_MUTATIONS) and applies[_MODEL_MUTATIONS[choice][0]]:
+        mutation = _MODEL_MUTATIONS[choice][1]
+        return mutation(rng, model, node)
+    return _rename_output(rng, model, node) if nodes else "nothing to mutate"
 
 
 def _mutate_arrays(rng, images: np.ndarray, labels: np.ndarray, idx: bool = False):
