@@ -132,6 +132,7 @@ class ModelLoader:
         self.consumed |= {o.name for o in model.graph.output}
         self.tensor_of_key: dict[str, str] = {}
         self.batch_value = BATCH
+        self.current_key = ""  # IR key of the node being converted (names the extra node of add_helper)
         self.inferred: dict[str, list] = {}  # tensor name -> ONNX-inferred shape (None for unknown axes)
         # onnx shape inference before opset 22 counts a ceil-mode pooling window
         # that starts in the end padding (onnxruntime and the spec drop it): no
