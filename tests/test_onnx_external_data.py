@@ -14,7 +14,7 @@ def test_weights_over_the_limit_go_to_one_external_file(tmp_path, monkeypatch):
     small = tmp_path / "small.onnx"
     save_onnx(graph, small)
     assert not (tmp_path / "small.onnx.data").exists()
-    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(onnx_io.write, "EXTERNAL_DATA_BYTES", 0)  # save_onnx reads it in onnx_io.write
     path = tmp_path / "big.onnx"
     save_onnx(graph, path)
     save_onnx(graph, path)  # replacing an existing pair works too

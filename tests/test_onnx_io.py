@@ -4,6 +4,7 @@ the ai.bsnn spiking ops, and every error path."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import onnx
@@ -406,3 +407,90 @@ def test_weights_converted_to_float32(make_model, rng):
     op = ir.op_of(load_onnx(path), "mm")
     assert op.weight.dtype == np.float32
     np.testing.assert_array_equal(op.weight, w64.astype(np.float16).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- the registries of the onnx_io package
+
+
+def test_public_names_of_onnx_io():
+    from bsnn_graph import onnx_io
+
+    assert sorted(onnx_io.__all__) == sorted(
+        ["EXPORT_OPSET", "EXTERNAL_DATA_BYTES", "MIN_OPSET", "SUPPORTED_OPS", "load_onnx", "save_onnx"]
+    )
+    assert (onnx_io.MIN_OPSET, onnx_io.EXPORT_OPSET, onnx_io.EXTERNAL_DATA_BYTES) == (6, 17, 1 << 30)
+    assert onnx_io.SUPPORTED_OPS == (
+        "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Dropout", "Flatten", "Gemm",
+        "GlobalAveragePool", "Identity", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool", "Mul", "PRelu", "Pad",
+        "ReduceMean", "Relu", "Reshape", "Softmax", "Squeeze", "Sub", "Sum", "Transpose", "Unsqueeze",
+    )  # fmt: skip
+
+
+def test_every_op_class_has_an_importer_and_an_exporter():
+    from bsnn_graph.onnx_io.exporters import EXPORTERS
+    from bsnn_graph.onnx_io.importers import IMPORTERS, SUPPORTED_OPS
+
+    standard = {cls for (domain, _), cls in O.OP_CLASSES.items() if domain == "" and cls is not O.Input}
+    assert set(EXPORTERS) == standard
+    assert SUPPORTED_OPS == tuple(sorted(IMPORTERS))
+    assert {cls.op_type for cls in standard} <= set(IMPORTERS)
+    for function in list(EXPORTERS.values()) + list(IMPORTERS.values()):
+        assert function.__doc__, f"{function.__name__} has no docstring"
+
+
+def test_a_registry_refuses_a_second_function_for_one_key():
+    from bsnn_graph.onnx_io.registry import registrar
+
+    table = {}
+    register = registrar(table, "importer")
+
+    @register("Conv", "Gemm")
+    def first():
+        pass
+
+    assert table == {"Conv": first, "Gemm": first}
+    with pytest.raises(ValueError, match="two importers for 'Gemm': first and second"):
+
+        @register("Gemm")
+        def second():
+            pass
+
+
+def test_fold_rules():
+    from bsnn_graph.onnx_io.fold import FOLDABLE, fold
+    from bsnn_graph.onnx_io.values import BATCH, Unsupported
+
+    assert FOLDABLE == {
+        "Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice",
+        "Reshape", "Flatten", "Identity", "Dropout", "Transpose", "Add", "Sub", "Mul", "Div", "Pow", "Neg", "Sqrt",
+        "Reciprocal", "Exp", "Range",
+    }  # fmt: skip
+    # a Reshape target built from Shape(x)[0] keeps the symbolic batch size
+    target = fold("Concat", {"axis": 0}, [np.array([BATCH], dtype=object), np.array([-1], np.int64)], 17)
+    assert list(target) == [BATCH, -1]
+    assert fold("Cast", {"to": onnx.TensorProto.INT64}, [target], 17) is target
+    with pytest.raises(TypeError, match="symbolic batch size"):
+        fold("Mul", {}, [target, np.array([2], np.int64)], 17)
+    # integer Div truncates towards zero; Slice clamps INT64_MAX
+    np.testing.assert_array_equal(fold("Div", {}, [np.array([-7, 7]), np.array([2, 2])], 17), [-3, 3])
+    ends = np.array([2**63 - 1], np.int64)
+    np.testing.assert_array_equal(fold("Slice", {}, [np.arange(5), np.array([1]), ends], 17), [1, 2, 3, 4])
+    with pytest.raises(Unsupported, match="Sigmoid on constants"):
+        fold("Sigmoid", {}, [np.zeros(2)], 17)
+
+
+def test_unreadable_initializer_quotes_the_reason(make_model):
+    tensor = initializer("w", np.ones((3, 2), np.float32))
+    tensor.raw_data = tensor.raw_data[:-2]
+    path = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        [tensor_info("x", ["N", 3])],
+        [tensor_info("y", None)],
+        [tensor],
+    )
+    with pytest.raises(ModelError) as info:
+        load_onnx(path)
+    assert str(info.value).startswith(
+        f"{path}: initializer 'w' (FLOAT, dims (3, 2)): 22 bytes of raw data cannot be read as FLOAT of these dims ("
+    )
+    assert re.search(r" \((ValueError|TypeError): '[^']+'\)$", str(info.value)), str(info.value)
