@@ -197,6 +197,6 @@ def emitted_per_wave(result, graph: nx.DiGraph, name: str, waves: int) -> np.nda
         wave = (period - op.stage) // 2
         assert np.all(fire_period(op.stage, wave) == period) and np.all(wave >= 0), f"{name}: spike outside a fire period"
         keep = wave < waves
-        value = (np.float32(threshold) * (np.float32(2.0) ** -(phase + 1).astype(np.float32))).astype(np.float32)
+        value = np.array([spike_value(op.mode, threshold, k) for k in range(k_phases)], np.float32)[phase]
         np.add.at(out, (wave[keep], sample[keep], neuron[keep]), value[keep])
     return out.reshape((waves, n) + shape)
