@@ -40,7 +40,10 @@ counted on the spike counts after the run (:func:`synaptic_operations`): the
 synapses of a spike are what the linear ops between its population and each
 target reach with every weight set to one, counted through each op of the
 path (a spike that an overlapping average pool sends to two pooled positions
-before a Gemm reaches the Gemm's outputs twice).
+before a Gemm reaches the Gemm's outputs twice). ``runtime.simulate`` counts
+the same, except where its lowering fuses a stride-1 convolution with the
+average pool after it into one convolution: there it counts the fused
+kernel's synapses (tests/test_reference.py marks the difference).
 
 Rules the spec states that :mod:`runtime.schedule` does not hold (yet) are
 here: :func:`spike_value`, :func:`constant_current_fraction`, :func:`fire`,
@@ -334,27 +337,31 @@ class _Simulation:
         n = x.shape[0]
         self.last = network.last_fire(graph, timesteps, full_dynamics)
         self.constant = self._constant_currents(x)
-        self.potential: dict[str, np.ndarray] = {}
-        for name in network.spiking + [network.output]:
-            op = ir.op_of(graph, name)
-            if not isinstance(op, O.MaxGate):
-                v0 = np.float32(0.0)
-                if isinstance(op, O.Population):
-                    v0 = initial_potential(self.mode, self.phases, op.threshold, op.initial_potential)
-                self.potential[name] = np.full((n,) + self._shape(name), v0, np.float32)
+        self.potential = self._initial_potentials(n)
         self.counts = {name: np.zeros((n,) + self._shape(name), np.int32) for name in network.spiking}
-        gates = [g for g in network.spiking if isinstance(ir.op_of(graph, g), O.MaxGate)]
-        self.candidates: dict[str, np.ndarray] = {}  # bistable gates: (N, C, OH, OW, window)
+        # a max gate: its source population, whose threshold its spikes carry
+        self.source = {g: ir.inputs_of(graph, g)[0] for g in network.spiking if isinstance(ir.op_of(graph, g), O.MaxGate)}
+        self.threshold = {name: ir.op_of(graph, self.source.get(name, name)).threshold for name in network.spiking}
+        self.candidates: dict[str, np.ndarray] = {}  # bistable gates: bool (N, C, OH, OW, window)
         self.emitted: dict[str, np.ndarray] = {}  # rate modes: value each gate source emitted so far
-        for gate in gates:
-            source = ir.inputs_of(graph, gate)[0]
+        for gate, source in self.source.items():
             if self.bistable:
                 self.candidates[gate] = np.ones(_windows(ir.op_of(graph, gate), self.counts[source], 0).shape, bool)
             else:
                 self.emitted[source] = np.zeros((n,) + self._shape(source), np.float32)
-        periods = periods_of(timesteps, self.phases)
+        classes = int(np.prod(self._shape(network.output)))
         self.predictions = np.zeros((timesteps, n), np.int32)
-        self.logits = np.zeros((periods, n, int(np.prod(self._shape(network.output)))), np.float32)
+        self.logits = np.zeros((periods_of(timesteps, self.phases), n, classes), np.float32)
+
+    def _initial_potentials(self, n: int) -> dict[str, np.ndarray]:
+        """V of every population at its initial potential (:func:`runtime.schedule.initial_potential`), the output's 0."""
+        potential = {self.net.output: np.zeros((n,) + self._shape(self.net.output), np.float32)}
+        for name in self.net.spiking:
+            op = ir.op_of(self.graph, name)
+            if isinstance(op, O.Population):
+                v0 = initial_potential(self.mode, self.phases, op.threshold, op.initial_potential)
+                potential[name] = np.full((n,) + self._shape(name), v0, np.float32)
+        return potential
 
     def _shape(self, name: str) -> tuple[int, ...]:
         return tuple(ir.shape_of(self.graph, name))
@@ -373,30 +380,33 @@ class _Simulation:
     def step(self, t: int) -> None:
         """Time step t: every node in topological order (a node's sources have emitted their spikes of step t)."""
         p, k = divmod(t, self.phases)
-        values: dict[str, np.ndarray | None] = {self.net.input: None}  # spike values of this step, None: silent
-        spikes: dict[str, np.ndarray | None] = {}
+        values: dict[str, np.ndarray | None] = {}  # spike values of this step (None: silent)
+        spikes: dict[str, np.ndarray | None] = {}  # bool spikes of this step (None: silent)
         for name in self.net.order:
             op = ir.op_of(self.graph, name)
             args = [values[s] for s in ir.inputs_of(self.graph, name)]
-            if isinstance(op, O.LINEAR_PROJECTIONS):
+            if isinstance(op, O.Input):  # its drive is in the constant current
+                values[name] = None
+            elif isinstance(op, O.LINEAR_PROJECTIONS):
                 values[name] = _linear(self.graph, name, args, _linear_part)
             elif isinstance(op, O.OutputAccumulator):
                 self._output_step(name, op, _total(args), t, p, k)
-            elif isinstance(op, O.Input):
-                continue
             else:
                 if isinstance(op, O.MaxGate):
-                    fired = self._gate_step(name, op, spikes[ir.inputs_of(self.graph, name)[0]], p, k)
-                    value = spike_value(self.mode, ir.op_of(self.graph, ir.inputs_of(self.graph, name)[0]).threshold, k)
+                    spikes[name] = self._gate_step(name, op, spikes[self.source[name]], p, k)
                 else:
-                    fired = self._population_step(name, op, _total(args), p, k)
-                    value = spike_value(self.mode, op.threshold, k)
-                spikes[name] = fired
-                values[name] = None if fired is None else np.where(fired, value, np.float32(0.0))
-                if fired is not None:
-                    self.counts[name] += fired
-                    if name in self.emitted:
-                        self.emitted[name] = self.emitted[name] + values[name]
+                    spikes[name] = self._population_step(name, op, _total(args), p, k)
+                values[name] = self._emit(name, spikes[name], k)
+
+    def _emit(self, name: str, spikes: np.ndarray | None, k: int) -> np.ndarray | None:
+        """Count a spiking node's spikes of phase k and return their values (float32, 0 where silent)."""
+        if spikes is None:
+            return None
+        values = np.where(spikes, spike_value(self.mode, self.threshold[name], k), np.float32(0.0))
+        self.counts[name] += spikes
+        if name in self.emitted:
+            self.emitted[name] = self.emitted[name] + values
+        return values
 
     def _integrate(self, name: str, op, current: np.ndarray | None, p: int) -> np.ndarray:
         """V += this step's current from spikes, then the constant current if the node integrates in period p."""
@@ -429,7 +439,7 @@ class _Simulation:
         members = _windows(op, source_spikes, False)
         if self.bistable:
             return bistable_max_gate(self.candidates[name], members)
-        emitted = self.emitted[ir.inputs_of(self.graph, name)[0]]
+        emitted = self.emitted[self.source[name]]
         return rate_max_gate(_windows(op, emitted, -np.inf), members)
 
     def _output_step(self, name: str, op: O.OutputAccumulator, current, t: int, p: int, k: int) -> None:
