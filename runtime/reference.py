@@ -66,7 +66,6 @@ from bsnn_graph.executor import apply_op, conv_nd, sliding_windows
 
 from .schedule import (
     MODE_CODES,
-    SCHEDULES,
     fires,
     initial_potential,
     integrates,
@@ -204,8 +203,8 @@ def with_unit_weights(op: O.Op, args: list[np.ndarray]) -> np.ndarray:
     """A linear projection with every weight one and no constant, applied to nonnegative ``args``.
 
     Applied to spike counts it counts the synapses the spikes reach through the op
-    (average pooling: a window sum; global average pooling: a sum).
-    Conv and pooling outputs are float32: integers below 2^24 are exact.
+    (average pooling: a window sum; global average pooling: a sum). A Conv's
+    output is float32 (:func:`bsnn_graph.executor.conv_nd`): exact for integers below 2^24.
     """
     op = without_constants(op)
     if isinstance(op, O.Conv):
@@ -524,5 +523,5 @@ def reference_simulate(graph: nx.DiGraph, x: np.ndarray, timesteps: int, full_dy
         timesteps=int(timesteps),
         phases=network.phases,
         mode=network.mode,
-        schedule=SCHEDULES[1] if full_dynamics else SCHEDULES[0],
+        schedule="full" if full_dynamics else "light-cone",  # schedule.SCHEDULES
     )
