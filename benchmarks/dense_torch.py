@@ -18,7 +18,8 @@ the nodes run in topological order, as in the runtime:
   ``W' x + b'``, divided by K except in ``if-rate``) if it integrates in this
   period, then fires if it fires in this period;
 - schedules (stage s), read from :mod:`runtime.schedule` (the rules the
-  runtime's kernels and the oracle use): ``bsnn`` / ``bsnn-nosn`` integrate
+  runtime's kernels, the oracle and the numpy reference use; the spike value
+  and the constant current's share per step from :mod:`runtime.reference`): ``bsnn`` / ``bsnn-nosn`` integrate
   the constant current in periods ``p >= s-1`` with ``p-s+1`` even and fire
   in periods ``p >= s`` with ``p-s`` even (fire: ``V >= theta w_k`` emits
   ``theta w_k`` and subtracts it); ``phase`` integrates and fires every step
@@ -63,6 +64,7 @@ from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
 from runtime import schedule
+from runtime.reference import constant_current_fraction, spike_value
 
 __all__ = ["LINEAR_OPS", "DenseResult", "DenseSimulator"]
 
@@ -420,7 +422,7 @@ class DenseSimulator:
     def _constants(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Per-step constant current of each population and the output (bias, or the analog input drive)."""
         n = x.shape[0]
-        step = np.float32(1.0) if self.mode == "if-rate" else np.float32(1.0) / np.float32(self.phases)
+        step = constant_current_fraction(self.mode, self.phases)
         values: dict[str, torch.Tensor | None] = {}
         constants: dict[str, torch.Tensor | None] = {}
         for node in self.program:
@@ -448,7 +450,7 @@ class DenseSimulator:
     def _batch(self, x: torch.Tensor, timesteps: int, count_spikes: bool):
         n = x.shape[0]
         K = self.phases
-        periods = math.ceil(timesteps / K)
+        periods = schedule.periods_of(timesteps, K)
         bistable = self.mode in ("bsnn", "bsnn-nosn")
         constants = self._constants(x)
         V = {node.name: torch.full((n,) + node.shape, np.float32(node.v0)) for node in self.program
@@ -469,7 +471,6 @@ class DenseSimulator:
         spikes = torch.zeros(n, dtype=torch.int64) if count_spikes else None
         for t in range(timesteps):
             p, k = divmod(t, K)
-            weight = np.float32(1.0) / np.float32(1 << (k + 1))
             values: dict[str, torch.Tensor | None] = {}
             fired: dict[str, torch.Tensor | None] = {}
             for node in self.program:
@@ -479,8 +480,7 @@ class DenseSimulator:
                 elif kind == _LINEAR:
                     values[node.name] = self._linear(node, [values[s] for s in node.inputs], n, affine=False)
                 elif kind == _GATE:
-                    value = float(np.float32(node.threshold) if self.mode == "if-rate" else
-                                  np.float32(node.threshold) * weight)  # fmt: skip
+                    value = float(spike_value(self.mode, node.threshold, k))
                     source_spikes = fired[node.inputs[0]] if p <= last[node.name] else None
                     spk = self._gate(node, source_spikes, candidates.get(node.name), emitted, k, n)
                     fired[node.name] = spk
@@ -510,10 +510,7 @@ class DenseSimulator:
                         continue
                     if node.name in ceilings and (not bistable or k == 0):
                         torch.minimum(v, ceilings[node.name], out=v)
-                    if self.mode == "if-rate":
-                        threshold = float(np.float32(node.threshold))
-                    else:
-                        threshold = float(np.float32(node.threshold) * weight)
+                    threshold = float(spike_value(self.mode, node.threshold, k))
                     spk = v >= threshold
                     value = spk.to(torch.float32).mul_(threshold)
                     v -= value

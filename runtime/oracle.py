@@ -13,7 +13,10 @@ its window's K-bit values, a synchronous neuron re-emits its source's value,
 the output accumulates ``W' q + b'`` once per wave.
 
 The linear projections are evaluated with the reference executor
-(:mod:`bsnn_graph.executor`), independently of the runtime's lowering.
+(:mod:`bsnn_graph.executor`), independently of the runtime's lowering. The
+neuron rules (fire, ceiling, spike value) are those of the step-by-step
+reference simulator (:mod:`runtime.reference`), which this oracle evaluates
+one wave at a time.
 
 - :func:`dense_bsnn` runs the waves free (the oracle's own values feed the next layer);
 - :func:`teacher_forced_check` checks an event-driven run layer by layer: each
@@ -35,6 +38,7 @@ from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.executor import apply_op, pool_nd
 
+from .reference import apply_ceiling, fire, spike_value
 from .schedule import fire_period, initial_potential
 
 __all__ = ["OracleResult", "WaveCheck", "dense_bsnn", "emitted_per_wave", "quantise", "teacher_forced_check"]
@@ -64,29 +68,20 @@ class WaveCheck:
 def quantise(v: np.ndarray, phases: int, threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``Q_K(V)`` as a bistable fire period computes it, and the smallest |V_k - threshold_k| met.
 
-    Greedy MSB first in float32: at phase k, if ``V >= threshold 2^-(k+1)``
-    emit that value and subtract it. Returns (emitted values, margin).
+    Greedy MSB first in float32: the K phases of a bistable fire period, each
+    the reference's fire rule (:func:`runtime.reference.fire`: if
+    ``V >= threshold 2^-(k+1)`` emit that value and subtract it). Returns
+    (emitted values, margin).
     """
     rest = np.asarray(v, np.float32).copy()
     emitted = np.zeros_like(rest)
     margin = np.full(rest.shape, np.inf, np.float32)
     for k in range(phases):
-        w = np.float32(threshold) * np.float32(2.0 ** -(k + 1))
+        w = spike_value("bsnn", threshold, k)
         margin = np.minimum(margin, np.abs(rest - w))
-        fire = rest >= w
-        rest = np.where(fire, rest - w, rest)
-        emitted = np.where(fire, emitted + w, emitted)
+        fired, rest = fire(rest, w)
+        emitted = np.where(fired, emitted + w, emitted)
     return emitted, margin
-
-
-def _bounded(op: O.Population, v: np.ndarray) -> np.ndarray:
-    """``min(V, ceiling)`` for a population with a ceiling (Clip / ReLU6; () or per channel), else V."""
-    ceiling = np.asarray(getattr(op, "ceiling", np.inf), np.float32)
-    if not np.any(np.isfinite(ceiling)):
-        return v
-    if ceiling.ndim == 1:
-        ceiling = ceiling.reshape((1, -1) + (1,) * (v.ndim - 2))
-    return np.minimum(v, ceiling).astype(np.float32)
 
 
 def _waves(graph: nx.DiGraph, x: np.ndarray, waves: int, forced: dict[str, np.ndarray] | None):
@@ -112,7 +107,7 @@ def _waves(graph: nx.DiGraph, x: np.ndarray, waves: int, forced: dict[str, np.nd
                 if name not in residual:
                     v0 = initial_potential(op.mode, op.phases, op.threshold, op.initial_potential)
                     residual[name] = np.full(pre.shape, v0, np.float32)
-                v = _bounded(op, residual[name] + pre)
+                v = apply_ceiling(op, residual[name] + pre)
                 q, margin = quantise(v, phases, op.threshold)
                 values.setdefault(name, []).append(q)
                 margins.setdefault(name, []).append(margin)
@@ -202,6 +197,6 @@ def emitted_per_wave(result, graph: nx.DiGraph, name: str, waves: int) -> np.nda
         wave = (period - op.stage) // 2
         assert np.all(fire_period(op.stage, wave) == period) and np.all(wave >= 0), f"{name}: spike outside a fire period"
         keep = wave < waves
-        value = (np.float32(threshold) * (np.float32(2.0) ** -(phase + 1).astype(np.float32))).astype(np.float32)
+        value = np.array([spike_value(op.mode, threshold, k) for k in range(k_phases)], np.float32)[phase]
         np.add.at(out, (wave[keep], sample[keep], neuron[keep]), value[keep])
     return out.reshape((waves, n) + shape)

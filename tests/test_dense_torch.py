@@ -7,13 +7,17 @@
 - the linear projections (constant terms included) against the reference
   executor;
 - the ``if-rate`` / ``phase`` max-gate rule against a numpy step loop;
-- predictions equal ``runtime.simulate``'s on the same graphs (skipped when
-  the runtime package is absent).
+- predictions equal ``runtime.simulate``'s and the numpy step simulator's
+  (``runtime.reference``, the executable spec) on the same graphs.
+
+``benchmarks/dense_torch.py`` and ``benchmarks/compare_runtime.py`` are
+loaded by file path (the benchmarks are scripts, not a package).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -23,14 +27,29 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from spiking_graphs import Builder
+
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
 from bsnn_graph.executor import evaluate
+from runtime.reference import reference_simulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from dense_torch import DenseSimulator
-from spiking_graphs import Builder
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as module ``name`` (registered, so a script importing it finds it)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+DenseSimulator = load_benchmark("dense_torch").DenseSimulator
 
 K = 8
 
@@ -275,12 +294,28 @@ def test_predictions_equal_runtime(mode, make, images):
         assert np.abs(ours.spikes - spikes).sum() <= 1e-4 * spikes.sum()
 
 
+@pytest.mark.parametrize("mode, make", runtime_cases)
+def test_predictions_equal_reference(mode, make, images):
+    """The dense baseline against the numpy step simulator of the spec, both schedules."""
+    graph = make(mode) if mode == "bsnn-nosn" else with_mode(make(), mode)
+    T = 56
+    for cone in (False, True):
+        reference = reference_simulate(graph, images, T, full_dynamics=not cone)
+        ours = DenseSimulator(graph, light_cone=cone).simulate(images, T, batch_size=len(images), count_spikes=True)
+        np.testing.assert_array_equal(ours.predictions, reference.predictions)
+        np.testing.assert_allclose(ours.logits, reference.logits, rtol=1e-3, atol=1e-3)
+        spikes = sum(reference.spike_counts.values())
+        assert spikes.sum() > 0
+        # float32 summation order may flip a spike at an exact threshold tie, nothing more
+        assert np.abs(ours.spikes - spikes).sum() <= 1e-4 * spikes.sum()
+
+
 def test_compare_script_quick(tmp_path):
     """benchmarks/compare_runtime.py end to end on a tiny converted ResNet: table, JSON, both simulators agree."""
     runtime = pytest.importorskip("runtime")
     if not hasattr(runtime, "simulate"):
         pytest.skip("runtime.simulate is not available")
-    import compare_runtime
+    compare_runtime = load_benchmark("compare_runtime")  # it imports dense_torch, registered above
 
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"

@@ -85,3 +85,24 @@ def test_chain_run_equals_oracle_waves():
     dense = oracle.dense_bsnn(graph, x, 5)
     for name in ("pop0", "pop1"):
         np.testing.assert_array_equal(oracle.emitted_per_wave(result, graph, name, 5), dense.values[name])
+
+
+@pytest.mark.parametrize("build", [vgg_graph, resnet_graph], ids=["vgg-max-avg", "resnet-sn"])
+def test_step_reference_matches_oracle(build):
+    """The numpy step simulator (runtime.reference) run wave by wave is the oracle: the output V at the end of
+    period L + 2m is the oracle's m-th wave, up to float32 summation order (the reference adds a period's
+    current step by step, the oracle once per wave). Under the light cone of T = (L + 2 WAVES) K every spiking
+    node fires exactly WAVES times, so its spikes are the set bits of the oracle's WAVES K-bit values."""
+    from runtime.reference import reference_simulate
+
+    graph = build(mode="bsnn", phases=K)
+    x = _inputs((1, 12, 12), n=4)
+    L = _largest_stage(graph)
+    reference = reference_simulate(graph, x, (L + 2 * WAVES) * K)
+    dense = oracle.dense_bsnn(graph, x, WAVES)
+    np.testing.assert_allclose(reference.logits[L::2][:WAVES], dense.logits, rtol=1e-4, atol=1e-4)
+    for name, values in dense.values.items():
+        bits = np.round(values * 2**K).astype(np.int64)  # the K-bit patterns the oracle emits per wave
+        spikes = sum((bits >> j) & 1 for j in range(K))  # set bits: spikes per wave and neuron
+        per_sample = spikes.reshape(WAVES, len(x), -1).sum(axis=(0, 2))
+        np.testing.assert_array_equal(reference.spike_counts[name], per_sample, err_msg=name)
