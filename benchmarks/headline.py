@@ -65,13 +65,12 @@ from bsnn_graph import evaluate, load_onnx, save_onnx
 from bsnn_graph.data import load_dataset
 from bsnn_graph.executor import macs
 from runtime.evaluate import evaluate_snn
-from runtime.schedule import first_output_step
+from runtime.schedule import INITIAL_POTENTIALS, MODES, first_output_step
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("bsnn", "bsnn-nosn", "phase", "if-rate")
 BASELINES = ("if-rate", "phase")
 CALIBRATIONS = ("percentile", "search")
-POTENTIALS = ("half", "zero")
+POTENTIALS = INITIAL_POTENTIALS  # "half" (rounding), "zero" (truncation)
 SETTINGS = tuple(f"{c}.{p}" for c in CALIBRATIONS for p in POTENTIALS)
 K_SWEEP = (3, 4, 5, 6, 7, 8)
 MODELS = json.loads((ROOT / "data" / "models.json").read_text())
