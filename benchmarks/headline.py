@@ -257,8 +257,8 @@ def _part_settings(settings: dict, first: int, last: int) -> dict:
 
 
 def part_job(job: tuple[Run, int, int], args) -> dict:
-    """Test images [first, last) of one run: correct predictions per step and SOPs (in all and per period),
-    cached as <model>/<key>.parts/<first>-<last>.json."""
+    """Test images [first, last) of one run: correct predictions per step and SOPs (in all and per period), as
+    runtime.evaluate.evaluate_snn gives them, cached as <model>/<key>.parts/<first>-<last>.json."""
     run, first, last = job
     x, y, _ = _inputs(args)
     snn, depth, _ = converted(args, run)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import networkx as nx
 import numpy as np
 
 from . import ops as O
@@ -248,23 +250,29 @@ def _recorded_populations(graph, model: str, record: tuple[str, ...], trace_path
     return chosen
 
 
+@dataclass
 class _RunTrace:
-    """The spike trace of ``bsnn run``: streamed batch by batch here, or written in parts on a cluster.
+    """The spike trace of ``bsnn run`` (none if ``path`` is None): streamed batch by batch here, or written in
+    parts on a cluster."""
 
-    ``writer`` holds the :class:`runtime.trace.TraceWriter` (or the
-    :class:`runtime.distributed.ShardedRun`) once it exists; ``written[0]``
-    follows the samples finished.
-    """
+    path: str | None
+    model: str
+    data_path: str
+    graph: nx.DiGraph
+    samples: int
+    labels: np.ndarray | None
+    timesteps: int
+    record: list[str]
+    record_samples: list[int] | None
+    attributes: dict  # extra root attributes of the trace
+    overwrite: bool
+    writer: list = field(default_factory=list)  # the TraceWriter (or the ShardedRun) once it exists
+    written: list = field(default_factory=lambda: [0])  # written[0]: samples finished
 
-    def __init__(self, path, model, data_path, graph, samples, labels, timesteps, record, record_samples,
-                 attributes, overwrite):
-        accumulator = _output_accumulator(graph)
-        self.path, self.model, self.data_path, self.graph = path, model, data_path, graph
-        self.samples, self.labels, self.timesteps, self.record, self.record_samples = samples, labels, timesteps, record, record_samples
-        self.output_stage = int(accumulator.stage) if accumulator is not None else None
-        self.attributes, self.overwrite = attributes, overwrite
-        self.writer: list = []
-        self.written = [0]
+    @property
+    def output_stage(self) -> int | None:
+        accumulator = _output_accumulator(self.graph)
+        return int(accumulator.stage) if accumulator is not None else None
 
     def stream(self, start: int, stop: int, partial) -> None:
         """``on_batch`` of a local run: append the batch to the trace (opened at the first batch)."""
@@ -417,8 +425,8 @@ def run_command(
         sharded = workers is not None or scheduler is not None  # an interrupted sharded run resumes
         check_output_path(trace_path, overwrite or (sharded and is_resumable(Path(trace_path))), TraceError)
     attributes = {"batch_size": batch_size, "input_scale": -1.0 if input_scale is None else input_scale}
-    trace = _RunTrace(trace_path, model, data_path, graph, len(x), y, timesteps, chosen, sample_indices, attributes,
-                      overwrite)
+    trace = _RunTrace(trace_path, model, data_path, graph, samples=len(x), labels=y, timesteps=timesteps,
+                      record=chosen, record_samples=sample_indices, attributes=attributes, overwrite=overwrite)
     options = {"batch_size": batch_size, "threads": threads, "record": chosen, "record_samples": sample_indices,
                "full_dynamics": full_dynamics}
     cluster = open_cluster(workers, scheduler)

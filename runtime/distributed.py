@@ -36,6 +36,11 @@ How a run goes (:class:`ShardedRun`):
   :class:`~bsnn_graph.errors.BsnnError`, the local path's one-line message)
   is raised on the client.
 
+:meth:`Cluster.simulate` returns the run's :class:`~runtime.simulate.SimulationResult`;
+:meth:`Cluster.evaluate` (:func:`runtime.evaluate.evaluate_snn` with this
+cluster) its :class:`~runtime.evaluate.Evaluation`, as ``bsnn eval --workers``
+reports it.
+
 Workers must import the same ``bsnn_graph`` and ``runtime`` (the same
 version); with a trace they must see the target's folder at the same path
 (a shared file system). Local workers get the client's BLAS thread
