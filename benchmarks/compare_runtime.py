@@ -118,10 +118,11 @@ def compare(graph, mode: str, x, y, timesteps: int, batch: int, latency_images: 
     from dense_torch import DenseSimulator
 
     import runtime
+    from runtime.schedule import first_output_step
 
     largest = _largest_stage(graph)
     phases = int(next(ir.op_of(graph, n).phases for n in graph.nodes if isinstance(ir.op_of(graph, n), SPIKING_OPS)))
-    record = {"mode": mode, "largest_stage": largest, "t_first_output": (largest + 1) * phases, "runs": []}
+    record = {"mode": mode, "largest_stage": largest, "t_first_output": first_output_step(largest, phases), "runs": []}
     lowered = runtime.lower(graph)
     xl = x[:latency_images]
 
@@ -216,6 +217,8 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse the command line, run the comparison, print the table, write the JSON."""
+    from runtime.schedule import first_output_step
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="ANN ONNX (converted here) or a spiking graph from bsnn convert")
     parser.add_argument("--data", type=Path, default=ROOT / "data/fmnist_test.npz", help="test images (npz or IDX)")
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         x = fit_to_input(x, ir.shape_of(first, first.graph["inputs"][0]), source=str(args.data))
         phases = int(next(ir.op_of(first, n).phases for n in first.nodes
                           if isinstance(ir.op_of(first, n), SPIKING_OPS)))  # fmt: skip
-        timesteps = args.timesteps or (_largest_stage(graphs.get("bsnn", first)) + 1) * phases
+        timesteps = args.timesteps or first_output_step(_largest_stage(graphs.get("bsnn", first)), phases)
         report = {
             "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
             "model": str(args.model),

@@ -19,6 +19,8 @@ import json
 
 import numpy as np
 
+from runtime.schedule import first_output_step
+
 __all__ = ["settles_within", "table"]
 
 
@@ -49,7 +51,8 @@ def table(doc: dict) -> str:
         check = "-"
         if mode == "bsnn" and run.get("first_output_step"):
             k = run["phases"]
-            t_check = run["first_output_step"] + 2 * k  # (L + 1) K + 2 K = (L + 3) K
+            largest_stage = run["first_output_step"] // k - 1  # T_first = (L + 1) K
+            t_check = first_output_step(largest_stage + 2, k)  # two periods later: (L + 3) K
             if t_check <= len(run["accuracy_per_step"]):
                 acc = run["accuracy_per_step"][t_check - 1]
                 ok = "yes" if 100 * (ann - acc) <= 1.0 else "NO"

@@ -64,13 +64,13 @@ import runtime
 from bsnn_graph import evaluate, load_onnx, save_onnx
 from bsnn_graph.data import load_dataset
 from bsnn_graph.executor import macs
-from runtime.energy import snn_energy_pj
+from runtime.evaluate import evaluate_snn
+from runtime.schedule import INITIAL_POTENTIALS, MODES, first_output_step
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("bsnn", "bsnn-nosn", "phase", "if-rate")
 BASELINES = ("if-rate", "phase")
 CALIBRATIONS = ("percentile", "search")
-POTENTIALS = ("half", "zero")
+POTENTIALS = INITIAL_POTENTIALS  # "half" (rounding), "zero" (truncation)
 SETTINGS = tuple(f"{c}.{p}" for c in CALIBRATIONS for p in POTENTIALS)
 K_SWEEP = (3, 4, 5, 6, 7, 8)
 MODELS = json.loads((ROOT / "data" / "models.json").read_text())
@@ -257,8 +257,8 @@ def _part_settings(settings: dict, first: int, last: int) -> dict:
 
 
 def part_job(job: tuple[Run, int, int], args) -> dict:
-    """Test images [first, last) of one run: correct predictions per step and SOPs (in all and per period),
-    cached as <model>/<key>.parts/<first>-<last>.json."""
+    """Test images [first, last) of one run: correct predictions per step and SOPs (in all and per period), as
+    runtime.evaluate.evaluate_snn gives them, cached as <model>/<key>.parts/<first>-<last>.json."""
     run, first, last = job
     x, y, _ = _inputs(args)
     snn, depth, _ = converted(args, run)
@@ -267,17 +267,15 @@ def part_job(job: tuple[Run, int, int], args) -> dict:
     cached = _cached(path, settings)
     if cached is not None:
         return cached
-    started = time.perf_counter()
-    result = runtime.simulate(snn, x[first:last], settings["timesteps"], batch_size=args.batch_size,
-                              threads=args.threads, per_neuron_counts=False)
-    seconds = time.perf_counter() - started
-    correct = (result.predictions == y[None, first:last]).sum(axis=1)
+    evaluation = evaluate_snn(snn, x[first:last], y[first:last], settings["timesteps"], batch_size=args.batch_size,
+                              threads=args.threads)
+    correct, seconds = evaluation.correct_per_step, evaluation.seconds
     entry = {
         "settings": settings,
         "deepest_stage": depth,
         "correct": [int(c) for c in correct],
-        "sops_sum": float(result.sops.sum()),
-        "sops_per_period_sum": [float(s) for s in result.extra["sops_per_period"].sum(axis=1)],
+        "sops_sum": float(evaluation.sops_total),
+        "sops_per_period_sum": [float(s) for s in evaluation.sops_per_period_total],
         "seconds": seconds,
         "threads": args.threads,
         "commit": _commit(),
@@ -317,7 +315,7 @@ def merged(run: Run, args) -> dict:
         "phases": run.k,
         "setting": run.setting,
         "deepest_stage": depth,
-        "t_first_output": (depth + 1) * run.k if run.mode.startswith("bsnn") else 1,
+        "t_first_output": first_output_step(depth, run.k) if run.mode.startswith("bsnn") else 1,
         "timesteps": settings["timesteps"],
         "images": n,
         "accuracy": [round(float(a), 3) for a in acc],
@@ -413,15 +411,12 @@ def plan_and_measure(model: str, args, ann_of) -> dict[Run, dict]:
 # --------------------------------------------------------------------------- cost at matched accuracy
 
 
-def _timed(fn) -> tuple[float, object]:
-    started = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - started, out
-
-
 def cost(args, run: Run, t: int) -> dict:
     """SOPs per image, energy estimate and ms per image (batch and batch 1) of ``run``'s conversion at T = ``t``
-    (light cone), on the first ``--cost-images`` (``--latency-images``) test images; cached with its settings."""
+    (light cone), on the first ``--cost-images`` (``--latency-images``) test images; cached with its settings.
+
+    Each figure is runtime.evaluate.evaluate_snn's: its seconds are those of the simulation call alone (batch 1:
+    summed over the images)."""
     x, y, _ = _inputs(args)
     snn, _, _ = converted(args, run)
     n, n1 = min(len(x), args.cost_images), min(len(x), args.latency_images)
@@ -433,21 +428,19 @@ def cost(args, run: Run, t: int) -> dict:
         return cached
     lowered = runtime.lower(snn)
     runtime.simulate(lowered, x[:2], t, batch_size=2, threads=1)  # compiled and warm
-    seconds, result = _timed(lambda: runtime.simulate(lowered, x[:n], t, batch_size=args.batch_size,
-                                                      threads=args.threads))
-    seconds1, _ = _timed(lambda: [runtime.simulate(lowered, x[i : i + 1], t, batch_size=1, threads=1)
-                                  for i in range(n1)])
-    sops = float(result.sops.mean())
+    batch = evaluate_snn(lowered, x[:n], y[:n], t, batch_size=args.batch_size, threads=args.threads)
+    seconds1 = sum(evaluate_snn(lowered, x[i : i + 1], y[i : i + 1], t, batch_size=1, threads=1).seconds
+                   for i in range(n1))
     entry = {
         "settings": settings,
         "timesteps": t,
-        "accuracy": float(100.0 * np.mean(result.predictions[-1] == y[:n])),
-        "sops_per_image": sops,
-        "input_layer_macs": int(result.input_macs),
-        "energy_uJ_estimate": snn_energy_pj(sops, int(result.input_macs)) * 1e-6,
-        "ms_per_image_batch": 1000.0 * seconds / n,
+        "accuracy": float(100.0 * batch.accuracy),
+        "sops_per_image": batch.sops_per_sample,
+        "input_layer_macs": batch.input_macs,
+        "energy_uJ_estimate": batch.energy["snn_energy_pj_per_sample"] * 1e-6,
+        "ms_per_image_batch": 1000.0 * batch.seconds / n,
         "ms_per_image_batch1": 1000.0 * seconds1 / n1,
-        "schedule": result.schedule,
+        "schedule": batch.schedule,
         "load_average": os.getloadavg()[0],
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "commit": _commit(),

@@ -2,7 +2,9 @@
 
 Commands live in ``cli_info`` (info), ``cli_convert`` (passes, convert) and
 ``cli_run`` (run, eval, inspect); each module lists its commands in
-``COMMANDS``. Errors a user can cause (:class:`~bsnn_graph.errors.BsnnError`)
+``COMMANDS``. A command parses, calls the library (``run`` and ``eval``:
+``runtime.evaluate.evaluate_snn``; ``--workers`` through ``cli_cluster``)
+and prints. Errors a user can cause (:class:`~bsnn_graph.errors.BsnnError`)
 print one line and exit with status 1; ``--debug`` shows the traceback.
 """
 

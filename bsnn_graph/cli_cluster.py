@@ -8,11 +8,10 @@ context) and the progress bar over shards; the sharding itself is
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
-__all__ = ["cluster_options", "open_cluster", "simulate_on_cluster"]
+__all__ = ["cluster_options", "evaluate_on_cluster", "open_cluster"]
 
 
 def cluster_options(command):
@@ -47,16 +46,19 @@ def open_cluster(workers: int | None, scheduler: str | None):
     return cluster
 
 
-def simulate_on_cluster(cluster, graph, x, timesteps, label, shard_size, trace=None, writer=None, written=None,
-                        **options):
-    """Run ``graph`` on ``x`` over ``cluster`` with a progress bar over shards; (result, seconds).
+def evaluate_on_cluster(cluster, graph, x, labels, timesteps, label, shard_size, trace=None, writer=None,
+                        written=None, **options):
+    """:func:`runtime.evaluate.evaluate_snn` of ``graph`` on ``x`` over ``cluster``, with a progress bar over shards.
 
     ``trace`` is a :class:`runtime.distributed.TracePlan` or None. The run
     is appended to ``writer`` (a list) before it starts, so the caller
     closes it like a :class:`runtime.trace.TraceWriter`; ``written[0]``
-    follows the samples finished.
+    follows the samples finished. ``options`` are the simulation options
+    (``batch_size``, ``threads``, ``record``, ``record_samples``,
+    ``full_dynamics``).
     """
     from runtime.distributed import ShardedRun
+    from runtime.evaluate import evaluate_snn
 
     job = ShardedRun(cluster, graph, x, timesteps, shard_size=shard_size, trace=trace, **options)
     if writer is not None and trace is not None:
@@ -70,7 +72,4 @@ def simulate_on_cluster(cluster, graph, x, timesteps, label, shard_size, trace=N
                 written[0] = job.samples_done
             bar.update(1)
 
-        started = time.perf_counter()
-        result = job.run(progress)
-        seconds = time.perf_counter() - started
-    return result, seconds
+        return evaluate_snn(graph, x, labels, timesteps, cluster=job, on_shard=progress, **options)

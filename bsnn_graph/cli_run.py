@@ -10,22 +10,26 @@
 
 Every command takes ``--json`` and then prints one JSON document on stdout
 (the keys are listed in ``docs/trace-format.md``); progress bars and notes
-go to stderr. The CLI is the top layer: it may import ``passes`` and
-``runtime``.
+go to stderr. The commands parse, call the library, print: ``run`` and
+``eval`` simulate and evaluate with :func:`runtime.evaluate.evaluate_snn`
+(in this process, or sharded over a Dask cluster with ``--workers``). The
+CLI is the top layer: it may import ``passes`` and ``runtime``, inside the
+functions that need them (``runtime`` loads Numba).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import networkx as nx
 import numpy as np
 
 from . import ops as O
-from .cli_cluster import cluster_options, open_cluster, simulate_on_cluster
+from .cli_cluster import cluster_options, evaluate_on_cluster, open_cluster
 from .cli_options import (
     calibrate_option,
     calibration_label,
@@ -46,7 +50,6 @@ from .ir import op_of
 __all__ = ["COMMANDS", "eval_command", "inspect_command", "run_command"]
 
 _SPIKING = (O.Population, O.SynchronousNeuron, O.MaxGate)
-_PERIODIC_MODES = ("bsnn", "bsnn-nosn")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -159,13 +162,6 @@ def _output_accumulator(graph) -> O.OutputAccumulator | None:
     return found[0] if len(found) == 1 else None
 
 
-def _first_output_step(graph) -> int | None:
-    acc = _output_accumulator(graph)
-    if acc is None or acc.mode not in _PERIODIC_MODES:
-        return None
-    return int(acc.stage) * int(acc.phases)
-
-
 def runtime_energy(sops_per_sample, ann_macs, input_macs) -> dict:
     """``runtime.energy.energy_estimate``, imported when first needed (runtime loads Numba)."""
     from runtime.energy import energy_estimate
@@ -208,11 +204,6 @@ def _check_model_file(path: str) -> None:
         raise ModelError(f"{path}: no such model file")
 
 
-def _accuracy_per_step(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(T,) share of correct predictions after every step; ``predictions`` is (T, N)."""
-    return (np.asarray(predictions) == np.asarray(labels)[None, :]).mean(axis=1)
-
-
 def _first_step_within(accuracy_per_step: np.ndarray, reference: float, points: float = 1.0) -> int | None:
     hits = np.flatnonzero(accuracy_per_step >= reference - points / 100.0)
     return int(hits[0]) + 1 if len(hits) else None
@@ -226,7 +217,12 @@ def _ann_accuracy(graph, x: np.ndarray, y: np.ndarray, batch_size: int) -> float
     return correct / len(x)
 
 
-def _simulate_with_progress(runtime, graph, x, timesteps, label, on_batch=None, **kwargs):
+def _evaluate(graph, x, labels, timesteps, label, cluster, shard_size, on_batch=None, **options):
+    """:func:`runtime.evaluate.evaluate_snn` with a progress bar, in this process or over ``cluster``."""
+    if cluster is not None:
+        return evaluate_on_cluster(cluster, graph, x, labels, timesteps, label, shard_size, **options)
+    from runtime.evaluate import evaluate_snn
+
     with click.progressbar(length=len(x), label=label, file=_stderr()) as bar:
 
         def progress(start, stop, partial):
@@ -234,13 +230,141 @@ def _simulate_with_progress(runtime, graph, x, timesteps, label, on_batch=None, 
                 on_batch(start, stop, partial)
             bar.update(stop - start)
 
-        started = time.perf_counter()
-        result = runtime.simulate(graph, x, timesteps, on_batch=progress, **kwargs)
-        seconds = time.perf_counter() - started
-    return result, seconds
+        return evaluate_snn(graph, x, labels, timesteps, on_batch=progress, **options)
 
 
 # --------------------------------------------------------------------------- run
+
+
+def _recorded_populations(graph, model: str, record: tuple[str, ...], trace_path: str | None) -> list[str]:
+    """The populations ``--record`` names (``all``: every spiking node), checked against the graph."""
+    names = _spiking_nodes(graph)
+    chosen = [r.strip() for item in record for r in item.split(",") if r.strip()]
+    if "all" in chosen and "all" not in names:
+        chosen = list(names)
+    unknown = [r for r in chosen if r not in names]
+    if unknown:
+        raise BsnnError(f"{model}: --record {unknown[0]!r}: no such population (have {', '.join(names)})")
+    if chosen and trace_path is None:
+        raise click.UsageError("--record needs --trace (events are stored in the trace file)")
+    return chosen
+
+
+@dataclass
+class _RunTrace:
+    """The spike trace of ``bsnn run`` (none if ``path`` is None): streamed batch by batch here, or written in
+    parts on a cluster."""
+
+    path: str | None
+    model: str
+    data_path: str
+    graph: nx.DiGraph
+    samples: int
+    labels: np.ndarray | None
+    timesteps: int
+    record: list[str]
+    record_samples: list[int] | None
+    attributes: dict  # extra root attributes of the trace
+    overwrite: bool
+    writer: list = field(default_factory=list)  # the TraceWriter (or the ShardedRun) once it exists
+    written: list = field(default_factory=lambda: [0])  # written[0]: samples finished
+
+    @property
+    def output_stage(self) -> int | None:
+        accumulator = _output_accumulator(self.graph)
+        return int(accumulator.stage) if accumulator is not None else None
+
+    def stream(self, start: int, stop: int, partial) -> None:
+        """``on_batch`` of a local run: append the batch to the trace (opened at the first batch)."""
+        if self.path is not None:
+            if not self.writer:
+                from runtime.trace import TraceWriter
+
+                self.writer.append(TraceWriter(
+                    self.path, populations=_with_sources(self.graph, partial.populations), timesteps=self.timesteps,
+                    phases=int(partial.phases), mode=str(partial.mode),
+                    classes=int(np.asarray(partial.logits).shape[2]), samples_total=self.samples,
+                    model_path=self.model, input_path=self.data_path, labels=self.labels,
+                    ann_macs=int(partial.ann_macs), input_macs=int(partial.input_macs),
+                    output_stage=self.output_stage, record=self.record, record_samples=self.record_samples,
+                    overwrite=self.overwrite,
+                    attributes={**self.attributes, "schedule": str(partial.schedule),
+                                "initial_potential": str(partial.initial_potential)},
+                ))
+            self.writer[0].append(start, stop, partial)
+        self.written[0] = stop
+
+    def plan(self):
+        """The :class:`runtime.distributed.TracePlan` of a sharded run (None without ``--trace``)."""
+        if self.path is None:
+            return None
+        from runtime.distributed import TracePlan
+
+        return TracePlan(path=Path(self.path), labels=self.labels, model_path=self.model, input_path=self.data_path,
+                         output_stage=self.output_stage, attributes=dict(self.attributes), overwrite=self.overwrite)
+
+    def close(self, interrupted: bool = False):
+        """Close the trace; the path written, or None (no trace, or nothing written yet)."""
+        return self.writer[0].close(interrupted=interrupted) if self.writer else None
+
+    def report_failure(self, exc: BaseException) -> None:
+        """Close a run that failed with ``exc`` and say what is left; Ctrl-C exits with status 130."""
+        where = self.close(interrupted=True)
+        note = f"partial trace in {where} (complete = false)" if where else "no trace written"
+        if isinstance(exc, KeyboardInterrupt):
+            click.echo(f"interrupted after {self.written[0]} of {self.samples} samples; {note}", err=True)
+            sys.exit(130)
+        if where is not None:
+            click.echo(f"run failed after {self.written[0]} of {self.samples} samples; {note}", err=True)
+
+
+def _run_document(model, data_path, evaluation, trace_written, batch_size, threads) -> dict:
+    """The JSON document of ``bsnn run`` (keys in docs/trace-format.md)."""
+    ev = evaluation
+    return {
+        "model": str(model),
+        "data": str(data_path),
+        "mode": ev.mode,
+        "phases": ev.phases,
+        "timesteps": ev.timesteps,
+        "samples": ev.samples,
+        "first_output_step": ev.first_output_step,
+        "schedule": ev.schedule,
+        "initial_potential": ev.initial_potential,
+        "bytes_per_sample": ev.bytes_per_sample,
+        "accuracy": ev.accuracy,
+        "accuracy_first_output": ev.accuracy_first_output,
+        "accuracy_per_step": ev.accuracy_per_step.tolist() if ev.accuracy_per_step is not None else None,
+        "predictions": ev.predictions[-1].astype(int).tolist(),
+        "labels": ev.labels.astype(int).tolist() if ev.labels is not None else None,
+        "sops_per_sample": ev.sops_per_sample,
+        "energy": ev.energy,
+        "seconds": ev.seconds,
+        "seconds_per_sample": ev.seconds / ev.samples,
+        "batch_size": batch_size,
+        "threads": threads,
+        "trace": str(trace_written) if trace_written is not None else None,
+    }
+
+
+def _print_run(document: dict, evaluation) -> None:
+    """The report of ``bsnn run`` as text."""
+    ev, first_output, timesteps = evaluation, document["first_output_step"], document["timesteps"]
+    click.echo(f"model      {document['model']} (mode {ev.mode}, K = {ev.phases})")
+    click.echo(f"data       {document['data']}: {ev.samples} samples" + ("" if ev.labels is not None else " (no labels)"))
+    shown = f"T = {timesteps}" + (f" (first full output at T = {first_output})" if first_output else "")
+    click.echo(f"steps      {shown}, schedule {ev.schedule}, initial potential {ev.initial_potential}")
+    if ev.accuracy is not None:
+        line = f"accuracy   {_percent(ev.accuracy)} at T = {timesteps}"
+        if ev.accuracy_first_output is not None:
+            line += f", {_percent(ev.accuracy_first_output)} at the first full output (T = {first_output})"
+        click.echo(line)
+    click.echo(f"predicted  per class: {' '.join(str(int(c)) for c in ev.predicted_per_class)}")
+    click.echo(f"SOPs       {ev.sops_per_sample:,.0f} per sample")
+    click.echo(_energy_line(document["energy"]))
+    click.echo(f"time       {ev.seconds:.2f} s ({1000 * ev.seconds / ev.samples:.2f} ms per sample)")
+    if document["trace"] is not None:
+        click.echo(f"trace      {document['trace']}")
 
 
 @click.command("run")
@@ -289,166 +413,128 @@ def run_command(
 ) -> None:
     """Simulate the converted network SNN.onnx on DATA for T time steps."""
     import runtime
-    from runtime.trace import TraceWriter
 
     _check_model_file(model)
     graph = runtime.load(model)
     x, y = _load_data(data_path, graph, input_scale, limit)
-    n = len(x)
-
-    names = _spiking_nodes(graph)
-    chosen = [r.strip() for item in record for r in item.split(",") if r.strip()]
-    if "all" in chosen and "all" not in names:
-        chosen = list(names)
-    unknown = [r for r in chosen if r not in names]
-    if unknown:
-        raise BsnnError(f"{model}: --record {unknown[0]!r}: no such population (have {', '.join(names)})")
-    if chosen and trace_path is None:
-        raise click.UsageError("--record needs --trace (events are stored in the trace file)")
-    sample_indices = parse_record_samples(record_samples, n) if chosen else None
+    chosen = _recorded_populations(graph, model, record, trace_path)
+    sample_indices = parse_record_samples(record_samples, len(x)) if chosen else None
     if trace_path is not None:
         from runtime.trace_parts import is_resumable
 
         sharded = workers is not None or scheduler is not None  # an interrupted sharded run resumes
         check_output_path(trace_path, overwrite or (sharded and is_resumable(Path(trace_path))), TraceError)
-
-    first_output = _first_output_step(graph)
-    accumulator = _output_accumulator(graph)
-    writer: list[TraceWriter] = []
-    written = [0]
-
-    def stream(start: int, stop: int, partial) -> None:
-        if trace_path is not None:
-            if not writer:
-                writer.append(
-                    TraceWriter(
-                        trace_path,
-                        populations=_with_sources(graph, partial.populations),
-                        timesteps=timesteps,
-                        phases=int(partial.phases),
-                        mode=str(partial.mode),
-                        classes=int(np.asarray(partial.logits).shape[2]),
-                        samples_total=n,
-                        model_path=model,
-                        input_path=data_path,
-                        labels=y,
-                        ann_macs=int(partial.ann_macs),
-                        input_macs=int(partial.input_macs),
-                        output_stage=int(accumulator.stage) if accumulator is not None else None,
-                        record=chosen,
-                        record_samples=sample_indices,
-                        overwrite=overwrite,
-                        attributes={
-                            "batch_size": batch_size,
-                            "input_scale": -1.0 if input_scale is None else input_scale,
-                            "schedule": str(partial.schedule),
-                            "initial_potential": str(partial.initial_potential),
-                        },
-                    )
-                )
-            writer[0].append(start, stop, partial)
-        written[0] = stop
-
+    attributes = {"batch_size": batch_size, "input_scale": -1.0 if input_scale is None else input_scale}
+    trace = _RunTrace(trace_path, model, data_path, graph, samples=len(x), labels=y, timesteps=timesteps,
+                      record=chosen, record_samples=sample_indices, attributes=attributes, overwrite=overwrite)
+    options = {"batch_size": batch_size, "threads": threads, "record": chosen, "record_samples": sample_indices,
+               "full_dynamics": full_dynamics}
     cluster = open_cluster(workers, scheduler)
+    if cluster is not None:
+        options.update(trace=trace.plan(), writer=trace.writer, written=trace.written)
+    else:  # the trace streams the per-neuron counts of every batch
+        options.update(on_batch=trace.stream, per_neuron_counts="batches" if trace_path is not None else False)
     try:
-        if cluster is not None:
-            from runtime.distributed import TracePlan
-
-            plan = None
-            if trace_path is not None:
-                plan = TracePlan(
-                    path=Path(trace_path),
-                    labels=y,
-                    model_path=model,
-                    input_path=data_path,
-                    output_stage=int(accumulator.stage) if accumulator is not None else None,
-                    attributes={"batch_size": batch_size, "input_scale": -1.0 if input_scale is None else input_scale},
-                    overwrite=overwrite,
-                )
-            result, seconds = simulate_on_cluster(
-                cluster, graph, x, timesteps, label=f"simulating {n} samples, T = {timesteps}", shard_size=shard_size,
-                trace=plan, writer=writer, written=written, batch_size=batch_size, threads=threads, record=chosen,
-                record_samples=sample_indices, full_dynamics=full_dynamics,
-            )
-        else:
-            result, seconds = _simulate_with_progress(
-                runtime,
-                graph,
-                x,
-                timesteps,
-                label=f"simulating {n} samples, T = {timesteps}",
-                on_batch=stream,
-                batch_size=batch_size,
-                threads=threads,
-                record=chosen,
-                record_samples=sample_indices,
-                full_dynamics=full_dynamics,
-                per_neuron_counts="batches" if trace_path is not None else False,  # the trace streams them
-            )
+        label = f"simulating {len(x)} samples, T = {timesteps}"
+        evaluation = _evaluate(graph, x, y, timesteps, label, cluster, shard_size, **options)
     except BaseException as exc:
-        where = writer[0].close(interrupted=True) if writer else None
-        note = f"partial trace in {where} (complete = false)" if where else "no trace written"
-        if isinstance(exc, KeyboardInterrupt):
-            click.echo(f"interrupted after {written[0]} of {n} samples; {note}", err=True)
-            sys.exit(130)
-        if where is not None:
-            click.echo(f"run failed after {written[0]} of {n} samples; {note}", err=True)
+        trace.report_failure(exc)
         raise
-    trace_written = writer[0].close() if writer else None
-
-    predictions = np.asarray(result.predictions)
-    sops = np.asarray(result.sops, dtype=np.int64)
-    accuracy_per_step = _accuracy_per_step(predictions, y) if y is not None else None
-    accuracy = float(accuracy_per_step[-1]) if accuracy_per_step is not None else None
-    accuracy_first = None
-    if accuracy_per_step is not None and first_output is not None and first_output <= timesteps:
-        accuracy_first = float(accuracy_per_step[first_output - 1])
-    document = {
-        "model": str(model),
-        "data": str(data_path),
-        "mode": str(result.mode),
-        "phases": int(result.phases),
-        "timesteps": timesteps,
-        "samples": n,
-        "first_output_step": first_output,
-        "schedule": str(result.schedule),
-        "initial_potential": str(result.initial_potential),
-        "bytes_per_sample": result.extra["bytes_per_sample"],
-        "accuracy": accuracy,
-        "accuracy_first_output": accuracy_first,
-        "accuracy_per_step": accuracy_per_step.tolist() if accuracy_per_step is not None else None,
-        "predictions": predictions[-1].astype(int).tolist(),
-        "labels": y.astype(int).tolist() if y is not None else None,
-        "sops_per_sample": float(sops.mean()),
-        "energy": runtime_energy(float(sops.mean()), int(result.ann_macs), int(result.input_macs)),
-        "seconds": seconds,
-        "seconds_per_sample": seconds / n,
-        "batch_size": batch_size,
-        "threads": threads,
-        "trace": str(trace_written) if trace_written is not None else None,
-    }
+    document = _run_document(model, data_path, evaluation, trace.close(), batch_size, threads)
     if as_json:
         _echo_json(document)
         return
-    click.echo(f"model      {model} (mode {result.mode}, K = {result.phases})")
-    click.echo(f"data       {data_path}: {n} samples" + ("" if y is not None else " (no labels)"))
-    shown = f"T = {timesteps}" + (f" (first full output at T = {first_output})" if first_output else "")
-    click.echo(f"steps      {shown}, schedule {result.schedule}, initial potential {result.initial_potential}")
-    if accuracy is not None:
-        line = f"accuracy   {_percent(accuracy)} at T = {timesteps}"
-        if accuracy_first is not None:
-            line += f", {_percent(accuracy_first)} at the first full output (T = {first_output})"
-        click.echo(line)
-    counts = np.bincount(predictions[-1].astype(np.int64), minlength=int(np.asarray(result.logits).shape[2]))
-    click.echo(f"predicted  per class: {' '.join(str(int(c)) for c in counts)}")
-    click.echo(f"SOPs       {sops.mean():,.0f} per sample")
-    click.echo(_energy_line(document["energy"]))
-    click.echo(f"time       {seconds:.2f} s ({1000 * seconds / n:.2f} ms per sample)")
-    if trace_written is not None:
-        click.echo(f"trace      {trace_written}")
+    _print_run(document, evaluation)
 
 
 # --------------------------------------------------------------------------- eval
+
+
+def _parse_modes(modes: str | None) -> list[str]:
+    wanted = [m.strip() for m in (modes or "bsnn").split(",") if m.strip()]
+    bad = [m for m in wanted if m not in O.MODES]
+    if bad or not wanted:
+        raise click.BadParameter(
+            f"unknown mode {bad[0] if bad else modes!r} (use {', '.join(O.MODES)})", param_hint="--modes"
+        )
+    return wanted
+
+
+def _already_converted(model: str, wanted: list[str], modes: str | None, conversion: dict,
+                       calib_path: str | None) -> dict:
+    """``{mode: graph}`` of an SNN given to ``bsnn eval``: refuses the options that convert an ANN."""
+    import runtime
+
+    graph = runtime.load(model)
+    accumulator = _output_accumulator(graph)
+    own_mode = accumulator.mode if accumulator is not None else "bsnn"
+    own_phases = int(accumulator.phases) if accumulator is not None else None
+    if modes is not None and wanted != [own_mode]:
+        raise BsnnError(f"{model}: already converted (mode {own_mode}); --modes applies to ANN models only")
+    if conversion["phases"] is not None and conversion["phases"] != own_phases:
+        raise BsnnError(f"{model}: already converted with K = {own_phases}; --phases applies to ANN models only")
+    for key, flag in (("channelwise", "--channelwise"), ("input_lambda", "--input-lambda"),
+                      ("initial_potential", "--initial-potential"), ("calibrate", "--calibrate"),
+                      ("percentile", "--percentile")):
+        if conversion[key] is not None and conversion[key] is not False:
+            raise BsnnError(f"{model}: already converted; {flag} applies to ANN models only")
+    if calib_path is not None:
+        click.echo(f"note: {model} is already converted; --calib is not used", err=True)
+    return {own_mode: graph}
+
+
+def _converted(graph, model: str, wanted: list[str], conversion: dict, calib_path: str | None,
+               input_scale: float | None, batch_size: int) -> dict:
+    """``{mode: graph}``: the ANN ``graph`` converted once per mode with the calibration data ``calib_path``."""
+    if calib_path is None:
+        raise BsnnError(f"{model}: is an ANN; converting it needs calibration data (--calib DATA)")
+    import passes
+
+    calib, _ = _load_data(calib_path, graph, input_scale, None)
+    options = {"channelwise": conversion["channelwise"], "input_lambda": conversion["input_lambda"],
+               "initial_potential": conversion["initial_potential"] or "half",
+               "calibrate": conversion["calibrate"] or "percentile"}
+    for key in ("phases", "percentile"):
+        if conversion[key] is not None:
+            options[key] = conversion[key]
+    snns = {}
+    reads = passes.calibration_passes(graph, options["calibrate"])
+    for mode in wanted:
+        label = calibration_label(options["calibrate"], reads, mode)
+        with click.progressbar(length=len(calib) * reads, label=label, file=_stderr()) as bar:
+            snns[mode] = passes.convert(graph, calib, mode=mode, batch_size=batch_size, progress=bar.update, **options)
+    return snns
+
+
+def _mode_report(evaluation, steps: list[int], ann_accuracy: float) -> dict:
+    """One mode's entry of the ``bsnn eval`` document."""
+    per_step = evaluation.accuracy_per_step
+    return {
+        "phases": evaluation.phases,
+        "first_output_step": evaluation.first_output_step,
+        "accuracy": [float(per_step[t - 1]) for t in steps],
+        "accuracy_per_step": per_step.tolist(),
+        "first_step_within_1_point": _first_step_within(per_step, ann_accuracy),
+        "sops_per_sample": evaluation.sops_per_sample,
+        "schedule": evaluation.schedule,
+        "initial_potential": evaluation.initial_potential,
+        "bytes_per_sample": evaluation.bytes_per_sample,
+        "seconds": evaluation.seconds,
+    }
+
+
+def _print_eval(document: dict) -> None:
+    """The report of ``bsnn eval`` as a table: accuracy at every T asked for, per mode."""
+    results, steps = document["modes"], document["timesteps"]
+    click.echo(f"reference  {document['reference']}: {_percent(document['ann_accuracy'])} on "
+               f"{document['samples']} samples of {document['data']}")
+    header = ["T"] + [m if m == "if-rate" else f"{m} (K={r['phases']})" for m, r in results.items()]
+    rows = [[str(t)] + [_percent(r["accuracy"][i]) for r in results.values()] for i, t in enumerate(steps)]
+    rows.append(["first full output"] + [str(r["first_output_step"] or "-") for r in results.values()])
+    rows.append(["first T within 1 pt"] + [str(r["first_step_within_1_point"] or "-") for r in results.values()])
+    rows.append([f"SOPs/sample (T={steps[-1]})"] + [f"{r['sops_per_sample']:,.0f}" for r in results.values()])
+    rows.append(["schedule"] + [r["schedule"] for r in results.values()])
+    _print_table(header, rows)
 
 
 @click.command("eval")
@@ -504,110 +590,40 @@ def eval_command(
     data --calib) or an already converted SNN (evaluated in its own mode,
     against the normalised ANN it encodes).
     """
-    import runtime
-
     from . import load_onnx
 
     steps = sorted(set(_parse_int_list(timesteps_text, "-T")))
-    wanted = [m.strip() for m in (modes or "bsnn").split(",") if m.strip()]
-    bad = [m for m in wanted if m not in O.MODES]
-    if bad or not wanted:
-        raise click.BadParameter(
-            f"unknown mode {bad[0] if bad else modes!r} (use {', '.join(O.MODES)})", param_hint="--modes"
-        )
+    wanted = _parse_modes(modes)
     _check_model_file(model)
     graph = load_onnx(model)
     _one_output(graph, model)
     x, y = _load_data(data_path, graph, input_scale, limit)
     if y is None:
         raise DataError(f"{data_path}: eval needs labels (npz array 'y' or an IDX labels file beside the images)")
-
+    conversion = {"phases": phases, "percentile": percentile, "channelwise": channelwise, "calibrate": calibrate,
+                  "input_lambda": input_lambda, "initial_potential": initial_potential}
     if _is_spiking(graph):
-        accumulator = _output_accumulator(graph)
-        own_mode = accumulator.mode if accumulator is not None else "bsnn"
-        own_phases = int(accumulator.phases) if accumulator is not None else None
-        if modes is not None and wanted != [own_mode]:
-            raise BsnnError(f"{model}: already converted (mode {own_mode}); --modes applies to ANN models only")
-        if phases is not None and phases != own_phases:
-            raise BsnnError(f"{model}: already converted with K = {own_phases}; --phases applies to ANN models only")
-        for given, flag in ((channelwise, "--channelwise"), (input_lambda is not None, "--input-lambda"),
-                            (initial_potential is not None, "--initial-potential"),
-                            (calibrate is not None, "--calibrate"), (percentile is not None, "--percentile")):
-            if given:
-                raise BsnnError(f"{model}: already converted; {flag} applies to ANN models only")
-        if calib_path is not None:
-            click.echo(f"note: {model} is already converted; --calib is not used", err=True)
-        snns = {own_mode: runtime.load(model)}
+        snns = _already_converted(model, wanted, modes, conversion, calib_path)
         reference = "normalised ANN encoded by the SNN"
     else:
-        if calib_path is None:
-            raise BsnnError(f"{model}: is an ANN; converting it needs calibration data (--calib DATA)")
-        import passes
-
-        calib, _ = _load_data(calib_path, graph, input_scale, None)
-        options = {"channelwise": channelwise, "input_lambda": input_lambda,
-                   "initial_potential": initial_potential or "half", "calibrate": calibrate or "percentile"}
-        if phases is not None:
-            options["phases"] = phases
-        if percentile is not None:
-            options["percentile"] = percentile
-        snns = {}
-        reads = passes.calibration_passes(graph, options["calibrate"])
-        for mode in wanted:
-            label = calibration_label(options["calibrate"], reads, mode)
-            with click.progressbar(length=len(calib) * reads, label=label, file=_stderr()) as bar:
-                snns[mode] = passes.convert(
-                    graph, calib, mode=mode, batch_size=batch_size, progress=bar.update, **options
-                )
+        snns = _converted(graph, model, wanted, conversion, calib_path, input_scale, batch_size)
         reference = "ANN"
     ann_accuracy = _ann_accuracy(graph, x, y, batch_size)
-
-    results = {}
-    ann_macs_per_sample = None
+    results, ann_macs_per_sample = {}, None
     cluster = open_cluster(workers, scheduler)
     for mode, snn in snns.items():
         label = f"{mode}: {len(x)} samples, T = {steps[-1]}"
-        options = {"batch_size": batch_size, "threads": threads, "full_dynamics": full_dynamics}
-        if cluster is not None:
-            result, seconds = simulate_on_cluster(cluster, snn, x, steps[-1], label, shard_size, **options)
-        else:
-            result, seconds = _simulate_with_progress(runtime, snn, x, steps[-1], label=label, **options)
-        per_step = _accuracy_per_step(result.predictions, y)
-        ann_macs_per_sample = int(result.ann_macs)
-        results[mode] = {
-            "phases": int(result.phases),
-            "first_output_step": _first_output_step(snn),
-            "accuracy": [float(per_step[t - 1]) for t in steps],
-            "accuracy_per_step": per_step.tolist(),
-            "first_step_within_1_point": _first_step_within(per_step, ann_accuracy),
-            "sops_per_sample": float(np.mean(result.sops)),
-            "schedule": str(result.schedule),
-            "initial_potential": str(result.initial_potential),
-            "bytes_per_sample": result.extra["bytes_per_sample"],
-            "seconds": seconds,
-        }
-    document = {
-        "model": str(model),
-        "data": str(data_path),
-        "calib": str(calib_path) if calib_path is not None else None,
-        "samples": len(x),
-        "reference": reference,
-        "ann_accuracy": ann_accuracy,
-        "ann_macs_per_sample": ann_macs_per_sample,
-        "timesteps": steps,
-        "modes": results,
-    }
+        evaluation = _evaluate(snn, x, y, steps[-1], label, cluster, shard_size, batch_size=batch_size,
+                               threads=threads, full_dynamics=full_dynamics)
+        results[mode] = _mode_report(evaluation, steps, ann_accuracy)
+        ann_macs_per_sample = evaluation.ann_macs
+    document = {"model": str(model), "data": str(data_path), "calib": str(calib_path) if calib_path is not None else None,
+                "samples": len(x), "reference": reference, "ann_accuracy": ann_accuracy,
+                "ann_macs_per_sample": ann_macs_per_sample, "timesteps": steps, "modes": results}
     if as_json:
         _echo_json(document)
         return
-    click.echo(f"reference  {reference}: {_percent(ann_accuracy)} on {len(x)} samples of {data_path}")
-    header = ["T"] + [m if m == "if-rate" else f"{m} (K={r['phases']})" for m, r in results.items()]
-    rows = [[str(t)] + [_percent(r["accuracy"][i]) for r in results.values()] for i, t in enumerate(steps)]
-    rows.append(["first full output"] + [str(r["first_output_step"] or "-") for r in results.values()])
-    rows.append(["first T within 1 pt"] + [str(r["first_step_within_1_point"] or "-") for r in results.values()])
-    rows.append([f"SOPs/sample (T={steps[-1]})"] + [f"{r['sops_per_sample']:,.0f}" for r in results.values()])
-    rows.append(["schedule"] + [r["schedule"] for r in results.values()])
-    _print_table(header, rows)
+    _print_eval(document)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -706,6 +722,57 @@ def inspect_trace(trace) -> dict:
     }
 
 
+def _inspect_rows(document: dict, shown: list[dict], population: str | None) -> list[list[str]]:
+    """The population table of ``bsnn inspect``: one row per population shown, then the total."""
+    rows = [
+        [
+            p["name"],
+            p["op_type"],
+            str(p["stage"]),
+            f"{p['neurons']:,}",
+            f"{p['firing_rate']:.4f}",
+            f"{p['spikes_per_neuron_per_period']:.3f}",
+            _sops_cell(p),
+            f"{100 * p['silent_share']:.1f} %",
+        ]
+        for p in shown
+    ]
+    totals, name = (document, "total") if population is None else (document["shown_totals"], "total (shown)")
+    total = [name, "", "", f"{totals['neurons']:,}", f"{totals['firing_rate']:.4f}", ""]
+    total += ["-" if totals["sops_per_sample"] is None else f"{totals['sops_per_sample']:,.0f}", ""]
+    return [*rows, total]
+
+
+def _print_inspect(document: dict, trace_path: str, shown: list[dict], population: str | None) -> None:
+    """The report of ``bsnn inspect`` as text."""
+    status = "complete" if document["complete"] else "INCOMPLETE (interrupted run)"
+    click.echo(f"trace      {trace_path}: {document['samples']} of {document['samples_total']} samples, {status}")
+    click.echo(f"model      {document['model_file']} (sha256 {str(document['model_sha256'])[:12]}...)")
+    schedule = f", schedule {document['schedule']}" if document["schedule"] else ""
+    start = f", initial potential {document['initial_potential']}" if document["initial_potential"] else ""
+    click.echo(f"run        mode {document['mode']}, K = {document['phases']}, T = {document['timesteps']}{schedule}{start}")
+    if document["accuracy"] is not None:
+        line = f"accuracy   {_percent(document['accuracy'])} at T = {document['timesteps']}"
+        if document["accuracy_first_output"] is not None:
+            line += f", {_percent(document['accuracy_first_output'])} at T = {document['first_output_step']}"
+        click.echo(line)
+    click.echo("")
+    header = ["population", "op", "stage", "neurons", "rate/step", "spikes/period", "SOPs/sample", "silent"]
+    gates = sum(p["op_type"] == "MaxGate" for p in document["populations"])
+    kinds = f"{len(document['populations'])} spiking nodes"
+    if gates:
+        kinds += f" ({len(document['populations']) - gates} populations and {gates} max gates)"
+    click.echo(kinds)
+    _print_table(header, _inspect_rows(document, shown, population))
+    if any(p["delivers_through"] for p in shown):
+        click.echo("(via G: this population's spikes reach its targets through max gate G, whose row counts the SOPs)")
+    if document["energy"]["snn_energy_pj_per_sample"] is not None:
+        click.echo("")
+        click.echo(_energy_line(document["energy"]))
+    if document["plot"] is not None:
+        click.echo(f"plot       {document['plot']['path']}")
+
+
 @click.command("inspect")
 @click.argument("trace_path", metavar="TRACE.h5", type=click.Path(dir_okay=False))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw a raster and firing rates here.")
@@ -743,53 +810,7 @@ def inspect_command(
     if as_json:
         _echo_json(document)
         return
-    status = "complete" if document["complete"] else "INCOMPLETE (interrupted run)"
-    click.echo(f"trace      {trace_path}: {document['samples']} of {document['samples_total']} samples, {status}")
-    click.echo(f"model      {document['model_file']} (sha256 {str(document['model_sha256'])[:12]}...)")
-    schedule = f", schedule {document['schedule']}" if document["schedule"] else ""
-    start = f", initial potential {document['initial_potential']}" if document["initial_potential"] else ""
-    click.echo(f"run        mode {document['mode']}, K = {document['phases']}, T = {document['timesteps']}{schedule}{start}")
-    if document["accuracy"] is not None:
-        line = f"accuracy   {_percent(document['accuracy'])} at T = {document['timesteps']}"
-        if document["accuracy_first_output"] is not None:
-            line += f", {_percent(document['accuracy_first_output'])} at T = {document['first_output_step']}"
-        click.echo(line)
-    click.echo("")
-    header = ["population", "op", "stage", "neurons", "rate/step", "spikes/period", "SOPs/sample", "silent"]
-    rows = [
-        [
-            p["name"],
-            p["op_type"],
-            str(p["stage"]),
-            f"{p['neurons']:,}",
-            f"{p['firing_rate']:.4f}",
-            f"{p['spikes_per_neuron_per_period']:.3f}",
-            _sops_cell(p),
-            f"{100 * p['silent_share']:.1f} %",
-        ]
-        for p in shown
-    ]
-    if population is None:
-        total = ["total", "", "", f"{document['neurons']:,}", f"{document['firing_rate']:.4f}", ""]
-        total += ["-" if document["sops_per_sample"] is None else f"{document['sops_per_sample']:,.0f}", ""]
-    else:
-        totals = document["shown_totals"]
-        total = ["total (shown)", "", "", f"{totals['neurons']:,}", f"{totals['firing_rate']:.4f}", ""]
-        total += ["-" if totals["sops_per_sample"] is None else f"{totals['sops_per_sample']:,.0f}", ""]
-    rows.append(total)
-    gates = sum(p["op_type"] == "MaxGate" for p in document["populations"])
-    kinds = f"{len(document['populations'])} spiking nodes"
-    if gates:
-        kinds += f" ({len(document['populations']) - gates} populations and {gates} max gates)"
-    click.echo(kinds)
-    _print_table(header, rows)
-    if any(p["delivers_through"] for p in shown):
-        click.echo("(via G: this population's spikes reach its targets through max gate G, whose row counts the SOPs)")
-    if document["energy"]["snn_energy_pj_per_sample"] is not None:
-        click.echo("")
-        click.echo(_energy_line(document["energy"]))
-    if plot is not None:
-        click.echo(f"plot       {plot['path']}")
+    _print_inspect(document, trace_path, shown, population)
 
 
 COMMANDS = [run_command, eval_command, inspect_command]

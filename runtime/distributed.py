@@ -36,6 +36,11 @@ How a run goes (:class:`ShardedRun`):
   :class:`~bsnn_graph.errors.BsnnError`, the local path's one-line message)
   is raised on the client.
 
+:meth:`Cluster.simulate` returns the run's :class:`~runtime.simulate.SimulationResult`;
+:meth:`Cluster.evaluate` (:func:`runtime.evaluate.evaluate_snn` with this
+cluster) its :class:`~runtime.evaluate.Evaluation`, as ``bsnn eval --workers``
+reports it.
+
 Workers must import the same ``bsnn_graph`` and ``runtime`` (the same
 version); with a trace they must see the target's folder at the same path
 (a shared file system). Local workers get the client's BLAS thread
@@ -194,6 +199,16 @@ class Cluster:
         on_shard = kwargs.pop("on_shard", None)
         return ShardedRun(self, graph, x, timesteps, **kwargs).run(on_shard)
 
+    def evaluate(self, graph, x: np.ndarray, labels: np.ndarray | None, timesteps: int, **kwargs: Any):
+        """:func:`runtime.evaluate.evaluate_snn` of ``graph`` on ``x`` sharded over this cluster.
+
+        Keyword arguments are ``evaluate_snn``'s (``shard_size``, ``on_shard``,
+        ``batch_size``, ``threads`` ...); returns its :class:`~runtime.evaluate.Evaluation`.
+        """
+        from .evaluate import evaluate_snn
+
+        return evaluate_snn(graph, x, labels, timesteps, cluster=self, **kwargs)
+
 
 @dataclass
 class TracePlan:
@@ -246,48 +261,52 @@ def _shift_events(events: dict, offset: int) -> dict:
     return shifted
 
 
-def _simulate_shard(graph, digest: str, x: np.ndarray, first: int, options: dict, part: dict | None) -> dict:
-    """One shard: simulate samples ``first : first + len(x)`` (and write their part file); runs on a worker."""
+def _part_writer(part: dict, partial: SimulationResult, first: int, samples: int, record: list[str],
+                 record_samples: list[int] | None):
+    """The :class:`runtime.trace.TraceWriter` of a shard's part file, opened at its first batch ``partial``."""
     from .trace import TraceWriter
 
+    return TraceWriter(
+        part["path"],
+        populations=partial.populations,
+        timesteps=int(partial.timesteps),
+        phases=int(partial.phases),
+        mode=str(partial.mode),
+        classes=int(np.asarray(partial.logits).shape[2]),
+        samples_total=samples,
+        labels=part["labels"],
+        ann_macs=int(partial.ann_macs),
+        input_macs=int(partial.input_macs),
+        output_stage=part["output_stage"],
+        record=record,
+        record_samples=record_samples,
+        overwrite=True,  # a part there is stale (its key did not match) or a lost shard's
+        attributes={
+            **part["attributes"],
+            "schedule": str(partial.schedule),
+            "initial_potential": str(partial.initial_potential),
+            "shard_first": first,
+            "shard_last": first + samples,
+            "shard_key": part["key"],
+        },
+    )
+
+
+def _simulate_shard(graph, digest: str, x: np.ndarray, first: int, options: dict, part: dict | None) -> dict:
+    """One shard: simulate samples ``first : first + len(x)`` (and write their part file); runs on a worker."""
     started = time.perf_counter()
     lowered, loaded = lowered_on_worker(graph, digest)
     last = first + len(x)
     record = list(options["record"])
     wanted = options["record_samples"]
-    local = None if wanted is None else [s - first for s in wanted if first <= s < last]
+    held = None if wanted is None else [s for s in wanted if first <= s < last]  # global sample indices
     threads = options["threads"] or min(_worker_threads(), int(os.cpu_count() or 1))
-    writer: list[TraceWriter] = []
+    writer = []
 
     def stream(start: int, stop: int, partial: SimulationResult) -> None:
         partial.events = _shift_events(partial.events, first)
         if not writer:
-            writer.append(
-                TraceWriter(
-                    part["path"],
-                    populations=partial.populations,
-                    timesteps=int(partial.timesteps),
-                    phases=int(partial.phases),
-                    mode=str(partial.mode),
-                    classes=int(np.asarray(partial.logits).shape[2]),
-                    samples_total=len(x),
-                    labels=part["labels"],
-                    ann_macs=int(partial.ann_macs),
-                    input_macs=int(partial.input_macs),
-                    output_stage=part["output_stage"],
-                    record=record,
-                    record_samples=None if wanted is None else [s for s in wanted if first <= s < last],
-                    overwrite=True,  # a part there is stale (its key did not match) or a lost shard's
-                    attributes={
-                        **part["attributes"],
-                        "schedule": str(partial.schedule),
-                        "initial_potential": str(partial.initial_potential),
-                        "shard_first": first,
-                        "shard_last": last,
-                        "shard_key": part["key"],
-                    },
-                )
-            )
+            writer.append(_part_writer(part, partial, first, len(x), record, held))
         # the part holds samples 0.. of the shard; events carry global indices (shifted above)
         writer[0].append(start, stop, partial)
 
@@ -299,7 +318,7 @@ def _simulate_shard(graph, digest: str, x: np.ndarray, first: int, options: dict
             batch_size=options["batch_size"],
             threads=threads,
             record=record,
-            record_samples=local if record else None,
+            record_samples=[s - first for s in held] if record and held is not None else None,
             on_batch=stream if part is not None else None,
             per_neuron_counts="batches" if part is not None else False,
             full_dynamics=options["full_dynamics"],
@@ -313,14 +332,8 @@ def _simulate_shard(graph, digest: str, x: np.ndarray, first: int, options: dict
     if part is None:
         result.events = _shift_events(result.events, first)
     # with a trace, the batches' events were shifted in place and concatenated into result.events
-    return {
-        "first": first,
-        "last": last,
-        "result": result,
-        "lowered_now": loaded,
-        "pid": os.getpid(),
-        "seconds": time.perf_counter() - started,
-    }
+    return {"first": first, "last": last, "result": result, "lowered_now": loaded, "pid": os.getpid(),
+            "seconds": time.perf_counter() - started}
 
 
 # ---------------------------------------------------------------------- client side

@@ -270,6 +270,8 @@ def test_run_never_clobbers_a_trace(snn, tmp_path):
 
 
 def test_interrupted_run_leaves_a_partial_trace(snn, tmp_path, monkeypatch):
+    import runtime.evaluate
+
     model, data, _, labels = snn
     real_simulate = runtime.simulate
 
@@ -284,7 +286,7 @@ def test_interrupted_run_leaves_a_partial_trace(snn, tmp_path, monkeypatch):
 
         return real_simulate(graph, x, timesteps, on_batch=hook, **kwargs)
 
-    monkeypatch.setattr(runtime, "simulate", interrupted_after_two_batches)
+    monkeypatch.setattr(runtime.evaluate, "simulate", interrupted_after_two_batches)  # what bsnn run calls
     trace_path = tmp_path / "partial.h5"
     out = invoke("run", model, "--data", data, "-T", SNN_T, "--batch-size", 5, "--trace", trace_path)
     assert out.exit_code == 130

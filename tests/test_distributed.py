@@ -83,6 +83,29 @@ def assert_same_trace(got_path, want_path):
                 np.testing.assert_array_equal(a.recorded_samples, b.recorded_samples)
 
 
+def test_evaluation_over_the_cluster_is_the_local_evaluation(cluster, model):
+    from runtime.evaluate import evaluate_snn
+
+    _, graph, x, y, _ = model
+    local = evaluate_snn(graph, x, y, T, batch_size=2)
+    finished = []
+    sharded = cluster.evaluate(graph, x, y, T, batch_size=2, shard_size=SHARD,
+                               on_shard=lambda first, last: finished.append((first, last)))
+    assert sorted(finished) == shards_of(SAMPLES, SHARD)
+    assert_same_result(sharded.result, local.result)
+    np.testing.assert_array_equal(sharded.correct_per_step, local.correct_per_step)
+    np.testing.assert_array_equal(sharded.sops_per_period_total, local.sops_per_period_total)
+    for key in ("first_output_step", "accuracy_first_output", "sops_total", "sops_per_sample", "energy",
+                "bytes_per_sample", "schedule", "initial_potential"):
+        assert getattr(sharded, key) == getattr(local, key), key
+    # a ShardedRun made beforehand is run as it is; one of other samples is refused
+    job = ShardedRun(cluster, graph, x, T, shard_size=SHARD, batch_size=2)
+    again = evaluate_snn(graph, x, y, T, cluster=job)
+    assert again.sops_total == local.sops_total and sorted(job.done) == list(range(len(job.shards)))
+    with pytest.raises(DataError, match="sharded run is of 21 samples"):
+        evaluate_snn(graph, x[:5], y[:5], T, cluster=job)
+
+
 def test_shards_are_fixed_by_size_not_by_workers_and_cut_whole_batches(cluster, model):
     assert shards_of(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert shards_of(3, 8) == [(0, 3)]
