@@ -14,7 +14,8 @@ matches, then tries the rules at that node again until none matches; sweeps
 repeat until one changes nothing (a fixed point). With ``explain`` every
 outcome is reported as an :class:`Explanation` (pass, rule, node,
 ``applied`` or the reason), a reason only when it differs from the one last
-reported for that rule and node, so each candidate's reason is told once.
+reported for that rule and node, so each candidate's reason is told once;
+a pass none of whose rules had a candidate says so in one line.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import networkx as nx
 
 from bsnn_graph import ir
 
-__all__ = ["APPLIED", "Explain", "Explanation", "Match", "NoMatch", "Rule", "apply_rules"]
+__all__ = ["APPLIED", "NO_CANDIDATES", "Explain", "Explanation", "Match", "NoMatch", "Rule", "apply_rules"]
 
 #: the outcome reported when a rule rewrote a node
 APPLIED = "applied"
+#: the outcome of a rule-based pass when no node was a candidate of any of its rules
+NO_CANDIDATES = "no candidate node for any rule"
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,14 @@ def apply_rules(graph: nx.DiGraph, rules: list[Rule], pass_name: str, explain: E
     explain : called with an :class:`Explanation` per outcome (see the module docstring).
     """
     reporter = _Reporter(pass_name, explain)
-    modified = changed = False
+    modified = False
     while True:
         changed = False
         for node in ir.topological_order(graph):
             while node in graph and _apply_first(graph, node, rules, reporter):
                 changed = modified = True
         if not changed:
+            reporter.no_candidates()
             return modified
 
 
@@ -127,3 +131,8 @@ class _Reporter:
             return
         self.last[rule, node] = outcome
         self.explain(Explanation(self.pass_name, rule, node, outcome))
+
+    def no_candidates(self) -> None:
+        """Say so when no node was a candidate of any rule (else the pass would not be heard of)."""
+        if self.explain is not None and not self.last:
+            self.explain(Explanation(self.pass_name, None, None, NO_CANDIDATES))
