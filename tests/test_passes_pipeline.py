@@ -136,6 +136,26 @@ def test_until_stops_after_the_named_pass_and_progress_counts_samples():
         convert(graph, x, until="sync")
 
 
+def test_convert_and_calibration_passes_never_change_the_callers_graph_even_when_refusing():
+    from test_passes_graphs import Builder
+
+    import passes
+
+    graph = vgg("max")
+    original = copy.deepcopy(graph)
+    assert passes.calibration_passes(graph, "search") > 1
+    convert(graph, random_input(graph), until="fold_batchnorm")
+    assert ir.graphs_equal(graph, original) and graph.graph == original.graph
+    b = Builder(2)
+    x = b.input("x", (2, 4, 4))
+    h = b.op("odd", O.Softmax(axis=1), b.relu("relu", b.op("drop", O.Dropout(), b.conv("conv", x, 2))))
+    refused = b.output(b.gemm("fc", b.op("flat", O.Flatten(), h), 3))
+    before = copy.deepcopy(refused)
+    with pytest.raises(PassError, match=r"'odd' \(Softmax\)"):
+        convert(refused, random_input(refused))
+    assert ir.graphs_equal(refused, before) and "drop" in refused and refused.graph == before.graph
+
+
 def test_pipeline_order_and_descriptions():
     assert pass_names() == ["canonicalise", "fold_batchnorm", "normalise", "to_spiking", "synchronise"]
     assert all(p.description and "\n" not in p.description for p in PIPELINE)
