@@ -4,10 +4,14 @@
   conversion passes (:func:`passes.convert`) with a progress bar over the
   calibration batches (stderr), and write the spiking network atomically.
   On any error nothing is written and an existing OUT is left untouched; an
-  existing OUT is replaced only with ``--overwrite``.
+  existing OUT is replaced only with ``--overwrite``. ``--explain`` first
+  prints why each rewrite rule did or did not match each candidate node,
+  one line each (``pass: rule at node: applied`` or the reason; one line
+  for a pass without rules), as :func:`passes.convert` reports them.
 - ``bsnn passes``: the conversion pipeline, one pass per line.
 
-``--json`` prints one JSON document on stdout (keys in :func:`conversion_summary`).
+``--json`` prints one JSON document on stdout (keys in :func:`conversion_summary`;
+with ``--explain`` also ``explain``, the list of those lines).
 """
 
 from __future__ import annotations
@@ -149,6 +153,12 @@ def _pass_names() -> list[str]:
 )
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Calibrate on the first N samples only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Print why each rewrite rule did or did not match each candidate node, one line each (pass: rule at "
+    "node: applied or the reason), before the summary (with --json: its key 'explain').",
+)
 @json_option("the summary")
 def convert_command(
     model: str,
@@ -166,6 +176,7 @@ def convert_command(
     batch_size: int | None,
     calib_limit: int | None,
     overwrite: bool,
+    explain: bool,
     as_json: bool,
 ) -> None:
     """Convert the ANN MODEL.onnx into a BSNN spiking network written to OUT."""
@@ -184,6 +195,7 @@ def convert_command(
     if len(x) == 0:
         raise DataError(f"{calib_path}: no samples")
     reads = passes.calibration_passes(graph, calibrate)
+    explanations: list[passes.Explanation] = []
     started = time.perf_counter()
     with click.progressbar(length=len(x) * reads, label=calibration_label(calibrate, reads), file=sys.stderr) as bar:
         converted = passes.convert(
@@ -199,14 +211,24 @@ def convert_command(
             input_lambda=input_lambda,
             initial_potential=initial_potential,
             calibrate=calibrate,
+            explain=explanations.append if explain else None,
         )
     seconds = time.perf_counter() - started
     check_output_path(output, overwrite)  # again: a file may have appeared during the calibration
     save_onnx(converted, output)
     summary = conversion_summary(converted, model, output, seconds)
+    if explain:
+        summary["explain"] = [str(e) for e in explanations]
     if as_json:
         click.echo(json.dumps(summary, indent=2, allow_nan=False))
         return
+    for line in summary.get("explain", []):
+        click.echo(line)
+    _print_summary(summary, output)
+
+
+def _print_summary(summary: dict, output: str) -> None:
+    """The lines ``bsnn convert`` prints without ``--json``."""
     spiking = [p for p in summary["populations"] if p["op"] != "MaxGate"]
     count = len(summary["populations"]) - len(spiking)
     gates = f" and {count} max gate{'s' if count != 1 else ''}" if count else ""

@@ -35,7 +35,7 @@ from bsnn_graph.executor import conv_nd
 
 from ._infra import insert_after, refuse, single_consumer
 
-__all__ = ["find_linear_reader", "fold_affine_into", "per_sample"]
+__all__ = ["find_linear_reader", "fold_affine_into", "fold_problem", "per_sample"]
 
 
 def per_sample(constant: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -58,12 +58,25 @@ def find_linear_reader(graph: nx.DiGraph, name: str) -> tuple[str, list[str]] | 
     return node, reshapes
 
 
+def fold_problem(graph: nx.DiGraph, linear: str, a: np.ndarray) -> str | None:
+    """Why ``y = a x + b`` cannot be folded into ``linear`` (a Conv whose ``a`` varies within an input
+    channel), or None when it can; ``a`` as in :func:`fold_affine_into`."""
+    if isinstance(ir.op_of(graph, linear), O.Gemm):
+        return None
+    in_shape = ir.shape_of(graph, ir.inputs_of(graph, linear)[0])
+    per_channel = np.broadcast_to(np.asarray(a, np.float64), in_shape).reshape(in_shape[0], -1)
+    if np.all(per_channel == per_channel[:, :1]):
+        return None
+    return f"its scale varies across positions of a channel; it cannot be folded into Conv {linear!r}"
+
+
 def fold_affine_into(graph: nx.DiGraph, linear: str, a: np.ndarray, b: np.ndarray, culprit: str) -> None:
     """Fold ``y = a x + b`` into ``linear``, which reads ``y`` (after its reshapes).
 
     ``a`` and ``b`` are per-sample arrays of the shape of ``linear``'s input
     (reshape them first). ``culprit`` is the node named when the fold is
-    refused. The caller removes the affine nodes afterwards.
+    refused (:func:`fold_problem` says beforehand whether it would be). The caller removes the affine
+    nodes afterwards.
     """
     op = ir.op_of(graph, linear)
     in_shape = ir.shape_of(graph, ir.inputs_of(graph, linear)[0])
@@ -78,15 +91,11 @@ def fold_affine_into(graph: nx.DiGraph, linear: str, a: np.ndarray, b: np.ndarra
         if np.any(contribution != 0) or op.bias is not None:
             op.bias = (old_bias + contribution).astype(np.float32)
         return
+    problem = fold_problem(graph, linear, a)
+    if problem is not None:
+        refuse(graph, culprit, problem)
     channels = in_shape[0]
-    per_channel = a.reshape(channels, -1)
-    if not np.all(per_channel == per_channel[:, :1]):
-        refuse(
-            graph,
-            culprit,
-            f"its scale varies across positions of a channel; it cannot be folded into Conv {linear!r}",
-        )
-    a_channel = per_channel[:, 0]
+    a_channel = a.reshape(channels, -1)[:, 0]
     out_channels, group = weight.shape[0], op.group
     in_per_group, out_per_group = channels // group, out_channels // group
     # input channel multiplied by weight[o, j]: (o // out_per_group) * in_per_group + j

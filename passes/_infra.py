@@ -2,18 +2,27 @@
 
 A pass (after onnx/ir-py ``passes/_pass_infra.py`` and torch.fx
 ``passes/infra``) is a function from a graph to ``PassResult(graph,
-modified)``. :class:`Pass` wraps the function that does the rewrite:
+modified)``. Passes **change the graph they are given, in place** (as
+onnx/ir-py's in-place passes do) and return that same graph;
+:func:`passes.convert` copies the caller's graph once at its entry, and
+a caller that runs a pass alone and still needs the graph before it
+copies it first (:func:`copy_graph`). :class:`Pass` wraps the function
+that does the rewrite:
 
-1. copies the input graph (the caller's graph is never mutated);
-2. runs ``requires(graph)`` (raises when the pass cannot apply yet);
-3. runs the rewrite on the copy; it returns whether it changed anything;
-4. runs ``ensures(graph)`` and :func:`bsnn_graph.ir.verify`;
-5. appends the pass name to the metadata key ``bsnn.passes``.
+1. runs ``requires(graph)`` (raises when the pass cannot apply yet);
+2. runs the rewrite on the graph; it returns whether it changed anything;
+3. runs ``ensures(graph)`` and :func:`bsnn_graph.ir.verify`;
+4. appends the pass name to the metadata key ``bsnn.passes``.
 
 A rewrite that cannot apply raises :class:`NodeRefusal` (via
 :func:`refuse`) naming the node and op; :class:`Pass` turns it into a
 :class:`PassError` that also names the pass and the passes applied before
-it. Both are :class:`bsnn_graph.errors.ConversionError`.
+it. Both are :class:`bsnn_graph.errors.ConversionError`. A failed pass
+may leave the graph half rewritten.
+
+A rule-based pass (canonicalise, fold_batchnorm: :mod:`passes.rules`)
+takes the option ``explain`` and reports every rule outcome to it; for the
+other passes :class:`Pass` reports one line per pass.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import networkx as nx
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import ConversionError
+
+from .rules import APPLIED, Explanation
 
 __all__ = [
     "NodeRefusal",
@@ -48,7 +59,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PassResult:
-    """What a pass returns: the rewritten graph and whether anything changed."""
+    """What a pass returns: the rewritten graph (the one it was given, changed in place) and whether anything
+    changed."""
 
     graph: nx.DiGraph
     modified: bool
@@ -86,7 +98,7 @@ def passes_applied(graph: nx.DiGraph) -> list[str]:
 
 
 def copy_graph(graph: nx.DiGraph) -> nx.DiGraph:
-    """A deep copy: ops and their arrays are not shared with ``graph``."""
+    """A deep copy: ops and their arrays are not shared with ``graph`` (passes change the graph they get)."""
     return copy.deepcopy(graph)
 
 
@@ -94,9 +106,9 @@ def copy_graph(graph: nx.DiGraph) -> nx.DiGraph:
 class Pass:
     """One graph rewrite with its checks. Call it as ``pass_(graph, **options) -> PassResult``.
 
-    ``rewrite(graph, **options) -> bool`` mutates the copy it is given and
-    says whether it changed anything; options it does not accept are
-    ignored, so a pipeline can hand every pass the same options.
+    ``rewrite(graph, **options) -> bool`` changes the graph it is given in
+    place and says whether it changed anything; options it does not accept
+    are ignored, so a pipeline can hand every pass the same options.
     """
 
     name: str
@@ -110,24 +122,32 @@ class Pass:
         return {p for p in list(params)[1:]}
 
     def __call__(self, graph: nx.DiGraph, **options) -> PassResult:
+        """Run the pass on ``graph`` **in place**; the result holds that same graph.
+
+        Raises
+        ------
+        PassError naming this pass, the node, its op and the passes applied before.
+        """
         applied = passes_applied(graph)
-        work = copy_graph(graph)
-        work.graph.setdefault("metadata", {})
+        graph.graph.setdefault("metadata", {})
         accepted = self.accepted_options()
         try:
             if self.requires is not None:
-                self.requires(work)
-            modified = bool(self.rewrite(work, **{k: v for k, v in options.items() if k in accepted}))
+                self.requires(graph)
+            modified = bool(self.rewrite(graph, **{k: v for k, v in options.items() if k in accepted}))
             if self.ensures is not None:
-                self.ensures(work)
+                self.ensures(graph)
         except NodeRefusal as exc:
             raise PassError(self.name, applied, exc) from None
         try:
-            ir.verify(work)
+            ir.verify(graph)
         except ir.GraphError as exc:  # a bug in the pass, not in the user's model
             raise ir.GraphError(f"pass {self.name} produced an invalid graph: {exc}") from exc
-        work.graph["metadata"]["bsnn.passes"] = ",".join(applied + [self.name])
-        return PassResult(work, modified)
+        graph.graph["metadata"]["bsnn.passes"] = ",".join(applied + [self.name])
+        explain = options.get("explain")
+        if explain is not None and "explain" not in accepted:
+            explain(Explanation(self.name, None, None, APPLIED if modified else "nothing to change"))
+        return PassResult(graph, modified)
 
 
 # --------------------------------------------------------------------------- graph helpers

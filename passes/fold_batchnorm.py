@@ -1,9 +1,13 @@
 """fold_batchnorm: fold every inference BatchNormalization into a neighbouring Conv or Gemm, else make it affine.
 
+Three :class:`passes.rules.Rule` anchored on BatchNormalization, tried in
+this order (the first that matches applies): fold_into_previous,
+fold_into_next, to_affine_projection.
+
 With ``s = scale / sqrt(var + epsilon)`` and ``t = bias - mean * s``,
 ``BN(y) = s * y + t`` per channel (axis 1).
 
-Before / After (into the preceding linear op, the usual Conv -> BN):
+Before / After (fold_into_previous: into the preceding linear op, the usual Conv -> BN):
     ``BN(Conv(x, W, c))`` -> ``Conv(x, W', c')`` with
     ``W'[o] = s[o] W[o]`` and ``c' = s (c - mean) + bias`` (``c = 0`` when the
     Conv has no bias). Grouped and depthwise convs fold the same way (the
@@ -11,14 +15,15 @@ Before / After (into the preceding linear op, the usual Conv -> BN):
     Refused when the linear op has other consumers (they need the unfolded
     output) or is a graph output.
 
-Before / After (into the following linear op, e.g. Add -> BN -> Conv):
+Before / After (fold_into_next: into the following linear op, e.g. Add -> BN -> Conv):
     ``Conv(BN(x))`` -> ``Conv'(x)``, the per-channel affine map folded into
     the Conv's input side (see :mod:`passes._affine`): exact, including a
     padded Conv, whose border windows get an exact ``Add(constant)``
     correction (the padding zeros are *after* BN, so they are not ``t``).
-    A Flatten/Reshape between BN and a Gemm is allowed.
+    A Flatten/Reshape between BN and a Gemm is allowed. Refused (naming the
+    BN) when a reshape before a Conv makes its scale vary within a channel.
 
-Before / After (no linear op on either side: pre-activation ResNets'
+Before / After (to_affine_projection: no linear op on either side: pre-activation ResNets'
 Add -> BN -> ReLU, DenseNet's Concat -> BN -> ReLU, ReLU -> BN -> MaxPool):
     ``BN(x)`` -> ``Add(Mul(x, s), t)`` with ``s`` and ``t`` constants of
     shape (1, C, 1, ...): a per-channel affine projection between the
@@ -39,8 +44,9 @@ from bsnn_graph import ops as O
 
 from ._affine import find_linear_reader, fold_affine_into
 from ._infra import Pass, bypass, refuse, single_consumer
+from .rules import Explain, Match, NoMatch, Rule, apply_rules
 
-__all__ = ["batchnorm_affine", "fold_batchnorm"]
+__all__ = ["RULES", "batchnorm_affine", "fold_batchnorm"]
 
 
 def batchnorm_affine(op: O.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
@@ -50,48 +56,46 @@ def batchnorm_affine(op: O.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
     return s, t
 
 
-def _fold_into_previous(graph: nx.DiGraph, bn: str) -> bool:
+def _check_previous(graph: nx.DiGraph, bn: str) -> Match | NoMatch:
     (src,) = ir.inputs_of(graph, bn)
-    src_op = ir.op_of(graph, src)
-    if not isinstance(src_op, (O.Conv, O.Gemm)) or single_consumer(graph, src) != bn:
-        return False
+    if not isinstance(ir.op_of(graph, src), (O.Conv, O.Gemm)):
+        return NoMatch(f"reads {src!r} ({ir.op_of(graph, src).op_type}), not a Conv or Gemm")
+    if single_consumer(graph, src) != bn:
+        return NoMatch(f"{src!r} has other readers or is a graph output")
+    return Match(linear=src)
+
+
+def _fold_into_previous(graph: nx.DiGraph, bn: str, match: Match) -> None:
+    src_op = ir.op_of(graph, match["linear"])
     s, t = batchnorm_affine(ir.op_of(graph, bn))
     weight = src_op.weight.astype(np.float64)
     src_op.weight = (weight * s.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(np.float32)
     bias = src_op.bias.astype(np.float64) if src_op.bias is not None else 0.0
     src_op.bias = (bias * s + t).astype(np.float32)
     bypass(graph, bn)
-    return True
 
 
-def _fold_into_next(graph: nx.DiGraph, bn: str) -> bool:
+def _check_next(graph: nx.DiGraph, bn: str) -> Match | NoMatch:
     found = find_linear_reader(graph, bn)
     if found is None:
-        return False
+        return NoMatch("not read by one Conv or Gemm (through Flatten/Reshape)")
     linear, _ = found
     shape = ir.shape_of(graph, bn)
     s, t = batchnorm_affine(ir.op_of(graph, bn))
     channel_shape = (-1,) + (1,) * (len(shape) - 1)
-    a = np.broadcast_to(s.reshape(channel_shape), shape)
-    b = np.broadcast_to(t.reshape(channel_shape), shape)
     target = ir.shape_of(graph, ir.inputs_of(graph, linear)[0])
-    fold_affine_into(graph, linear, a.reshape(target), b.reshape(target), culprit=bn)
+    a = np.broadcast_to(s.reshape(channel_shape), shape).reshape(target)
+    b = np.broadcast_to(t.reshape(channel_shape), shape).reshape(target)
+    return Match(linear=linear, a=a, b=b)
+
+
+def _fold_into_next(graph: nx.DiGraph, bn: str, match: Match) -> None:
+    """Refuses (naming ``bn``) when its scale, seen through the reshapes, varies within a Conv input channel."""
+    fold_affine_into(graph, match["linear"], match["a"], match["b"], culprit=bn)
     bypass(graph, bn)
-    return True
 
 
-def _fold_batchnorm(graph: nx.DiGraph) -> bool:
-    modified = False
-    for bn in ir.topological_order(graph):
-        if not isinstance(ir.op_of(graph, bn), O.BatchNormalization):
-            continue
-        if not (_fold_into_previous(graph, bn) or _fold_into_next(graph, bn)):
-            _to_affine_projection(graph, bn)
-        modified = True
-    return modified
-
-
-def _to_affine_projection(graph: nx.DiGraph, bn: str) -> None:
+def _to_affine_projection(graph: nx.DiGraph, bn: str, match: Match) -> None:
     (src,) = ir.inputs_of(graph, bn)
     shape = ir.shape_of(graph, bn)
     s, t = batchnorm_affine(ir.op_of(graph, bn))
@@ -100,6 +104,20 @@ def _to_affine_projection(graph: nx.DiGraph, bn: str) -> None:
     scale = ir.add_node(graph, ir.unique_name(graph, f"{bn}_scale"), mul, [src])
     graph.nodes[bn]["op"] = O.Add(constant=t.reshape(channel_shape).astype(np.float32))
     ir.set_inputs(graph, bn, [scale])
+
+
+_BN = (O.BatchNormalization,)
+
+#: fold_batchnorm's rules, in the order they are tried at a BatchNormalization (the last always applies)
+RULES: list[Rule] = [
+    Rule("fold_into_previous", _BN, _check_previous, _fold_into_previous),
+    Rule("fold_into_next", _BN, _check_next, _fold_into_next),
+    Rule("to_affine_projection", _BN, lambda graph, bn: Match(), _to_affine_projection),
+]
+
+
+def _fold_batchnorm(graph: nx.DiGraph, explain: Explain | None = None) -> bool:
+    return apply_rules(graph, RULES, "fold_batchnorm", explain)
 
 
 def _no_batchnorm_left(graph: nx.DiGraph) -> None:

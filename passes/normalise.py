@@ -237,6 +237,7 @@ class _Normaliser:
         self.unit[mul] = _compact(unit, shape)
 
     def run(self) -> None:
+        """Rescale every node in topological order, then bring the graph outputs back to ANN units."""
         g = self.graph
         for name in ir.topological_order(g):
             op = ir.op_of(g, name)
@@ -246,27 +247,11 @@ class _Normaliser:
                 op.scale = self.input_scale
                 self.unit[name] = np.array(self.input_scale)
             elif is_population_activation(op):
-                self.require(srcs[0], name, self.lambdas[name])
-                self.unit[name] = self.lambdas[name]
-                if isinstance(op, O.Clip):  # the bound in the population's unit: c / lambda
-                    if self.lambdas[name].ndim:
-                        refuse(
-                            g,
-                            name,
-                            f"Clip(0, {op.max}) with per-channel lambdas is not supported (its bound is one "
-                            "number); normalise it per population (channelwise off)",
-                        )
-                    op.max = float(np.float64(op.max) / float(self.lambdas[name]))
+                self._population(name, op, srcs[0])
             elif isinstance(op, (O.Conv, O.Gemm)):
                 self._linear(name, op, srcs[0], shape)
             elif (isinstance(op, O.Add) and op.constant is None) or isinstance(op, O.Sum):
-                target = self.target(name)
-                unit = _compact(target if target is not None else self.unit[srcs[0]], shape)
-                for src in srcs:
-                    if ir.shape_of(g, src) != shape and not _same(self.unit[src], unit, ir.shape_of(g, src)):
-                        refuse(g, name, "adds tensors of different shapes in different units")
-                    self.require(src, name, unit)
-                self.unit[name] = unit
+                self._merge(name, srcs, shape)
             elif isinstance(op, (O.Add, O.Sub)):  # x + c, x - c or c - x: c is divided by x's unit
                 unit = self.unit[srcs[0]]
                 op.constant = (op.constant.astype(np.float64) / _onnx_constant(unit).astype(np.float64)).astype(
@@ -278,27 +263,68 @@ class _Normaliser:
                     refuse(g, name, "constant / tensor has no linear meaning between populations")
                 self.unit[name] = self.unit[srcs[0]]
             elif isinstance(op, _TRANSPARENT):
-                unit = self.unit[srcs[0]]
-                _channel_unit(g, name, unit, ir.shape_of(g, srcs[0]))
-                if isinstance(op, O.Pad) and op.mode == "constant" and op.value != 0:
-                    if unit.ndim:
-                        refuse(g, name, "pads with a non-zero value in a per-channel unit")
-                    op.value = float(op.value / unit)
-                self.unit[name] = unit
-            elif isinstance(op, (O.Flatten, O.Reshape)):
-                in_shape = ir.shape_of(g, srcs[0])
-                self.unit[name] = _compact(np.broadcast_to(self.unit[srcs[0]], in_shape).reshape(shape), shape)
-            elif isinstance(op, O.Transpose):
-                unit = np.broadcast_to(self.unit[srcs[0]], ir.shape_of(g, srcs[0]))
-                self.unit[name] = _compact(np.transpose(unit, [p - 1 for p in op.perm[1:]]), shape)
-            elif isinstance(op, O.Concat):
-                axis = (op.axis if op.axis >= 0 else op.axis + len(shape) + 1) - 1
-                parts = [np.broadcast_to(self.unit[s], ir.shape_of(g, s)) for s in srcs]
-                self.unit[name] = _compact(np.concatenate(parts, axis=axis), shape)
-            elif isinstance(op, O.MatMul):
-                refuse(g, name, f"MatMul on a {ir.shape_of(g, srcs[0])} input per sample is not supported")
+                self._transparent(name, op, srcs[0])
             else:
-                refuse(g, name, f"{op.op_type} has no place between spiking populations")
+                self.unit[name] = self._moved_unit(name, op, srcs, shape)
+        self._outputs_in_ann_units()
+
+    def _population(self, name: str, op, src: str) -> None:
+        """A population reads its input in its lambda; a Clip(0, c) bound becomes c / lambda."""
+        g = self.graph
+        self.require(src, name, self.lambdas[name])
+        self.unit[name] = self.lambdas[name]
+        if isinstance(op, O.Clip):  # the bound in the population's unit: c / lambda
+            if self.lambdas[name].ndim:
+                refuse(
+                    g,
+                    name,
+                    f"Clip(0, {op.max}) with per-channel lambdas is not supported (its bound is one "
+                    "number); normalise it per population (channelwise off)",
+                )
+            op.max = float(np.float64(op.max) / float(self.lambdas[name]))
+
+    def _merge(self, name: str, srcs: list[str], shape) -> None:
+        """A two-tensor Add or a Sum: every input in the unit the sum is read in."""
+        g = self.graph
+        target = self.target(name)
+        unit = _compact(target if target is not None else self.unit[srcs[0]], shape)
+        for src in srcs:
+            if ir.shape_of(g, src) != shape and not _same(self.unit[src], unit, ir.shape_of(g, src)):
+                refuse(g, name, "adds tensors of different shapes in different units")
+            self.require(src, name, unit)
+        self.unit[name] = unit
+
+    def _transparent(self, name: str, op, src: str) -> None:
+        """Pooling, Pad, Dropout, Identity: the unit passes through (one per channel at most)."""
+        g = self.graph
+        unit = self.unit[src]
+        _channel_unit(g, name, unit, ir.shape_of(g, src))
+        if isinstance(op, O.Pad) and op.mode == "constant" and op.value != 0:
+            if unit.ndim:
+                refuse(g, name, "pads with a non-zero value in a per-channel unit")
+            op.value = float(op.value / unit)
+        self.unit[name] = unit
+
+    def _moved_unit(self, name: str, op, srcs: list[str], shape) -> np.ndarray:
+        """The unit after an op that moves elements (Flatten, Reshape, Transpose, Concat); refuse any other op."""
+        g = self.graph
+        if isinstance(op, (O.Flatten, O.Reshape)):
+            in_shape = ir.shape_of(g, srcs[0])
+            return _compact(np.broadcast_to(self.unit[srcs[0]], in_shape).reshape(shape), shape)
+        if isinstance(op, O.Transpose):
+            unit = np.broadcast_to(self.unit[srcs[0]], ir.shape_of(g, srcs[0]))
+            return _compact(np.transpose(unit, [p - 1 for p in op.perm[1:]]), shape)
+        if isinstance(op, O.Concat):
+            axis = (op.axis if op.axis >= 0 else op.axis + len(shape) + 1) - 1
+            parts = [np.broadcast_to(self.unit[s], ir.shape_of(g, s)) for s in srcs]
+            return _compact(np.concatenate(parts, axis=axis), shape)
+        if isinstance(op, O.MatMul):
+            refuse(g, name, f"MatMul on a {ir.shape_of(g, srcs[0])} input per sample is not supported")
+        refuse(g, name, f"{op.op_type} has no place between spiking populations")
+
+    def _outputs_in_ann_units(self) -> None:
+        """A ``Mul`` after every graph output that is not in ANN units (unit 1)."""
+        g = self.graph
         for out in list(g.graph["outputs"]):
             shape = ir.shape_of(g, out)
             if not _same(self.unit[out], np.array(1.0), shape):

@@ -143,13 +143,53 @@ def compute_stages(graph: nx.DiGraph) -> int:
     return top
 
 
-def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8, initial_potential: str = "half") -> bool:
+def _check_options(graph: nx.DiGraph, mode: str, phases, initial_potential: str) -> None:
     if mode not in O.MODES:
         refuse(graph, None, f"mode {mode!r} is not one of {', '.join(O.MODES)}")
     if initial_potential not in O.INITIAL_POTENTIALS:
         refuse(graph, None, f"initial potential {initial_potential!r} is not one of {', '.join(O.INITIAL_POTENTIALS)}")
     if not (isinstance(phases, (int, np.integer)) and 1 <= phases <= 16):
         refuse(graph, None, f"phases (K) must be an integer in 1..16, got {phases!r}")
+
+
+def _to_population(graph: nx.DiGraph, name: str, op: O.Op, scale: np.ndarray, **spiking) -> None:
+    """The ReLU / Clip(0, c) ``name`` (with the merge Add it alone reads) -> one Population."""
+    add = merge_add(graph, name)
+    inputs = ir.inputs_of(graph, add) if add is not None else ir.inputs_of(graph, name)
+    ceiling = np.full((), np.inf, np.float32)
+    if isinstance(op, O.Clip):  # ReLU6: normalise made the bound c / lambda
+        ceiling = np.asarray(op.max, np.float32)
+    graph.nodes[name]["op"] = O.Population(scale=scale.astype(np.float32), ceiling=ceiling, **spiking)
+    ir.set_inputs(graph, name, inputs)
+    if add is not None:
+        ir.remove_node(graph, add)
+
+
+def _to_max_gate(graph: nx.DiGraph, name: str, op: O.MaxPool, mode: str, phases: int) -> None:
+    graph.nodes[name]["op"] = O.MaxGate(
+        mode=mode,
+        phases=phases,
+        kernel_shape=tuple(op.kernel_shape),
+        strides=tuple(op.strides),
+        pads=tuple(op.pads),
+        dilations=tuple(op.dilations),
+        ceil_mode=bool(op.ceil_mode),
+    )
+
+
+def _add_output_accumulator(graph: nx.DiGraph, mode: str, phases: int) -> None:
+    """The graph output ``y`` -> ``y_current`` read by a new OutputAccumulator named ``y``."""
+    (output,) = graph.graph["outputs"]
+    if output in graph.graph["inputs"]:
+        refuse(graph, output, "the graph output is its input")
+    current = ir.unique_name(graph, f"{output}_current")
+    nx.relabel_nodes(graph, {output: current}, copy=False)
+    ir.add_node(graph, output, O.OutputAccumulator(mode=mode, phases=phases, scale=np.ones((), np.float32)), [current])
+    graph.graph["outputs"] = [output]
+
+
+def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8, initial_potential: str = "half") -> bool:
+    _check_options(graph, mode, phases, initial_potential)
     phases = int(phases)
     scales = read_scales(graph)
     check_convertible(graph)
@@ -158,37 +198,13 @@ def _to_spiking(graph: nx.DiGraph, mode: str = "bsnn", phases: int = 8, initial_
         if is_population_activation(op):
             if name not in scales:
                 refuse(graph, name, "has no lambda: run normalise first")
-            add = merge_add(graph, name)
-            inputs = ir.inputs_of(graph, add) if add is not None else ir.inputs_of(graph, name)
-            ceiling = np.full((), np.inf, np.float32)
-            if isinstance(op, O.Clip):  # ReLU6: normalise made the bound c / lambda
-                ceiling = np.asarray(op.max, np.float32)
-            scale = scales[name].astype(np.float32)
-            graph.nodes[name]["op"] = O.Population(
-                mode=mode, phases=phases, scale=scale, ceiling=ceiling, initial_potential=initial_potential
-            )
-            ir.set_inputs(graph, name, inputs)
-            if add is not None:
-                ir.remove_node(graph, add)
+            _to_population(graph, name, op, scales[name], mode=mode, phases=phases,
+                           initial_potential=initial_potential)
         elif isinstance(op, O.MaxPool):
-            graph.nodes[name]["op"] = O.MaxGate(
-                mode=mode,
-                phases=phases,
-                kernel_shape=tuple(op.kernel_shape),
-                strides=tuple(op.strides),
-                pads=tuple(op.pads),
-                dilations=tuple(op.dilations),
-                ceil_mode=bool(op.ceil_mode),
-            )
+            _to_max_gate(graph, name, op, mode, phases)
         elif isinstance(op, (O.Dropout, O.Identity)):
             refuse(graph, name, "run canonicalise first")
-    (output,) = graph.graph["outputs"]
-    if output in graph.graph["inputs"]:
-        refuse(graph, output, "the graph output is its input")
-    current = ir.unique_name(graph, f"{output}_current")
-    nx.relabel_nodes(graph, {output: current}, copy=False)
-    ir.add_node(graph, output, O.OutputAccumulator(mode=mode, phases=phases, scale=np.ones((), np.float32)), [current])
-    graph.graph["outputs"] = [output]
+    _add_output_accumulator(graph, mode, phases)
     compute_stages(graph)
     meta = graph.graph["metadata"]
     meta["bsnn.mode"] = mode

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from test_passes_graphs import vgg
+from test_passes_rules import TINY_EXPLANATION, _tiny
 
 import passes
 from bsnn_graph import evaluate, ir, load_onnx, save_onnx
@@ -113,6 +114,26 @@ def test_until_writes_the_intermediate_graph(tmp_path, data_dir):
     graph = load_onnx(out)
     assert "bsnn.scales" in graph.graph["metadata"]
     assert not any(ir.op_of(graph, n).domain for n in graph.nodes)
+
+
+def test_explain_prints_each_rule_outcome_before_the_summary(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    save_onnx(_tiny(), model)
+    calib = _calibration(tmp_path / "calib.npz", (4,), n=8)
+    out = tmp_path / "snn.onnx"
+    result = _invoke("convert", model, "--calib", calib, "-o", out, "--explain")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[: len(TINY_EXPLANATION)] == TINY_EXPLANATION
+    assert lines[len(TINY_EXPLANATION)].startswith(f"wrote {out} after passes: canonicalise,")
+    summary = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--explain",
+                                 "--json").stdout)
+    assert summary["explain"] == TINY_EXPLANATION
+    plain = _invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json")
+    assert "explain" not in json.loads(plain.stdout)
+    until = _invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--explain", "--until",
+                    "canonicalise")
+    assert until.stdout.splitlines()[:7] == TINY_EXPLANATION[:6] + [f"wrote {out} after passes: canonicalise"]
 
 
 def test_unconvertible_model_writes_nothing(tmp_path):

@@ -8,7 +8,7 @@ from test_passes_graphs import Builder, assert_same_outputs, op_types, random_in
 
 from bsnn_graph import evaluate, ir
 from bsnn_graph import ops as O
-from passes import PassError, canonicalise, convert
+from passes import PassError, canonicalise, convert, copy_graph
 
 
 def test_drops_dropout_identity_and_output_softmax():
@@ -16,7 +16,7 @@ def test_drops_dropout_identity_and_output_softmax():
     x = b.input("x", (6,))
     h = b.op("id", O.Identity(), b.op("drop", O.Dropout(), b.gemm("fc", x, 4)))
     graph = b.output(b.op("sm", O.Softmax(axis=1), h))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert result.modified
     assert op_types(result.graph) == ["Input", "Gemm"]
     assert result.graph.graph["outputs"] == ["fc"]
@@ -25,7 +25,7 @@ def test_drops_dropout_identity_and_output_softmax():
     np.testing.assert_array_equal(evaluate(result.graph, xs).argmax(1), evaluate(graph, xs).argmax(1))
 
 
-def test_softmax_inside_the_network_is_left_and_input_is_not_mutated():
+def test_softmax_inside_the_network_is_left_and_the_pass_works_in_place():
     b = Builder()
     x = b.input("x", (6,))
     h = b.op("sm", O.LogSoftmax(axis=1), b.gemm("fc", x, 4))
@@ -34,7 +34,20 @@ def test_softmax_inside_the_network_is_left_and_input_is_not_mutated():
     result = canonicalise(graph)
     assert not result.modified
     assert op_types(result.graph) == before == ["Input", "Gemm", "LogSoftmax", "Gemm"]
-    assert result.graph is not graph
+    assert result.graph is graph  # passes change the graph they are given; convert copies once at its entry
+
+
+def test_a_pass_changes_the_graph_it_is_given_and_convert_leaves_the_callers_graph_alone():
+    b = Builder()
+    x = b.input("x", (6,))
+    graph = b.output(b.op("drop", O.Dropout(), b.gemm("fc", x, 4)))
+    original = copy_graph(graph)
+    converted = convert(graph, random_input(graph))
+    assert ir.graphs_equal(graph, original) and graph.graph == original.graph
+    assert "drop" not in converted
+    result = canonicalise(graph)
+    assert result.modified and result.graph is graph and "drop" not in graph
+    assert graph.graph["metadata"]["bsnn.passes"] == "canonicalise"
 
 
 def test_matmul_plus_constant_becomes_gemm():
@@ -43,7 +56,7 @@ def test_matmul_plus_constant_becomes_gemm():
     w = b.rng.standard_normal((6, 4)).astype(np.float32)
     c = b.rng.standard_normal((1, 4)).astype(np.float32)
     graph = b.output(b.op("bias", O.Add(constant=c), b.op("mm", O.MatMul(weight=w), x)))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert result.modified and op_types(result.graph) == ["Input", "Gemm"]
     gemm = ir.op_of(result.graph, "mm")
     np.testing.assert_array_equal(gemm.weight, w.T)
@@ -54,7 +67,7 @@ def test_matmul_on_a_matrix_per_sample_is_left():
     b = Builder()
     x = b.input("x", (3, 6))
     graph = b.output(b.op("mm", O.MatMul(weight=np.ones((6, 2), np.float32)), x))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert not result.modified and op_types(result.graph) == ["Input", "MatMul"]
 
 
@@ -63,7 +76,7 @@ def test_conv_plus_per_channel_constant_joins_the_bias():
     x = b.input("x", (2, 5, 5))
     c = np.arange(3, dtype=np.float32).reshape(1, 3, 1, 1)
     graph = b.output(b.op("add", O.Add(constant=c), b.conv("conv", x, 3, bias=False)))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert op_types(result.graph) == ["Input", "Conv"]
     assert_same_outputs(graph, result.graph, random_input(graph))
 
@@ -76,7 +89,7 @@ def test_reshape_to_vector_becomes_flatten_and_sum_becomes_add():
     r3 = b.relu("r3", b.conv("c3", x, 2))
     s = b.op("sum", O.Sum(), r1, r2, r3)
     graph = b.output(b.gemm("fc", b.op("reshape", O.Reshape(shape=(18,)), s), 3))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     types = op_types(result.graph)
     assert "Sum" not in types and "Reshape" not in types
     assert types.count("Add") == 2 and types.count("Flatten") == 1
@@ -88,7 +101,7 @@ def test_clip_zero_none_becomes_relu_and_relu6_is_kept():
     x = b.input("x", (4,))
     h = b.op("clip", O.Clip(min=0.0, max=None), b.gemm("fc1", x, 4))
     graph = b.output(b.gemm("fc3", b.op("relu6", O.Clip(min=0.0, max=6.0), b.gemm("fc2", h, 4)), 2))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert isinstance(ir.op_of(result.graph, "clip"), O.Relu)
     assert isinstance(ir.op_of(result.graph, "relu6"), O.Clip)
     assert_same_outputs(graph, result.graph, 10 * random_input(graph, positive=False))
@@ -99,7 +112,7 @@ def test_relu_moves_before_maxpool():
     x = b.input("x", (2, 6, 6))
     pool = b.op("pool", O.MaxPool(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), b.conv("conv", x, 3))
     graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), b.relu("relu", pool)), 2))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert result.modified
     assert op_types(result.graph) == ["Input", "Conv", "Relu", "MaxPool", "Flatten", "Gemm"]
     assert ir.inputs_of(result.graph, "pool") == ["relu"]
@@ -112,7 +125,7 @@ def test_maxpool_with_two_readers_is_not_commuted():
     pool = b.op("pool", O.MaxPool(kernel_shape=(2, 2), strides=(2, 2), pads=(0,) * 4), b.conv("conv", x, 3))
     a = b.op("flat1", O.Flatten(), b.relu("relu", pool))
     graph = b.output(b.op("add", O.Add(), a, b.op("flat2", O.Flatten(), pool)))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert not result.modified
     assert ir.inputs_of(result.graph, "relu") == ["pool"]
 
@@ -128,7 +141,7 @@ def _normalised_input(padding: int, kernel: int = 3):
 
 def test_input_normalisation_folds_into_unpadded_conv_bias():
     graph = _normalised_input(padding=0)
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert result.modified
     assert op_types(result.graph) == ["Input", "Conv", "Relu"]
     assert_same_outputs(graph, result.graph, random_input(graph, positive=False))
@@ -136,7 +149,7 @@ def test_input_normalisation_folds_into_unpadded_conv_bias():
 
 def test_input_normalisation_into_padded_conv_is_exact_at_the_borders():
     graph = _normalised_input(padding=1)
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert op_types(result.graph) == ["Input", "Conv", "Add", "Relu"]
     border = ir.op_of(result.graph, "conv_border_bias").constant
     assert border.shape == (1, 4, 6, 6)
@@ -150,7 +163,7 @@ def test_input_normalisation_through_flatten_into_gemm():
     x = b.input("x", (1, 4, 4))
     h = b.op("mul", O.Mul(constant=np.float32(2.0)), b.op("sub", O.Sub(constant=np.float32(0.5)), x))
     graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), h), 3))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert op_types(result.graph) == ["Input", "Flatten", "Gemm"]
     assert_same_outputs(graph, result.graph, random_input(graph))
 
@@ -161,7 +174,7 @@ def test_input_normalisation_varying_within_a_channel_is_left_and_refused_later(
     ramp = np.linspace(0.5, 2.0, 16, dtype=np.float32).reshape(1, 1, 4, 4)
     h = b.op("sub", O.Sub(constant=np.float32(0.1)), b.op("scale", O.Mul(constant=ramp), x))
     graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), b.relu("relu", b.conv("conv", h, 2))), 3))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert not result.modified
     with pytest.raises(PassError, match=r"to_spiking.*'sub' \(Sub\)"):
         convert(graph, random_input(graph))
@@ -169,7 +182,7 @@ def test_input_normalisation_varying_within_a_channel_is_left_and_refused_later(
 
 def test_canonical_vgg_is_equivalent():
     graph = vgg("max")
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     types = op_types(result.graph)
     assert "Dropout" not in types and "Softmax" not in types
     x = random_input(graph)
@@ -193,7 +206,7 @@ def test_maxpool_after_maxpool_becomes_one_maxpool_with_the_union_windows(first,
     outer = b.op("p2", O.MaxPool(kernel_shape=(second[0],) * 2, strides=(second[1],) * 2, pads=(second[2],) * 4,
                                   ceil_mode=second[3]), inner)
     graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), outer), 4))
-    result = canonicalise(graph)
+    result = canonicalise(copy_graph(graph))
     assert op_types(result.graph).count("MaxPool") == 1
     pool = ir.op_of(result.graph, "p2")
     assert pool.kernel_shape[0] == first[0] + (second[0] - 1) * first[1] and pool.strides[0] == first[1] * second[1]
@@ -209,6 +222,6 @@ def test_maxpool_after_maxpool_whose_union_is_no_window_is_left_and_refused_by_n
     inner = b.op("p1", O.MaxPool(kernel_shape=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0)), b.conv("conv", x, 3))
     outer = b.op("p2", O.MaxPool(kernel_shape=(2, 2), strides=(1, 1), pads=(0, 0, 1, 1)), inner)
     graph = b.output(b.gemm("fc", b.op("flat", O.Flatten(), outer), 4))
-    assert op_types(canonicalise(graph).graph).count("MaxPool") == 2
+    assert op_types(canonicalise(copy_graph(graph)).graph).count("MaxPool") == 2
     with pytest.raises(PassError, match=r"MaxPool must read a ReLU population, reads 'p1' \(MaxPool\)"):
         convert(graph, random_input(graph))

@@ -12,7 +12,14 @@ from test_passes_graphs import Builder, random_input, resnet, vgg
 from bsnn_graph import evaluate, ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import DataError
-from passes import PassError, StreamingPercentile, canonicalise, fold_batchnorm, normalise
+from passes import (
+    PassError,
+    StreamingPercentile,
+    canonicalise,
+    copy_graph,
+    fold_batchnorm,
+    normalise,
+)
 from passes.normalise import population_scales, read_scales
 
 # --------------------------------------------------------------------------- streaming percentile
@@ -104,7 +111,7 @@ def _check_normalised(folded, normalised, x, input_lambda=1.0):
 def test_normalised_network_is_the_ann_divided_by_lambda(make, channelwise):
     folded = _folded(make())
     x = random_input(folded, n=32)
-    result = normalise(folded, calibration=x, channelwise=channelwise, percentile=99.9)
+    result = normalise(copy_graph(folded), calibration=x, channelwise=channelwise, percentile=99.9)
     assert result.modified
     _check_normalised(folded, result.graph, x)
     meta = result.graph.graph["metadata"]
@@ -115,12 +122,12 @@ def test_normalised_network_is_the_ann_divided_by_lambda(make, channelwise):
 def test_lambda_is_the_percentile_of_positive_activations():
     folded = _folded(vgg("max"))
     x = random_input(folded, n=40)
-    result = normalise(folded, calibration=x, percentile=99.0, batch_size=7)
+    result = normalise(copy_graph(folded), calibration=x, percentile=99.0, batch_size=7)
     scales = read_scales(result.graph)
     activation = evaluate(folded, x, outputs=["relu2"])
     exact = np.percentile(activation[activation > 0], 99.0)
     assert abs(scales["relu2"] - exact) <= StreamingPercentile().relative_error * exact * 1.0001
-    per_channel = read_scales(normalise(folded, calibration=x, percentile=99.0, channelwise=True).graph)
+    per_channel = read_scales(normalise(copy_graph(folded), calibration=x, percentile=99.0, channelwise=True).graph)
     assert per_channel["relu2"].shape == (6,)
     first = activation[:, 0]
     assert per_channel["relu2"][0] == pytest.approx(np.percentile(first[first > 0], 99.0), rel=3e-3)
@@ -129,8 +136,8 @@ def test_lambda_is_the_percentile_of_positive_activations():
 def test_iterable_of_batches_equals_array_split():
     folded = _folded(vgg("avg"))
     x = random_input(folded, n=30)
-    a = normalise(folded, calibration=x, batch_size=8).graph
-    b = normalise(folded, calibration=iter([x[:8], x[8:16], x[16:24], x[24:]])).graph
+    a = normalise(copy_graph(folded), calibration=x, batch_size=8).graph
+    b = normalise(copy_graph(folded), calibration=iter([x[:8], x[8:16], x[16:24], x[24:]])).graph
     assert json.loads(a.graph["metadata"]["bsnn.scales"]) == json.loads(b.graph["metadata"]["bsnn.scales"])
     assert ir.graphs_equal(a, b)
 
@@ -138,7 +145,7 @@ def test_iterable_of_batches_equals_array_split():
 def test_identity_shortcut_gets_a_mul_and_projection_conv_is_rescaled():
     folded = _folded(resnet(blocks=("identity", "projection"), maxpool_stem=False))
     x = random_input(folded, n=16)
-    graph = normalise(folded, calibration=x, percentile=99.0).graph
+    graph = normalise(copy_graph(folded), calibration=x, percentile=99.0).graph
     scales = read_scales(graph)
     (mul,) = [n for n in graph.nodes if isinstance(ir.op_of(graph, n), O.Mul)]
     assert ir.inputs_of(graph, mul) == ["stem_relu"]
@@ -153,7 +160,7 @@ def test_identity_shortcut_gets_a_mul_and_projection_conv_is_rescaled():
 def test_channelwise_shortcut_mul_is_per_channel():
     folded = _folded(resnet(blocks=("identity",), maxpool_stem=False))
     x = random_input(folded, n=16)
-    graph = normalise(folded, calibration=x, channelwise=True).graph
+    graph = normalise(copy_graph(folded), calibration=x, channelwise=True).graph
     (mul,) = [n for n in graph.nodes if isinstance(ir.op_of(graph, n), O.Mul)]
     assert ir.op_of(graph, mul).constant.shape == (1, 4, 1, 1)
     _check_normalised(folded, graph, x)
@@ -162,7 +169,7 @@ def test_channelwise_shortcut_mul_is_per_channel():
 def test_output_layer_keeps_ann_units():
     folded = _folded(vgg("max"))
     x = random_input(folded, n=16)
-    graph = normalise(folded, calibration=x).graph
+    graph = normalise(copy_graph(folded), calibration=x).graph
     lam = read_scales(graph)["relu3"]
     np.testing.assert_allclose(ir.op_of(graph, "fc2").weight, ir.op_of(folded, "fc2").weight * lam, rtol=1e-6)
     np.testing.assert_array_equal(ir.op_of(graph, "fc2").bias, ir.op_of(folded, "fc2").bias)
@@ -171,7 +178,7 @@ def test_output_layer_keeps_ann_units():
 def test_configured_input_lambda():
     folded = _folded(vgg("avg"))
     x = random_input(folded, n=16)
-    graph = normalise(folded, calibration=x, input_lambda=2.5).graph
+    graph = normalise(copy_graph(folded), calibration=x, input_lambda=2.5).graph
     assert ir.op_of(graph, "x").scale == 2.5
     _check_normalised(folded, graph, x, input_lambda=2.5)
 
@@ -184,7 +191,7 @@ def test_pooling_between_populations_gets_a_rescaling_mul():
     r2 = b.relu("r2", b.op("shift", O.Add(constant=np.float32(-0.1)), pooled))
     folded = b.output(b.gemm("fc", b.op("flat", O.Flatten(), r2), 3))
     xs = random_input(folded, n=16)
-    graph = normalise(folded, calibration=xs).graph
+    graph = normalise(copy_graph(folded), calibration=xs).graph
     assert any(isinstance(ir.op_of(graph, n), O.Mul) for n in graph.nodes)
     _check_normalised(folded, graph, xs)
 
@@ -192,9 +199,9 @@ def test_pooling_between_populations_gets_a_rescaling_mul():
 def test_refuses_unfolded_batchnorm_and_empty_data():
     graph = canonicalise(vgg("max")).graph
     with pytest.raises(PassError, match=r"pass normalise .*'bn1' \(BatchNormalization\).*fold_batchnorm"):
-        normalise(graph, calibration=random_input(graph))
+        normalise(copy_graph(graph), calibration=random_input(graph))
     folded = fold_batchnorm(graph).graph
     with pytest.raises(DataError, match="no samples"):
-        normalise(folded, calibration=[])
+        normalise(copy_graph(folded), calibration=[])
     with pytest.raises(DataError, match="do not fit the model input"):
-        normalise(folded, calibration=np.zeros((4, 3, 3), np.float32))
+        normalise(copy_graph(folded), calibration=np.zeros((4, 3, 3), np.float32))

@@ -11,7 +11,7 @@ from test_passes_graphs import random_input, resnet, vgg
 
 from bsnn_graph import evaluate, ir, load_onnx, save_onnx
 from bsnn_graph import ops as O
-from passes import PIPELINE, PassError, PassResult, convert, pass_names
+from passes import PIPELINE, PassError, PassResult, convert, copy_graph, pass_names
 
 SPIKING_SOURCES = (O.Input, O.Population, O.MaxGate)
 LINEAR = (O.Conv, O.Gemm, O.AveragePool, O.GlobalAveragePool, O.Flatten, O.Reshape, O.Add, O.Sum, O.Mul, O.Concat)
@@ -116,10 +116,10 @@ def test_scales_stages_and_metadata_survive_the_onnx_file(tmp_path):
 def test_passes_run_alone_in_order_give_what_convert_gives():
     graph = resnet()
     x = random_input(graph)
-    step = graph
+    step = copy_graph(graph)  # the passes change the graph they are given
     for pass_ in PIPELINE:
         result = pass_(step, calibration=x, mode="phase", phases=3)
-        assert isinstance(result, PassResult)
+        assert isinstance(result, PassResult) and result.graph is step
         step = result.graph
     assert ir.graphs_equal(step, convert(graph, x, mode="phase", phases=3))
 
@@ -134,6 +134,26 @@ def test_until_stops_after_the_named_pass_and_progress_counts_samples():
     assert not any(ir.op_of(partial, n).domain for n in partial.nodes)
     with pytest.raises(PassError, match="unknown pass 'sync'"):
         convert(graph, x, until="sync")
+
+
+def test_convert_and_calibration_passes_never_change_the_callers_graph_even_when_refusing():
+    from test_passes_graphs import Builder
+
+    import passes
+
+    graph = vgg("max")
+    original = copy.deepcopy(graph)
+    assert passes.calibration_passes(graph, "search") > 1
+    convert(graph, random_input(graph), until="fold_batchnorm")
+    assert ir.graphs_equal(graph, original) and graph.graph == original.graph
+    b = Builder(2)
+    x = b.input("x", (2, 4, 4))
+    h = b.op("odd", O.Softmax(axis=1), b.relu("relu", b.op("drop", O.Dropout(), b.conv("conv", x, 2))))
+    refused = b.output(b.gemm("fc", b.op("flat", O.Flatten(), h), 3))
+    before = copy.deepcopy(refused)
+    with pytest.raises(PassError, match=r"'odd' \(Softmax\)"):
+        convert(refused, random_input(refused))
+    assert ir.graphs_equal(refused, before) and "drop" in refused and refused.graph == before.graph
 
 
 def test_pipeline_order_and_descriptions():

@@ -12,7 +12,7 @@ from test_passes_normalise import _check_normalised, _folded
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import DataError
-from passes import PassError, calibration_passes, convert, normalise
+from passes import PassError, calibration_passes, convert, copy_graph, normalise
 from passes.calibration import population_scales
 from passes.lambda_search import (
     candidate_lambdas,
@@ -178,7 +178,7 @@ def test_channelwise_search_gives_per_channel_lambdas_and_a_valid_normalisation(
     x = random_input(folded, n=32)
     per_channel, _ = search_scales(folded, x, phases=4, channelwise=True)
     assert per_channel["relu2"].shape == (6,) and len(set(per_channel["relu2"].tolist())) > 1
-    result = normalise(folded, calibration=x, calibrate="search", channelwise=True, phases=4)
+    result = normalise(copy_graph(folded), calibration=x, calibrate="search", channelwise=True, phases=4)
     _check_normalised(folded, result.graph, x)
     meta = result.graph.graph["metadata"]
     assert meta["bsnn.calibrate"] == "search" and meta["bsnn.channelwise"] == "true"

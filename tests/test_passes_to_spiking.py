@@ -8,12 +8,20 @@ from test_passes_graphs import Builder, op_types, random_input, resnet, vgg
 
 from bsnn_graph import evaluate, ir
 from bsnn_graph import ops as O
-from passes import PassError, canonicalise, convert, fold_batchnorm, normalise, to_spiking
+from passes import (
+    PassError,
+    canonicalise,
+    convert,
+    copy_graph,
+    fold_batchnorm,
+    normalise,
+    to_spiking,
+)
 from passes.normalise import read_scales
 
 
 def _normalised(graph, x):
-    return normalise(fold_batchnorm(canonicalise(graph).graph).graph, calibration=x).graph
+    return normalise(fold_batchnorm(canonicalise(copy_graph(graph)).graph).graph, calibration=x).graph
 
 
 @pytest.mark.parametrize("mode", ["bsnn", "bsnn-nosn", "phase", "if-rate"])
@@ -21,7 +29,7 @@ def test_vgg_becomes_populations_gates_and_an_accumulator(mode):
     graph = vgg("max")
     x = random_input(graph, n=16)
     normalised = _normalised(graph, x)
-    result = to_spiking(normalised, mode=mode, phases=5)
+    result = to_spiking(copy_graph(normalised), mode=mode, phases=5)
     spiking = result.graph
     assert result.modified
     types = op_types(spiking)
@@ -52,7 +60,7 @@ def test_residual_add_and_relu_become_one_merge_population():
     graph = resnet(blocks=("identity",), maxpool_stem=False)
     x = random_input(graph, n=16)
     normalised = _normalised(graph, x)
-    spiking = to_spiking(normalised).graph
+    spiking = to_spiking(copy_graph(normalised)).graph
     assert "b0_add" not in spiking
     merge = ir.op_of(spiking, "b0_relu2")
     assert isinstance(merge, O.Population)
