@@ -8,8 +8,9 @@ entered through one public function that checks its packed arguments once
 per call (never inside the loops): :func:`run_batch` (the simulation, called
 by :func:`runtime.simulate`), :func:`input_conv2d` and :func:`input_dense`
 (the analog input layer, called by :meth:`runtime.LoweredGraph.input_drive`).
-Synaptic work is done only for the spikes that occur: a spike of a source neuron adds ``value * row`` to the membrane
-potentials of the neurons it reaches, through its projections (convolution
+Synaptic work is done only for the spikes that occur: a spike of a source
+neuron adds ``value * row`` to the membrane potentials of the neurons it
+reaches, through its projections (convolution
 scatter, dense row, sparse row, optionally chained through a sparse prefix
 such as average pooling).
 
@@ -259,7 +260,13 @@ def _gate_geometry(gate, g):
 
 @njit(cache=True)
 def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
-    """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi)."""
+    """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi).
+
+    What :func:`_conv_position` does for one neuron, used for the neurons a
+    sparse prefix (pooling) yields one at a time. Kept as its own loop: as a
+    one-neuron call of :func:`_conv_position` VGG-avg (whose pooled prefixes
+    take this path) ran about 8 % slower (median of 10 alternating runs).
+    """
     cin, width, cout, _, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
     cin_g, ct, coff = _conv_channels(proj, j)
     ci = m % cin
