@@ -3,10 +3,14 @@
 They take only flat typed arrays, packed in two named tuples: :class:`Net`
 (the lowered tables of a graph: float32 state and weights, int32 tables,
 see :mod:`runtime.lowering` for the column layout) and :class:`Run` (one
-call's schedule, inputs and outputs). They are private; the public entry
-point is :func:`runtime.simulate`. Synaptic work is done only for the spikes
-that occur: a spike of a source neuron adds ``value * row`` to the membrane
-potentials of the neurons it reaches, through its projections (convolution
+call's schedule, inputs and outputs). They are private; each family is
+entered through one public function that checks its packed arguments once
+per call (never inside the loops): :func:`run_batch` (the simulation, called
+by :func:`runtime.simulate`), :func:`input_conv2d` and :func:`input_dense`
+(the analog input layer, called by :meth:`runtime.LoweredGraph.input_drive`).
+Synaptic work is done only for the spikes that occur: a spike of a source
+neuron adds ``value * row`` to the membrane potentials of the neurons it
+reaches, through its projections (convolution
 scatter, dense row, sparse row, optionally chained through a sparse prefix
 such as average pooling).
 
@@ -64,6 +68,7 @@ from .lowering import (
     G_SH,
     G_SW,
     G_W,
+    GATE_FIELDS,
     KIND_GATE,
     KIND_OUTPUT,
     KIND_POPULATION,
@@ -79,6 +84,7 @@ from .lowering import (
     N_SPIKE,
     N_STAGE,
     N_STATE,
+    NODE_FIELDS,
     P_CIN,
     P_CIN_G,
     P_COFF,
@@ -100,19 +106,33 @@ from .lowering import (
     P_TARGET,
     P_W,
     P_WOFF,
+    PROJ_FIELDS,
 )
 from .schedule import (
     MODE_BSNN,
-    MODE_IF_RATE,
-    MODE_NOSN,
-    MODE_PHASE,
-    fires,
-    first_fire_from,
+    ceiling_applies,
+    fires_in_cone,
+    integrate_matters,
     integrates,
+    is_bistable,
     phase_weight,
+    reaches_in_cone,
+    spike_value,
 )
 
-__all__ = ["Net", "PeriodState", "Run", "StepState", "new_period_state", "new_step_state"]
+__all__ = [
+    "Net",
+    "PeriodState",
+    "Run",
+    "StepState",
+    "input_conv2d",
+    "input_dense",
+    "new_period_state",
+    "new_state",
+    "new_step_state",
+    "run_batch",
+    "uses_period_path",
+]
 
 # Threading layer: "workqueue" unless the user chose one (NUMBA_THREADING_LAYER, or numba.config.THREADING_LAYER
 # set before importing the runtime), and only while no parallel Numba code has run in this process (the layer is
@@ -240,7 +260,13 @@ def _gate_geometry(gate, g):
 
 @njit(cache=True)
 def _conv_add(V, vbase, proj, j, weights, m, value, lo, hi):
-    """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi)."""
+    """Scatter one spike of conv input neuron ``m`` (internal index) into output rows [lo, hi).
+
+    What :func:`_conv_position` does for one neuron, used for the neurons a
+    sparse prefix (pooling) yields one at a time. Kept as its own loop: as a
+    one-neuron call of :func:`_conv_position` VGG-avg (whose pooled prefixes
+    take this path) ran about 8 % slower (median of 10 alternating runs).
+    """
     cin, width, cout, _, ow, kh, kw, sh, sw, pt, pl, dh, dw, woff = _conv_geometry(proj, j)
     cin_g, ct, coff = _conv_channels(proj, j)
     ci = m % cin
@@ -466,14 +492,12 @@ def _deliver(net, V, j, spikes, soff, count, value, q, qoff, lo, hi):
 def _reaches(net, run, j, p):
     """Whether a spike of period p through projection j can still matter to its target (light cone).
 
-    The output always takes it; a population only if its first fire period
-    from p (the same period in ``bsnn-nosn`` when it fires in p, else the next)
-    is within its light cone.
+    The output always takes it; a population as :func:`runtime.schedule.reaches_in_cone` says.
     """
     target = net.proj[j, P_TARGET]
-    if target == net.output or net.mode >= MODE_PHASE:
+    if target == net.output:
         return True
-    return first_fire_from(net.node_table[target, N_STAGE], p) <= run.last_fire[target]
+    return reaches_in_cone(net.mode, net.node_table[target, N_STAGE], p, run.last_fire[target])
 
 
 @njit(cache=True, parallel=True)
@@ -641,7 +665,8 @@ def _gate_step(mode, k, gate, g, spikes, ssoff, scount, sflags, emitted, eoff, c
     c, height, width, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw = _gate_geometry(gate, g)
     coff = gate[g, G_CAND]
     area = kh * kw
-    if mode <= 1 and k == 0:
+    bistable = is_bistable(mode)
+    if bistable and k == 0:
         total = oh * ow * c * area
         for i in range(total):
             candidates[coff + i] = 1
@@ -657,7 +682,7 @@ def _gate_step(mode, k, gate, g, spikes, ssoff, scount, sflags, emitted, eoff, c
         oy = pos // ow
         ox = pos - oy * ow
         fire = False
-        if mode <= 1:
+        if bistable:
             for ky in range(kh):
                 iy = oy * sh - pt + ky * dh
                 for kx in range(kw):
@@ -713,24 +738,25 @@ def _node_step(net, run, b, n, t, p, k, V, spikes, flags, nspikes, candidates, e
         for i in range(nspikes[n]):
             flags[soff + spikes[soff + i]] = 0
         nspikes[n] = 0
-    value = net.threshold[n] if mode == MODE_IF_RATE else net.threshold[n] * phase_weight(k)
-    in_cone = p <= run.last_fire[n]
+    value = spike_value(mode, net.threshold[n], k)
+    last_fire = run.last_fire[n]
     if kind == KIND_GATE:
-        if in_cone and fires(mode, stage, p):
+        if fires_in_cone(mode, stage, p, last_fire):
             src = table[n, N_SOURCE]
             nspikes[n] = _gate_step(mode, k, net.gate, table[n, N_GATE], spikes, table[src, N_SPIKE], nspikes[src],
                                     flags, emitted, table[src, N_EMITTED], candidates, touched, tlist, soff, flags)
     else:
-        integrate = integrates(mode, stage, p)
-        if kind == KIND_POPULATION and mode <= MODE_NOSN:
-            integrate = integrate and p + 1 <= run.last_fire[n]  # an integrate period matters for the next fire
+        if kind == KIND_POPULATION:
+            integrate = integrate_matters(mode, stage, p, last_fire)
+        else:  # the output: its V is read every step
+            integrate = integrates(mode, stage, p)
         if integrate:
             _add_current(net, run, b, n, V, 1)
         if kind == KIND_OUTPUT:
             _read_output(net, run, b, t, p, V)
             return 0, value
-        if in_cone and fires(mode, stage, p):
-            if mode >= MODE_PHASE or k == 0:  # bistable: the ceiling applies once the integrate period is over
+        if fires_in_cone(mode, stage, p, last_fire):
+            if ceiling_applies(mode, k):
                 _apply_ceiling(net, V, n)
             nspikes[n] = _fire(V, table[n, N_STATE], size, value, spikes, soff, flags)
     count = nspikes[n]
@@ -948,14 +974,14 @@ def _bsnn_nodes(net, run, b, p, V, bits, q, active, nactive, event):
         size = table[n, N_SIZE]
         soff = table[n, N_SPIKE]
         stage = table[n, N_STAGE]
-        fire = fires(MODE_BSNN, stage, p) and p <= run.last_fire[n]
+        fire = fires_in_cone(MODE_BSNN, stage, p, run.last_fire[n])
         if kind == KIND_GATE:
             if not fire:
                 continue
             count = _gate_period(net.gate, table[n, N_GATE], bits, q, table[table[n, N_SOURCE], N_SPIKE], active,
                                  soff)
         else:
-            if integrates(MODE_BSNN, stage, p) and p + 1 <= run.last_fire[n]:  # it matters only for the next fire
+            if integrate_matters(MODE_BSNN, stage, p, run.last_fire[n]):
                 _add_current(net, run, b, n, V, phases)
             if not fire:
                 continue
@@ -1204,3 +1230,133 @@ def _input_dense(x, w, bias, out):
                 o[j] += v * row[j]
         for j in range(o.size):
             o[j] += bias[j]
+
+
+# --------------------------------------------------------------------------- the public entries
+
+
+#: dtype of every array field of Net and Run (the kernels are compiled for exactly these)
+_NET_DTYPES = {
+    "node_table": np.int32, "threshold": np.float32, "v0": np.float32, "proj": np.int32, "weights": np.float32,
+    "indptr": np.int64, "cols": np.int32, "vals": np.float32, "gate": np.int32, "fanout": np.int32,
+    "bias": np.float32, "ceiling": np.float32, "output_order": np.int32,
+}  # fmt: skip
+_RUN_DTYPES = {
+    "last_fire": np.int32, "drive": np.float32, "neuron_counts": np.int32, "node_counts": np.int64,
+    "sops": np.int64, "period_sops": np.int64, "predictions": np.int32, "logits": np.float32, "events": np.int32,
+    "event_start": np.int64, "event_stop": np.int64, "record": np.uint8, "deliveries": np.int64,
+}  # fmt: skip
+_DTYPES = tuple((packed, name, np.dtype(dtype)) for packed, table in ((0, _NET_DTYPES), (1, _RUN_DTYPES))
+                for name, dtype in table.items())  # fmt: skip
+
+
+def _check_packed(net: Net, run: Run, state: PeriodState | StepState) -> None:
+    """Refuse packed arguments the kernels would read out of bounds or recompile for (ValueError).
+
+    A few microseconds per call: dtypes compared by identity first, the
+    shapes as one tuple (the field-by-field message only on a mismatch).
+    """
+    pair = (net, run)
+    for packed, name, dtype in _DTYPES:
+        array = getattr(pair[packed], name)
+        found = getattr(array, "dtype", None)
+        if found is not dtype and found != dtype:
+            raise ValueError(f"{('Net', 'Run')[packed]}.{name} must be a {dtype.name} array, got {found}")
+    nodes = net.node_table.shape[0]
+    samples = run.drive.shape[0]
+    timesteps = int(run.timesteps)
+    periods = -(-timesteps // int(net.phases))
+    names = ("Net.node_table", "Net.proj", "Net.gate", "Run.periods", "Run.last_fire", "Run.record",
+             "Run.node_counts", "Run.sops", "Run.period_sops", "Run.predictions", "Run.logits", "Run.event_start",
+             "Run.event_stop", "Run.deliveries", "Run.neuron_counts", "Run.events")  # fmt: skip
+    got = (net.node_table.shape[1:], net.proj.shape[1:], net.gate.shape[1:], int(run.periods), run.last_fire.shape,
+           run.record.shape, run.node_counts.shape, run.sops.shape, run.period_sops.shape, run.predictions.shape,
+           run.logits.shape, run.event_start.shape, run.event_stop.shape, run.deliveries.shape,
+           run.neuron_counts.shape[0], run.events.shape[1:])  # fmt: skip
+    want = ((NODE_FIELDS,), (PROJ_FIELDS,), (GATE_FIELDS,), periods, (nodes,), (nodes,), (samples, nodes),
+            (samples, nodes), (periods, samples), (timesteps, samples), (periods, samples, net.output_order.size),
+            (samples + 1,), (samples,), (samples,), samples, (3,))  # fmt: skip
+    if got != want:
+        name, found, expected = next((n, g, w) for n, g, w in zip(names, got, want) if g != w)
+        raise ValueError(f"{name} is {found}, expected {expected}")
+    if run.per_neuron and run.neuron_counts.shape[1] < net.spike_size:
+        raise ValueError(f"Run.neuron_counts has {run.neuron_counts.shape[1]} columns for {net.spike_size} neurons")
+    if samples == 0 or run.events.shape[0] < run.event_start[-1]:
+        raise ValueError("a run needs at least one sample and an event buffer as large as event_start says")
+    if uses_period_path(net) != isinstance(state, PeriodState):
+        raise ValueError(f"mode {int(net.mode)} runs on the {'period' if uses_period_path(net) else 'step'} path")
+
+
+def uses_period_path(net: Net) -> bool:
+    """Whether a run of ``net`` takes the period path (mode ``bsnn``, unless ``_COALESCE`` is off) or the step path."""
+    return int(net.mode) == MODE_BSNN and _COALESCE
+
+
+def new_state(net: Net, slots: int) -> PeriodState | StepState:
+    """Working state of the path ``net`` runs on (:func:`uses_period_path`) for ``slots`` threads."""
+    return (new_period_state if uses_period_path(net) else new_step_state)(net, slots)
+
+
+def run_batch(net: Net, run: Run, state: PeriodState | StepState, threads: int, one_sample_threads: int) -> None:
+    """Simulate the batch of ``run`` (the one entry of the simulation kernels): check, then run its path.
+
+    Parameters
+    ----------
+    net : the lowered graph's tables.
+    run : the batch's schedule, inputs and outputs (written in place).
+    state : working state from :func:`new_state` with a row per thread
+        (one row suffices for a batch of one sample).
+    threads : threads running the batch (Numba's current count).
+    one_sample_threads : a batch of one sample splits each period's (or
+        step's) conv and dense deliveries over ``min(one_sample_threads,
+        threads)`` threads; a larger batch runs chunks of samples in parallel,
+        four per thread.
+
+    Raises
+    ------
+    ValueError
+        if the packed arguments do not fit each other.
+    """
+    _check_packed(net, run, state)
+    period = isinstance(state, PeriodState)
+    if run.drive.shape[0] == 1:
+        split = np.int64(min(one_sample_threads, threads))
+        (_bsnn_samples if period else _step_samples)(net, run, state, 0, 0, 1, split)
+        return
+    if state.V.shape[0] < threads:
+        raise ValueError(f"state has {state.V.shape[0]} rows for {threads} threads")
+    (_bsnn_batch if period else _step_batch)(net, run, state, np.int64(4 * threads))
+
+
+def input_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, strides, pads, dilations, group: int,
+                 out: np.ndarray) -> None:
+    """A 2-d convolution of the analog input into ``out`` (N, OH, OW, C_out), channels last, per sample in a fixed
+    order (:func:`_input_conv2d`).
+
+    ``x`` (N, C_in, H, W) and ``weight`` (C_in / group, KH, KW, C_out)
+    float32; ``strides``, ``dilations`` (2,), ``pads`` (top, left, ...).
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    weight = np.ascontiguousarray(weight, np.float32)
+    bias = np.ascontiguousarray(bias, np.float32)
+    if x.ndim != 4 or weight.ndim != 4 or out.ndim != 4 or out.dtype != np.float32:
+        raise ValueError("input_conv2d takes a 4-d x, weight and float32 out")
+    if x.shape[1] != weight.shape[0] * group or out.shape[0] != x.shape[0] or out.shape[3] != weight.shape[3]:
+        raise ValueError(f"input_conv2d: x {x.shape}, weight {weight.shape}, group {group} and out {out.shape} differ")
+    _input_conv2d(x, weight, bias, strides[0], strides[1], pads[0], pads[1], dilations[0], dilations[1], int(group),
+                  out)
+
+
+def input_dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
+    """``out = x @ weight + bias`` for the analog input, terms in input order per sample (:func:`_input_dense`).
+
+    ``x`` (N, in), ``weight`` (in, out), ``out`` (N, out) float32.
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    weight = np.ascontiguousarray(weight, np.float32)
+    bias = np.ascontiguousarray(bias, np.float32)
+    if x.ndim != 2 or weight.shape[0] != x.shape[1] or out.shape != (x.shape[0], weight.shape[1]):
+        raise ValueError(f"input_dense: x {x.shape}, weight {weight.shape} and out {out.shape} differ")
+    if out.dtype != np.float32 or bias.shape != (weight.shape[1],):
+        raise ValueError("input_dense takes a float32 out and one bias per output")
+    _input_dense(x, weight, bias, out)

@@ -214,95 +214,178 @@ def _window_indices(op, in_shape: tuple[int, ...], kernel) -> np.ndarray:
 
 
 def _op_map(graph: nx.DiGraph, node: str, position: int) -> _Sparse:
-    """The linear part of ``node`` as a map from its input ``position`` to its output (natural layout)."""
+    """The linear part of ``node`` as a map from its input ``position`` to its output (natural layout).
+
+    One function per op kind (:data:`_OP_MAPS`); an op without one is refused.
+    """
     op = ir.op_of(graph, node)
     in_shape = tuple(ir.shape_of(graph, ir.inputs_of(graph, node)[position]))
     out_shape = tuple(ir.shape_of(graph, node))
-    n_in, n_out = int(math.prod(in_shape)), int(math.prod(out_shape))
-    if isinstance(op, (O.Flatten, O.Reshape, O.Identity, O.Dropout)):
-        return _Sparse.identity(n_in)
-    if isinstance(op, O.Transpose):  # a permutation (channel shuffle): y.flat[i] = x.flat[P[i]]
-        perm = op.flat_permutation(in_shape).astype(np.int64)
-        return _Sparse(perm, np.arange(n_out, dtype=np.int64), np.ones(n_out), n_in, n_out)
-    if isinstance(op, (O.Add, O.Sum)):
-        if in_shape != out_shape:
-            raise _refuse(node, op, f"broadcasting input {position} of shape {in_shape} to {out_shape} is not supported")
-        return _Sparse.identity(n_in)
-    if isinstance(op, O.Mul):
-        if in_shape != out_shape:
-            raise _refuse(node, op, f"constant changes the shape {in_shape} to {out_shape}")
-        scale = np.broadcast_to(op.constant.astype(np.float64), (1,) + out_shape).reshape(-1)
-        return _Sparse.identity(n_in, scale)
-    if isinstance(op, O.Pad):
-        rank = len(in_shape) + 1
-        if op.mode != "constant" or op.value != 0 or any(p < 0 for p in op.pads):
-            raise _refuse(node, op, "only constant-0 padding with non-negative pads is a linear projection")
-        place = np.arange(n_out, dtype=np.int64).reshape(out_shape)
-        crop = tuple(slice(op.pads[i + 1], op.pads[i + 1] + in_shape[i]) for i in range(rank - 1))
-        return _Sparse(np.arange(n_in, dtype=np.int64), place[crop].reshape(-1), np.ones(n_in), n_in, n_out)
-    if isinstance(op, O.Concat):
-        axis = (op.axis if op.axis >= 0 else op.axis + len(out_shape) + 1) - 1
-        srcs = ir.inputs_of(graph, node)
-        begin = sum(ir.shape_of(graph, s)[axis] for s in srcs[:position])
-        place = np.arange(n_out, dtype=np.int64).reshape(out_shape)
-        index = [slice(None)] * len(out_shape)
-        index[axis] = slice(begin, begin + in_shape[axis])
-        return _Sparse(np.arange(n_in, dtype=np.int64), place[tuple(index)].reshape(-1), np.ones(n_in), n_in, n_out)
-    if isinstance(op, O.GlobalAveragePool):
-        per_channel = n_in // in_shape[0]
-        rows = np.arange(n_in, dtype=np.int64)
-        return _Sparse(rows, rows // per_channel, np.full(n_in, 1.0 / per_channel), n_in, n_out)
-    if isinstance(op, O.AveragePool):
-        if len(in_shape) < 2:
-            raise _refuse(node, op, f"input of shape {in_shape} has no spatial axes")
-        win = _window_indices(op, in_shape, op.kernel_shape)  # (C, *out, *kernel)
-        spatial = len(in_shape) - 1
-        kernel_axes = tuple(range(1 + spatial, 1 + 2 * spatial))
-        inside = (win >= 0).sum(axis=kernel_axes)
-        ratio = pool_nd(np.ones((1,) + in_shape, np.float32), op)[0].astype(np.float64)  # inside / divisor
-        weight = np.where(inside > 0, ratio / np.maximum(inside, 1), 0.0)
-        cols = np.broadcast_to(np.arange(n_out).reshape(out_shape).reshape(out_shape + (1,) * spatial), win.shape)
-        vals = np.broadcast_to(weight.reshape(out_shape + (1,) * spatial), win.shape)
-        mask = win >= 0
-        return _coalesce(_Sparse(win[mask], cols[mask].astype(np.int64), vals[mask], n_in, n_out))
-    if isinstance(op, O.Conv):
-        if len(in_shape) < 2:
-            raise _refuse(node, op, f"input of shape {in_shape} has no spatial axes")
-        win = _window_indices(op, in_shape, op.kernel_shape)  # (Cin, *out_spatial, *kernel)
-        spatial = len(in_shape) - 1
-        cin_g = op.weight.shape[1]
-        cout = op.weight.shape[0]
-        cout_g = cout // op.group
-        out_spatial = out_shape[1:]
-        positions = int(math.prod(out_spatial))
-        rows, cols, vals = [], [], []
-        for g in range(op.group):
-            idx = win[g * cin_g : (g + 1) * cin_g]  # (cin_g, *out, *kernel)
-            idx = np.moveaxis(idx, 0, spatial)  # (*out, cin_g, *kernel)
-            w = op.weight[g * cout_g : (g + 1) * cout_g].astype(np.float64)  # (cout_g, cin_g, *kernel)
-            shape = (cout_g,) + idx.shape
-            r = np.broadcast_to(idx[None], shape)
-            v = np.broadcast_to(w.reshape((cout_g,) + (1,) * spatial + w.shape[1:]), shape)
-            co = np.arange(g * cout_g, (g + 1) * cout_g).reshape((cout_g,) + (1,) * (idx.ndim))
-            pos = np.arange(positions).reshape(out_spatial + (1,) * (spatial + 1))
-            c = np.broadcast_to(co * positions + pos[None], shape)
-            mask = r >= 0
-            rows.append(r[mask])
-            cols.append(c[mask])
-            vals.append(v[mask])
-        return _coalesce(_Sparse(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), n_in, n_out))
-    if isinstance(op, O.Gemm):
-        w = op.weight.astype(np.float64)  # (out, in)
-        rows = np.repeat(np.arange(n_in, dtype=np.int64), n_out)
-        cols = np.tile(np.arange(n_out, dtype=np.int64), n_in)
-        return _Sparse(rows, cols, w.T.reshape(-1), n_in, n_out)
-    if isinstance(op, O.MatMul):
-        if len(in_shape) != 1:
-            raise _refuse(node, op, f"MatMul of a {len(in_shape)}-d input is not supported")
-        rows = np.repeat(np.arange(n_in, dtype=np.int64), n_out)
-        cols = np.tile(np.arange(n_out, dtype=np.int64), n_in)
-        return _Sparse(rows, cols, op.weight.astype(np.float64).reshape(-1), n_in, n_out)
+    for kinds, op_map in _OP_MAPS:
+        if isinstance(op, kinds):
+            return op_map(_OpSite(graph, node, op, position, in_shape, out_shape))
     raise _refuse(node, op, "is not a linear projection")
+
+
+@dataclass
+class _OpSite:
+    """One input of one linear node, what a map of :data:`_OP_MAPS` reads."""
+
+    graph: nx.DiGraph
+    node: str
+    op: O.Op
+    position: int  # the input
+    in_shape: tuple[int, ...]  # per sample
+    out_shape: tuple[int, ...]
+
+    @property
+    def n_in(self) -> int:
+        return int(math.prod(self.in_shape))
+
+    @property
+    def n_out(self) -> int:
+        return int(math.prod(self.out_shape))
+
+    def placed(self, index) -> _Sparse:
+        """Input neuron i to the output neuron at ``arange(n_out).reshape(out_shape)[index]`` (C order), weight 1."""
+        place = np.arange(self.n_out, dtype=np.int64).reshape(self.out_shape)
+        n_in = self.n_in
+        return _Sparse(np.arange(n_in, dtype=np.int64), place[index].reshape(-1), np.ones(n_in), n_in, self.n_out)
+
+
+def _identity_map(site: _OpSite) -> _Sparse:
+    """Flatten, Reshape, Identity, Dropout: the flat (C-order) index is kept."""
+    return _Sparse.identity(site.n_in)
+
+
+def _transpose_map(site: _OpSite) -> _Sparse:
+    """A permutation (channel shuffle): ``y.flat[i] = x.flat[P[i]]``."""
+    perm = site.op.flat_permutation(site.in_shape).astype(np.int64)
+    return _Sparse(perm, np.arange(site.n_out, dtype=np.int64), np.ones(site.n_out), site.n_in, site.n_out)
+
+
+def _sum_map(site: _OpSite) -> _Sparse:
+    """Add, Sum: each input passes as it is (other inputs are other paths, a constant is bias); no broadcasting."""
+    if site.in_shape != site.out_shape:
+        raise _refuse(site.node, site.op, f"broadcasting input {site.position} of shape {site.in_shape} to "
+                      f"{site.out_shape} is not supported")  # fmt: skip
+    return _Sparse.identity(site.n_in)
+
+
+def _mul_map(site: _OpSite) -> _Sparse:
+    """Mul by a constant: one factor per neuron."""
+    if site.in_shape != site.out_shape:
+        raise _refuse(site.node, site.op, f"constant changes the shape {site.in_shape} to {site.out_shape}")
+    scale = np.broadcast_to(site.op.constant.astype(np.float64), (1,) + site.out_shape).reshape(-1)
+    return _Sparse.identity(site.n_in, scale)
+
+
+def _pad_map(site: _OpSite) -> _Sparse:
+    """Pad with constant 0: each input neuron to its place inside the padded output."""
+    op, in_shape = site.op, site.in_shape
+    if op.mode != "constant" or op.value != 0 or any(p < 0 for p in op.pads):
+        raise _refuse(site.node, op, "only constant-0 padding with non-negative pads is a linear projection")
+    rank = len(in_shape) + 1
+    return site.placed(tuple(slice(op.pads[i + 1], op.pads[i + 1] + in_shape[i]) for i in range(rank - 1)))
+
+
+def _concat_map(site: _OpSite) -> _Sparse:
+    """Concat: input ``position`` to its slice of the output along the axis."""
+    op, out_shape = site.op, site.out_shape
+    axis = (op.axis if op.axis >= 0 else op.axis + len(out_shape) + 1) - 1
+    srcs = ir.inputs_of(site.graph, site.node)
+    begin = sum(ir.shape_of(site.graph, s)[axis] for s in srcs[: site.position])
+    index = [slice(None)] * len(out_shape)
+    index[axis] = slice(begin, begin + site.in_shape[axis])
+    return site.placed(tuple(index))
+
+
+def _global_average_map(site: _OpSite) -> _Sparse:
+    """GlobalAveragePool: every neuron of a channel to the channel's output, weight 1 / positions."""
+    n_in = site.n_in
+    per_channel = n_in // site.in_shape[0]
+    rows = np.arange(n_in, dtype=np.int64)
+    return _Sparse(rows, rows // per_channel, np.full(n_in, 1.0 / per_channel), n_in, site.n_out)
+
+
+def _average_pool_map(site: _OpSite) -> _Sparse:
+    """AveragePool (padding, ceil mode and ``count_include_pad`` as the executor's ``pool_nd`` has them)."""
+    op, in_shape, out_shape = site.op, site.in_shape, site.out_shape
+    if len(in_shape) < 2:
+        raise _refuse(site.node, op, f"input of shape {in_shape} has no spatial axes")
+    win = _window_indices(op, in_shape, op.kernel_shape)  # (C, *out, *kernel)
+    spatial = len(in_shape) - 1
+    kernel_axes = tuple(range(1 + spatial, 1 + 2 * spatial))
+    inside = (win >= 0).sum(axis=kernel_axes)
+    ratio = pool_nd(np.ones((1,) + in_shape, np.float32), op)[0].astype(np.float64)  # inside / divisor
+    weight = np.where(inside > 0, ratio / np.maximum(inside, 1), 0.0)
+    cols = np.broadcast_to(np.arange(site.n_out).reshape(out_shape).reshape(out_shape + (1,) * spatial), win.shape)
+    vals = np.broadcast_to(weight.reshape(out_shape + (1,) * spatial), win.shape)
+    mask = win >= 0
+    return _coalesce(_Sparse(win[mask], cols[mask].astype(np.int64), vals[mask], site.n_in, site.n_out))
+
+
+def _conv_map(site: _OpSite) -> _Sparse:
+    """Conv (any rank, grouped, strided, dilated, padded) as coordinates, one group at a time."""
+    op, in_shape, out_shape = site.op, site.in_shape, site.out_shape
+    if len(in_shape) < 2:
+        raise _refuse(site.node, op, f"input of shape {in_shape} has no spatial axes")
+    win = _window_indices(op, in_shape, op.kernel_shape)  # (Cin, *out_spatial, *kernel)
+    spatial = len(in_shape) - 1
+    cin_g = op.weight.shape[1]
+    cout_g = op.weight.shape[0] // op.group
+    out_spatial = out_shape[1:]
+    positions = int(math.prod(out_spatial))
+    rows, cols, vals = [], [], []
+    for g in range(op.group):
+        idx = win[g * cin_g : (g + 1) * cin_g]  # (cin_g, *out, *kernel)
+        idx = np.moveaxis(idx, 0, spatial)  # (*out, cin_g, *kernel)
+        w = op.weight[g * cout_g : (g + 1) * cout_g].astype(np.float64)  # (cout_g, cin_g, *kernel)
+        shape = (cout_g,) + idx.shape
+        r = np.broadcast_to(idx[None], shape)
+        v = np.broadcast_to(w.reshape((cout_g,) + (1,) * spatial + w.shape[1:]), shape)
+        co = np.arange(g * cout_g, (g + 1) * cout_g).reshape((cout_g,) + (1,) * (idx.ndim))
+        pos = np.arange(positions).reshape(out_spatial + (1,) * (spatial + 1))
+        c = np.broadcast_to(co * positions + pos[None], shape)
+        mask = r >= 0
+        rows.append(r[mask])
+        cols.append(c[mask])
+        vals.append(v[mask])
+    return _coalesce(_Sparse(np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), site.n_in, site.n_out))
+
+
+def _gemm_map(site: _OpSite) -> _Sparse:
+    """Gemm ``y = W x`` (W: (out, in)): every input to every output."""
+    n_in, n_out = site.n_in, site.n_out
+    rows = np.repeat(np.arange(n_in, dtype=np.int64), n_out)
+    cols = np.tile(np.arange(n_out, dtype=np.int64), n_in)
+    return _Sparse(rows, cols, site.op.weight.astype(np.float64).T.reshape(-1), n_in, n_out)
+
+
+def _matmul_map(site: _OpSite) -> _Sparse:
+    """MatMul ``y = x W`` of a 1-d input (W: (in, out))."""
+    if len(site.in_shape) != 1:
+        raise _refuse(site.node, site.op, f"MatMul of a {len(site.in_shape)}-d input is not supported")
+    n_in, n_out = site.n_in, site.n_out
+    rows = np.repeat(np.arange(n_in, dtype=np.int64), n_out)
+    cols = np.tile(np.arange(n_out, dtype=np.int64), n_in)
+    return _Sparse(rows, cols, site.op.weight.astype(np.float64).reshape(-1), n_in, n_out)
+
+
+#: the linear map of each op kind between spiking nodes, tried in order (:func:`_op_map`)
+_OP_MAPS = (
+    ((O.Flatten, O.Reshape, O.Identity, O.Dropout), _identity_map),
+    (O.Transpose, _transpose_map),
+    ((O.Add, O.Sum), _sum_map),
+    (O.Mul, _mul_map),
+    (O.Pad, _pad_map),
+    (O.Concat, _concat_map),
+    (O.GlobalAveragePool, _global_average_map),
+    (O.AveragePool, _average_pool_map),
+    (O.Conv, _conv_map),
+    (O.Gemm, _gemm_map),
+    (O.MatMul, _matmul_map),
+)
 
 
 # --------------------------------------------------------------------------- paths
@@ -675,17 +758,14 @@ def _batch_free_evaluate(sub: nx.DiGraph, feeds: dict, outputs: list[str]) -> di
             shape = tuple(ir.shape_of(sub, name))
             out = np.empty((x.shape[0], shape[1], shape[2], cout), np.float32)
             bias = op.bias if op.bias is not None else np.zeros(cout, np.float32)
-            kernels._input_conv2d(np.ascontiguousarray(x, np.float32),
-                                  np.ascontiguousarray(op.weight.transpose(1, 2, 3, 0), np.float32),
-                                  np.ascontiguousarray(bias, np.float32), strides[0], strides[1], pads[0], pads[1],
-                                  dilations[0], dilations[1], int(op.group), out)  # fmt: skip
+            kernels.input_conv2d(x, op.weight.transpose(1, 2, 3, 0), bias, strides, pads, dilations, int(op.group),
+                                 out)
             values[name] = np.moveaxis(out, -1, 1)
         elif isinstance(op, (O.Gemm, O.MatMul)) and x.ndim == 2:
             weight = op.weight.T if isinstance(op, O.Gemm) else op.weight
             bias = op.bias if isinstance(op, O.Gemm) and op.bias is not None else np.zeros(weight.shape[1], np.float32)
             out = np.empty((x.shape[0], weight.shape[1]), np.float32)
-            kernels._input_dense(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(weight, np.float32),
-                                 np.ascontiguousarray(bias, np.float32), out)  # fmt: skip
+            kernels.input_dense(x, weight, bias, out)
             values[name] = out
         elif isinstance(op, (O.Conv, O.Gemm, O.MatMul, O.AveragePool, O.GlobalAveragePool)):
             values[name] = np.concatenate([np.asarray(apply_op(op, [a[i : i + 1] for a in args]), np.float32)
@@ -716,8 +796,368 @@ def _evaluate_target_input(graph: nx.DiGraph, sub: nx.DiGraph, target: str, feed
     return total
 
 
+@dataclass
+class _Nodes:
+    """The nodes a lowered graph has a row for, and what every stage of :func:`lower` asks about them."""
+
+    names: list[str]  # spiking nodes, then the output, in topological order
+    spiking: list[str]  # populations, synchronous neurons and max gates
+    output_name: str
+    input_name: str
+    mode: str
+    phases: int
+    shapes: dict[str, tuple[int, ...]]  # per-sample shape of every named node
+    orders: dict[str, np.ndarray]  # name -> internal_order(shape)
+    index: dict[str, int]  # name -> row
+    largest_stage: int  # L, the largest population stage (0 without populations)
+
+    def stage_of(self, graph: nx.DiGraph, name: str) -> int:
+        """A node's stage (the analog input: 0)."""
+        return 0 if name == self.input_name else int(ir.op_of(graph, name).stage)
+
+    def size_of(self, name: str) -> int:
+        return int(math.prod(self.shapes[name]))
+
+
+@dataclass
+class _Layout:
+    """Stage 2 of :func:`lower`: the node table and the per-node arrays (no projection columns yet)."""
+
+    node_table: np.ndarray  # int32 (S, NODE_FIELDS)
+    threshold: np.ndarray  # float32 (S,)
+    v0: np.ndarray  # float32 (S,)
+    initial_potential: str
+    ceiling: np.ndarray  # float32 (state_size,), or (1,) when no population has a ceiling
+    gate_rows: list[list[int]]
+    state_size: int = 0
+    spike_size: int = 0
+    candidate_size: int = 0
+    emitted_size: int = 0
+
+
+def _collect_nodes(graph: nx.DiGraph) -> _Nodes:
+    """Stage 1 of :func:`lower`: the one analog input, the one output, the spiking nodes, the mode and K."""
+    order = ir.topological_order(graph)
+    inputs = [n for n in order if isinstance(ir.op_of(graph, n), O.Input)]
+    if len(inputs) != 1:
+        raise LoweringError(f"the runtime needs exactly one graph input, the graph has {inputs}")
+    outputs = [n for n in order if isinstance(ir.op_of(graph, n), O.OutputAccumulator)]
+    if len(outputs) != 1:
+        raise LoweringError(f"a spiking graph has exactly one OutputAccumulator, this one has {len(outputs)}")
+    spiking = [n for n in order if isinstance(ir.op_of(graph, n), (O.Population, O.MaxGate))]
+    names = spiking + outputs
+    mode, phases = _graph_mode(graph, names)
+    shapes = {n: tuple(ir.shape_of(graph, n)) for n in names}
+    return _Nodes(
+        names=names,
+        spiking=spiking,
+        output_name=outputs[0],
+        input_name=inputs[0],
+        mode=mode,
+        phases=phases,
+        shapes=shapes,
+        orders={n: internal_order(shapes[n]) for n in names},
+        index={n: i for i, n in enumerate(names)},
+        largest_stage=max([int(ir.op_of(graph, n).stage) for n in spiking] + [0]),
+    )
+
+
+def _lay_out_nodes(graph: nx.DiGraph, nodes: _Nodes) -> _Layout:
+    """Stage 2 of :func:`lower`: a node-table row per node (kind, size, stage, state and spike offsets, gate
+    geometry, threshold, initial potential, ceiling), in the order of ``nodes.names``."""
+    count = len(nodes.names)
+    layout = _Layout(
+        node_table=np.full((count, NODE_FIELDS), -1, np.int32),
+        threshold=np.ones(count, np.float32),
+        v0=np.zeros(count, np.float32),
+        initial_potential="zero",
+        ceiling=np.zeros(0, np.float32),
+        gate_rows=[],
+    )
+    settings: set[str] = set()
+    ceilings: dict[int, np.ndarray] = {}
+    emitted_needed = set()
+    for i, name in enumerate(nodes.names):
+        op = ir.op_of(graph, name)
+        size = nodes.size_of(name)
+        layout.node_table[i, N_SIZE] = size
+        layout.node_table[i, N_STAGE] = int(op.stage)
+        if isinstance(op, O.MaxGate):
+            src = _lay_out_gate(graph, nodes, layout, i, name, op)
+            if nodes.mode in ("phase", "if-rate"):
+                emitted_needed.add(src)
+        else:
+            _lay_out_population(graph, nodes, layout, i, name, op, settings, ceilings)
+        if not isinstance(op, O.OutputAccumulator):
+            layout.node_table[i, N_SPIKE] = layout.spike_size
+            layout.spike_size += size
+    for src in emitted_needed:
+        layout.node_table[nodes.index[src], N_EMITTED] = layout.emitted_size
+        layout.emitted_size += int(layout.node_table[nodes.index[src], N_SIZE])
+    if len(settings) > 1:
+        raise LoweringError(f"populations disagree on the initial potential: {sorted(settings)}")
+    layout.initial_potential = settings.pop() if settings else "zero"
+    layout.ceiling = np.full(layout.state_size if ceilings else 1, np.inf, np.float32)
+    for i, bound in ceilings.items():
+        layout.node_table[i, N_CEILING] = 1
+        offset = int(layout.node_table[i, N_STATE])
+        layout.ceiling[offset : offset + bound.size] = bound
+    return layout
+
+
+def _lay_out_gate(graph: nx.DiGraph, nodes: _Nodes, layout: _Layout, i: int, name: str, op: O.MaxGate) -> str:
+    """The node-table and gate-table rows of max gate ``name`` (row i); returns its source population."""
+    src = ir.inputs_of(graph, name)[0]
+    src_op = ir.op_of(graph, src)
+    if not isinstance(src_op, O.Population):
+        raise _refuse(name, op, f"reads {src!r} ({src_op.op_type}); a max gate reads a population directly")
+    if len(nodes.shapes[src]) != 3 or len(op.kernel_shape) != 2:
+        raise _refuse(name, op, f"only 2-d max gates on (C, H, W) inputs are supported, got {nodes.shapes[src]}")
+    table = layout.node_table
+    table[i, N_KIND] = KIND_GATE
+    table[i, N_SOURCE] = nodes.index[src]
+    layout.threshold[i] = np.float32(src_op.threshold)
+    strides = tuple(op.strides) or (1, 1)
+    pads = tuple(op.pads) or (0, 0, 0, 0)
+    dil = tuple(op.dilations) or (1, 1)
+    c, h, w = nodes.shapes[src]
+    _, oh, ow = nodes.shapes[name]
+    kh, kw = op.kernel_shape
+    layout.gate_rows.append([c, h, w, oh, ow, kh, kw, strides[0], strides[1], pads[0], pads[1], dil[0], dil[1],
+                             layout.candidate_size])  # fmt: skip
+    layout.candidate_size += int(table[i, N_SIZE]) * kh * kw
+    table[i, N_GATE] = len(layout.gate_rows) - 1
+    if op.stage != src_op.stage and nodes.mode in ("bsnn", "bsnn-nosn"):
+        raise _refuse(name, op, f"stage {op.stage} differs from its source {src!r} (stage {src_op.stage})")
+    return src
+
+
+def _lay_out_population(graph: nx.DiGraph, nodes: _Nodes, layout: _Layout, i: int, name: str, op: O.Op,
+                        settings: set[str], ceilings: dict[int, np.ndarray]) -> None:
+    """The node-table row of a population, synchronous neuron or the output (row i): its V in the state vector,
+    and for a population its threshold, initial potential (added to ``settings``) and ceiling (into ``ceilings``)."""
+    table = layout.node_table
+    table[i, N_KIND] = KIND_OUTPUT if isinstance(op, O.OutputAccumulator) else KIND_POPULATION
+    table[i, N_STATE] = layout.state_size
+    layout.state_size += int(table[i, N_SIZE])
+    if not isinstance(op, O.Population):
+        return
+    layout.threshold[i] = np.float32(op.threshold)
+    if not layout.threshold[i] > 0:
+        raise _refuse(name, op, f"threshold {op.threshold} is not positive")
+    settings.add(op.initial_potential)
+    try:
+        layout.v0[i] = initial_potential(nodes.mode, nodes.phases, float(op.threshold), op.initial_potential)
+    except ValueError as exc:
+        raise _refuse(name, op, str(exc)) from None
+    bound = np.asarray(getattr(op, "ceiling", np.inf), np.float32)
+    if np.any(np.isfinite(bound)):
+        ceilings[i] = _per_neuron(name, op, bound, nodes.shapes[name], "ceiling")
+
+
+def _target_paths(graph: nx.DiGraph, nodes: _Nodes, name: str) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Stage 3a of :func:`lower`: the paths into target ``name`` (:func:`_paths`), checked against the contract
+    (a synchronous neuron reads one source directly; ``bsnn`` sources are one stage earlier; the output's stage)."""
+    op = ir.op_of(graph, name)
+    paths = _paths(graph, name)
+    if isinstance(op, O.SynchronousNeuron):
+        src_op = ir.op_of(graph, paths[0][0])
+        if len(paths) != 1 or paths[0][1] or not isinstance(src_op, (O.Population, O.MaxGate)):
+            raise _refuse(name, op, "a synchronous neuron reads one spiking source directly")
+    if nodes.mode == "bsnn":
+        wrong = [s for s in sorted({src for src, _ in paths}) if nodes.stage_of(graph, s) != op.stage - 1]
+        if wrong:
+            s = wrong[0]
+            raise _refuse(
+                name, op, f"stage {op.stage} but source {s!r} has stage {nodes.stage_of(graph, s)} "
+                f"(expected {op.stage - 1}); mode bsnn needs the synchronisation pass (or use bsnn-nosn)",
+            )
+    largest = nodes.largest_stage
+    if isinstance(op, O.OutputAccumulator) and nodes.mode in ("bsnn", "bsnn-nosn") and op.stage != largest + 1:
+        raise _refuse(name, op, f"stage {op.stage} but the largest population stage is {largest}")
+    return paths
+
+
+class _Currents:
+    """Stage 3b of :func:`lower`: each target's constant current, a dense drive of the input-fed targets
+    (computed per sample, :meth:`LoweredGraph.input_drive`) or a bias (its linear subgraph at zero input)."""
+
+    def __init__(self, nodes: _Nodes, state_size: int):
+        self.nodes = nodes
+        self.bias = np.zeros(state_size, np.float32)
+        self.step = 1.0 if nodes.mode == "if-rate" else 1.0 / nodes.phases  # the current of one step
+        self.drive_size = 0
+        self.input_targets: list[tuple[int, str]] = []
+        self.drive_subgraphs: dict[str, nx.DiGraph] = {}
+
+    def add(self, graph: nx.DiGraph, node_table: np.ndarray, i: int, name: str, paths) -> None:
+        """The constant current of target ``name`` (row i) fed by ``paths``."""
+        if self.nodes.input_name in {src for src, _ in paths}:
+            node_table[i, N_DRIVE] = self.drive_size
+            self.drive_size += int(node_table[i, N_SIZE])
+            self.input_targets.append((i, name))
+            self.drive_subgraphs[name] = _linear_subgraph(graph, name, paths)
+            return
+        b = _evaluate_target_input(graph, _linear_subgraph(graph, name, paths), name, {}, 1)
+        b = b.reshape(-1)[self.nodes.orders[name]]
+        offset = int(node_table[i, N_STATE])
+        self.bias[offset : offset + b.size] = b * np.float32(self.step)
+
+
+class _Projections:
+    """Stage 3c of :func:`lower`: one projection per path ``source -> linear ops -> target``, collected in path
+    order (rows of proj_table, scatter rows, CSR parts, fan-out per source), then packed (:meth:`pack`)."""
+
+    def __init__(self, graph: nx.DiGraph, nodes: _Nodes):
+        self.graph = graph
+        self.nodes = nodes
+        self.rows: list[tuple[int, list[int]]] = []  # (source row, proj_table row)
+        self.weights: list[np.ndarray] = []
+        self.weight_size = 0
+        self.csr_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.csr_rows = 0
+        self.csr_entries = 0
+        self.fanout_parts: dict[int, np.ndarray] = {}
+        self.input_macs = 0
+
+    def add_csr(self, s: _Sparse) -> int:
+        """Append the CSR form of ``s`` (and a closing row pointer); returns its first row."""
+        indptr, cols, vals = s.indptr()
+        row = self.csr_rows
+        self.csr_parts.append((indptr[:-1] + self.csr_entries, cols.astype(np.int32), vals.astype(np.float32)))
+        self.csr_rows += s.n_in
+        self.csr_entries += cols.size
+        self.csr_parts.append((np.array([self.csr_entries], np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)))
+        self.csr_rows += 1
+        return row
+
+    def add_path(self, src: str, chain: list[tuple[str, int]], target: int) -> None:
+        """The projection of one path from ``src`` into node row ``target`` (from the analog input: its MACs)."""
+        if src == self.nodes.input_name:
+            self.input_macs += sum(macs(self.graph, node) for node, _ in chain)
+            return
+        row = [-1] * PROJ_FIELDS
+        row[P_SOURCE], row[P_TARGET] = self.nodes.index[src], target
+        core = self._core(chain, self.nodes.shapes[self.nodes.names[target]])
+        if core is None:
+            fan = self._csr_projection(row, src, chain, self.nodes.names[target])
+        else:
+            fan = self._core_projection(row, src, chain, core)
+        self.rows.append((self.nodes.index[src], row))
+        self.fanout_parts[self.nodes.index[src]] = self.fanout_parts.get(self.nodes.index[src], 0) + fan
+
+    def _core(self, chain: list[tuple[str, int]], target_shape: tuple[int, ...]):
+        """The conv or dense core of a path: its last Conv / Gemm / MatMul as :func:`_conv_core` or
+        :func:`_dense_core` describe it (a dense core only if what follows keeps the target's shape), else None."""
+        graph = self.graph
+        heavy = None
+        for h in range(len(chain) - 1, -1, -1):
+            if isinstance(ir.op_of(graph, chain[h][0]), (O.Conv, O.Gemm, O.MatMul)):
+                heavy = h
+                break
+        if heavy is None:
+            return None
+        keeps = all(
+            isinstance(ir.op_of(graph, n), _SHAPE_KEEPING)
+            and self.nodes.shapes.get(n, ir.shape_of(graph, n)) == target_shape
+            for n, _ in chain[heavy + 1 :]
+        )
+        heavy_shape = tuple(ir.shape_of(graph, chain[heavy][0]))
+        core = _conv_core(graph, chain, heavy, target_shape)
+        if core is None and keeps and heavy_shape == target_shape:
+            core = _dense_core(graph, chain, heavy)
+        return core
+
+    def _csr_projection(self, row: list[int], src: str, chain, target_name: str) -> np.ndarray:
+        """A path with no conv or dense core: its whole linear map as one CSR matrix; returns its fan-out."""
+        src_shape = self.nodes.shapes[src]
+        n_src = int(math.prod(src_shape))
+        s = _to_internal(_map_of_chain(self.graph, chain, n_src), src_shape, self.nodes.shapes[target_name])
+        row[P_CORE] = CORE_CSR
+        row[P_CSR_ROW] = self.add_csr(s)
+        return np.bincount(s.rows, minlength=n_src).astype(np.int64)
+
+    def _core_projection(self, row: list[int], src: str, chain, core) -> np.ndarray:
+        """A path through a conv or dense core, the ops before it as a CSR prefix (or, a permutation before a
+        dense core, folded into the order of its rows); returns its fan-out."""
+        start, mid_shape, params, rows = core
+        is_conv = "kh" in params
+        row[P_CORE] = CORE_CONV if is_conv else CORE_DENSE
+        if is_conv:
+            for key, col in _CONV_COLUMNS:
+                row[col] = int(params[key])
+            mid_fan = _conv_fanout(params)
+        else:
+            row[P_CIN], row[P_COUT] = int(params["cin"]), int(params["cout"])
+            mid_fan = np.full(params["cin"], params["cout"], np.int64)
+        prefix = chain[:start]
+        src_shape = self.nodes.shapes[src]
+        n_src = int(math.prod(src_shape))
+        fan = mid_fan
+        if prefix or src_shape != mid_shape:
+            s = _to_internal(_map_of_chain(self.graph, prefix, n_src), src_shape, mid_shape)
+            permutation = (
+                s.rows.size == n_src == s.n_out and np.all(s.vals == 1.0)
+                and np.array_equal(np.sort(s.rows), np.arange(n_src))
+            )
+            if permutation and not is_conv:
+                # a flatten/reshape before a Gemm: reorder the scatter rows instead of chaining
+                mid_of = np.empty(n_src, np.int64)
+                mid_of[s.rows] = s.cols
+                rows = rows.reshape(-1, params["cout"])[mid_of].reshape(-1)
+                row[P_CIN] = n_src
+                fan = mid_fan[mid_of]
+            else:
+                row[P_PREFIX_ROW] = self.add_csr(s)
+                fan = np.bincount(s.rows, weights=mid_fan[s.cols], minlength=n_src).astype(np.int64)
+        row[P_WOFF] = self.weight_size
+        self.weights.append(np.ascontiguousarray(rows, np.float32))
+        self.weight_size += rows.size
+        return fan
+
+    def pack(self, layout: _Layout) -> dict[str, np.ndarray]:
+        """Stage 4 of :func:`lower`: proj_table sorted by source (each node's rows written into the node table),
+        the fan-out per neuron, the scatter rows and the CSR arrays; the LoweredGraph fields they fill."""
+        node_table = layout.node_table
+        self.rows.sort(key=lambda p: p[0])  # stable: keeps path order per source
+        proj_table = np.array([r for _, r in self.rows], np.int32).reshape(-1, PROJ_FIELDS)
+        for i in range(node_table.shape[0]):
+            rows = np.nonzero(proj_table[:, P_SOURCE] == i)[0]
+            node_table[i, N_PROJ_START] = rows[0] if rows.size else 0
+            node_table[i, N_PROJ_END] = rows[-1] + 1 if rows.size else 0
+        fanout = np.zeros(layout.spike_size, np.int64)
+        for i, fan in self.fanout_parts.items():
+            offset = int(node_table[i, N_SPIKE])
+            fanout[offset : offset + int(node_table[i, N_SIZE])] = fan
+        if fanout.size and fanout.max() > np.iinfo(np.int32).max:
+            raise LoweringError("a neuron reaches more than 2^31 synapses")
+        if self.csr_parts:
+            indptr = np.concatenate([p[0] for p in self.csr_parts]).astype(np.int64)
+            cols = np.concatenate([p[1] for p in self.csr_parts]).astype(np.int32)
+            vals = np.concatenate([p[2] for p in self.csr_parts]).astype(np.float32)
+        else:
+            indptr, cols, vals = np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        weights = np.concatenate(self.weights).astype(np.float32) if self.weights else np.zeros(0, np.float32)
+        return {"proj_table": proj_table, "fanout": fanout.astype(np.int32), "weights": weights,
+                "csr_indptr": indptr, "csr_cols": cols, "csr_vals": vals}  # fmt: skip
+
+
+#: the conv core's parameters (:func:`_conv_core`) and their proj_table columns
+_CONV_COLUMNS = (
+    ("cin", P_CIN), ("h", P_H), ("w", P_W), ("cout", P_COUT), ("oh", P_OH), ("ow", P_OW), ("kh", P_KH),
+    ("kw", P_KW), ("sh", P_SH), ("sw", P_SW), ("pt", P_PT), ("pl", P_PL), ("dh", P_DH), ("dw", P_DW),
+    ("cin_g", P_CIN_G), ("ct", P_CT), ("coff", P_COFF),
+)  # fmt: skip
+
+
 def lower(graph: nx.DiGraph) -> LoweredGraph:
     """Lower a spiking graph to the flat arrays the kernels run.
+
+    In four stages: collect the nodes (:func:`_collect_nodes`), lay out their
+    rows of the node table (:func:`_lay_out_nodes`), then for every target in
+    order its paths (:func:`_target_paths`), constant current
+    (:class:`_Currents`) and one projection per path (:class:`_Projections`),
+    and pack the projection tables (:meth:`_Projections.pack`).
 
     Parameters
     ----------
@@ -736,272 +1176,46 @@ def lower(graph: nx.DiGraph) -> LoweredGraph:
         linear projection, mixed modes, or (mode ``bsnn``) sources of a
         population that are not all one stage earlier.
     """
-    order = ir.topological_order(graph)
-    inputs = [n for n in order if isinstance(ir.op_of(graph, n), O.Input)]
-    if len(inputs) != 1:
-        raise LoweringError(f"the runtime needs exactly one graph input, the graph has {inputs}")
-    outputs = [n for n in order if isinstance(ir.op_of(graph, n), O.OutputAccumulator)]
-    if len(outputs) != 1:
-        raise LoweringError(f"a spiking graph has exactly one OutputAccumulator, this one has {len(outputs)}")
-    spiking = [n for n in order if isinstance(ir.op_of(graph, n), (O.Population, O.MaxGate))]
-    names = spiking + outputs
-    mode, phases = _graph_mode(graph, names)
-    index = {n: i for i, n in enumerate(names)}
-    input_name = inputs[0]
-    shapes = {n: tuple(ir.shape_of(graph, n)) for n in names}
-    orders = {n: internal_order(shapes[n]) for n in names}
-
-    count = len(names)
-    node_table = np.full((count, NODE_FIELDS), -1, np.int32)
-    threshold = np.ones(count, np.float32)
-    state_size = spike_size = candidate_size = emitted_size = drive_size = 0
-    gate_rows: list[list[int]] = []
-    emitted_needed = set()
-    v0 = np.zeros(count, np.float32)
-    settings: set[str] = set()
-    ceilings: dict[int, np.ndarray] = {}
-
-    def stage_of(name: str) -> int:
-        return 0 if name == input_name else int(ir.op_of(graph, name).stage)
-
-    for i, name in enumerate(names):
-        op = ir.op_of(graph, name)
-        size = int(math.prod(shapes[name]))
-        node_table[i, N_SIZE] = size
-        node_table[i, N_STAGE] = int(op.stage)
-        if isinstance(op, O.MaxGate):
-            src = ir.inputs_of(graph, name)[0]
-            src_op = ir.op_of(graph, src)
-            if not isinstance(src_op, O.Population):
-                raise _refuse(name, op, f"reads {src!r} ({src_op.op_type}); a max gate reads a population directly")
-            if len(shapes[src]) != 3 or len(op.kernel_shape) != 2:
-                raise _refuse(name, op, f"only 2-d max gates on (C, H, W) inputs are supported, got {shapes[src]}")
-            node_table[i, N_KIND] = KIND_GATE
-            node_table[i, N_SOURCE] = index[src]
-            threshold[i] = np.float32(src_op.threshold)
-            strides = tuple(op.strides) or (1, 1)
-            pads = tuple(op.pads) or (0, 0, 0, 0)
-            dil = tuple(op.dilations) or (1, 1)
-            c, h, w = shapes[src]
-            _, oh, ow = shapes[name]
-            kh, kw = op.kernel_shape
-            gate_rows.append([c, h, w, oh, ow, kh, kw, strides[0], strides[1], pads[0], pads[1], dil[0], dil[1],
-                              candidate_size])
-            candidate_size += size * kh * kw
-            node_table[i, N_GATE] = len(gate_rows) - 1
-            if mode in ("phase", "if-rate"):
-                emitted_needed.add(src)
-            if op.stage != ir.op_of(graph, src).stage and mode in ("bsnn", "bsnn-nosn"):
-                raise _refuse(name, op, f"stage {op.stage} differs from its source {src!r} (stage {src_op.stage})")
-        else:
-            node_table[i, N_KIND] = KIND_OUTPUT if isinstance(op, O.OutputAccumulator) else KIND_POPULATION
-            node_table[i, N_STATE] = state_size
-            state_size += size
-            if isinstance(op, O.Population):
-                threshold[i] = np.float32(op.threshold)
-                if not threshold[i] > 0:
-                    raise _refuse(name, op, f"threshold {op.threshold} is not positive")
-                settings.add(op.initial_potential)
-                try:
-                    v0[i] = initial_potential(mode, phases, float(op.threshold), op.initial_potential)
-                except ValueError as exc:
-                    raise _refuse(name, op, str(exc)) from None
-                bound = np.asarray(getattr(op, "ceiling", np.inf), np.float32)
-                if np.any(np.isfinite(bound)):
-                    ceilings[i] = _per_neuron(name, op, bound, shapes[name], "ceiling")
-        if not isinstance(op, O.OutputAccumulator):
-            node_table[i, N_SPIKE] = spike_size
-            spike_size += size
-    for src in emitted_needed:
-        node_table[index[src], N_EMITTED] = emitted_size
-        emitted_size += int(node_table[index[src], N_SIZE])
-    if len(settings) > 1:
-        raise LoweringError(f"populations disagree on the initial potential: {sorted(settings)}")
-    ceiling = np.full(state_size if ceilings else 1, np.inf, np.float32)
-    for i, bound in ceilings.items():
-        node_table[i, N_CEILING] = 1
-        offset = int(node_table[i, N_STATE])
-        ceiling[offset : offset + bound.size] = bound
-
-    # projections, biases, analog input
-    projections: list[tuple[int, list[int], np.ndarray | None, tuple | None]] = []  # per projection
-    weights: list[np.ndarray] = []
-    weight_size = 0
-    csr_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    csr_rows = csr_entries = 0
-    bias = np.zeros(state_size, np.float32)
-    step = 1.0 if mode == "if-rate" else 1.0 / phases
-    input_targets: list[tuple[int, str]] = []
-    fanout_parts: dict[int, np.ndarray] = {}
-    drive_subgraphs: dict[str, nx.DiGraph] = {}
-    input_macs = 0
-    largest_stage = max([int(ir.op_of(graph, n).stage) for n in spiking] + [0])
-
-    def add_csr(s: _Sparse) -> int:
-        nonlocal csr_rows, csr_entries
-        indptr, cols, vals = s.indptr()
-        row = csr_rows
-        csr_parts.append((indptr[:-1] + csr_entries, cols.astype(np.int32), vals.astype(np.float32)))
-        csr_rows += s.n_in
-        csr_entries += cols.size
-        csr_parts.append((np.array([csr_entries], np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)))
-        csr_rows += 1
-        return row
-
-    for i, name in enumerate(names):
-        op = ir.op_of(graph, name)
-        if isinstance(op, O.MaxGate):
+    nodes = _collect_nodes(graph)
+    layout = _lay_out_nodes(graph, nodes)
+    currents = _Currents(nodes, layout.state_size)
+    projections = _Projections(graph, nodes)
+    for i, name in enumerate(nodes.names):
+        if isinstance(ir.op_of(graph, name), O.MaxGate):
             continue
-        paths = _paths(graph, name)
-        if isinstance(op, O.SynchronousNeuron):
-            src_op = ir.op_of(graph, paths[0][0])
-            if len(paths) != 1 or paths[0][1] or not isinstance(src_op, (O.Population, O.MaxGate)):
-                raise _refuse(name, op, "a synchronous neuron reads one spiking source directly")
-        source_names = {src for src, _ in paths}
-        if mode == "bsnn":
-            wrong = [s for s in sorted(source_names) if stage_of(s) != op.stage - 1]
-            if wrong:
-                s = wrong[0]
-                raise _refuse(
-                    name, op, f"stage {op.stage} but source {s!r} has stage {stage_of(s)} (expected {op.stage - 1}); "
-                    "mode bsnn needs the synchronisation pass (or use bsnn-nosn)",
-                )
-        if isinstance(op, O.OutputAccumulator) and mode in ("bsnn", "bsnn-nosn") and op.stage != largest_stage + 1:
-            raise _refuse(name, op, f"stage {op.stage} but the largest population stage is {largest_stage}")
-        target_shape = shapes[name]
-        if input_name in source_names:
-            node_table[i, N_DRIVE] = drive_size
-            drive_size += int(node_table[i, N_SIZE])
-            input_targets.append((i, name))
-            drive_subgraphs[name] = _linear_subgraph(graph, name, paths)
-        else:
-            b = _evaluate_target_input(graph, _linear_subgraph(graph, name, paths), name, {}, 1)
-            b = b.reshape(-1)[orders[name]]
-            offset = int(node_table[i, N_STATE])
-            bias[offset : offset + b.size] = b * np.float32(step)
+        paths = _target_paths(graph, nodes, name)
+        currents.add(graph, layout.node_table, i, name, paths)
         for src, chain in paths:
-            if src == input_name:
-                input_macs += sum(macs(graph, node) for node, _ in chain)
-                continue
-            src_shape = shapes[src]
-            n_src = int(math.prod(src_shape))
-            row = [-1] * PROJ_FIELDS
-            row[P_SOURCE], row[P_TARGET] = index[src], i
-            heavy = None
-            for h in range(len(chain) - 1, -1, -1):
-                hop = ir.op_of(graph, chain[h][0])
-                if isinstance(hop, (O.Conv, O.Gemm, O.MatMul)):
-                    heavy = h
-                    break
-            core = None
-            if heavy is not None:
-                after = chain[heavy + 1 :]
-                keeps = all(
-                    isinstance(ir.op_of(graph, n), _SHAPE_KEEPING) and shapes.get(n, ir.shape_of(graph, n)) == target_shape
-                    for n, _ in after
-                )
-                heavy_shape = tuple(ir.shape_of(graph, chain[heavy][0]))
-                core = _conv_core(graph, chain, heavy, target_shape)
-                if core is None and keeps and heavy_shape == target_shape:
-                    core = _dense_core(graph, chain, heavy)
-            if core is not None:
-                start, mid_shape, params, rows = core
-                is_conv = "kh" in params
-                row[P_CORE] = CORE_CONV if is_conv else CORE_DENSE
-                if is_conv:
-                    for key, col in (("cin", P_CIN), ("h", P_H), ("w", P_W), ("cout", P_COUT), ("oh", P_OH),
-                                     ("ow", P_OW), ("kh", P_KH), ("kw", P_KW), ("sh", P_SH), ("sw", P_SW),
-                                     ("pt", P_PT), ("pl", P_PL), ("dh", P_DH), ("dw", P_DW), ("cin_g", P_CIN_G),
-                                     ("ct", P_CT), ("coff", P_COFF)):
-                        row[col] = int(params[key])
-                    mid_fan = _conv_fanout(params)
-                else:
-                    row[P_CIN], row[P_COUT] = int(params["cin"]), int(params["cout"])
-                    mid_fan = np.full(params["cin"], params["cout"], np.int64)
-                prefix = chain[:start]
-                fan = mid_fan
-                if prefix or src_shape != mid_shape:
-                    s = _to_internal(_map_of_chain(graph, prefix, n_src), src_shape, mid_shape)
-                    permutation = (
-                        s.rows.size == n_src == s.n_out and np.all(s.vals == 1.0)
-                        and np.array_equal(np.sort(s.rows), np.arange(n_src))
-                    )
-                    if permutation and not is_conv:
-                        # a flatten/reshape before a Gemm: reorder the scatter rows instead of chaining
-                        mid_of = np.empty(n_src, np.int64)
-                        mid_of[s.rows] = s.cols
-                        rows = rows.reshape(-1, params["cout"])[mid_of].reshape(-1)
-                        row[P_CIN] = n_src
-                        fan = mid_fan[mid_of]
-                    else:
-                        row[P_PREFIX_ROW] = add_csr(s)
-                        fan = np.bincount(s.rows, weights=mid_fan[s.cols], minlength=n_src).astype(np.int64)
-                row[P_WOFF] = weight_size
-                weights.append(np.ascontiguousarray(rows, np.float32))
-                weight_size += rows.size
-            else:
-                s = _to_internal(_map_of_chain(graph, chain, n_src), src_shape, target_shape)
-                row[P_CORE] = CORE_CSR
-                row[P_CSR_ROW] = add_csr(s)
-                fan = np.bincount(s.rows, minlength=n_src).astype(np.int64)
-            projections.append((index[src], row))
-            fanout_parts[index[src]] = fanout_parts.get(index[src], 0) + fan
-
-    projections.sort(key=lambda p: p[0])  # stable: keeps path order per source
-    proj_table = np.array([r for _, r in projections], np.int32).reshape(-1, PROJ_FIELDS)
-    for i in range(count):
-        rows = np.nonzero(proj_table[:, P_SOURCE] == i)[0]
-        node_table[i, N_PROJ_START] = rows[0] if rows.size else 0
-        node_table[i, N_PROJ_END] = rows[-1] + 1 if rows.size else 0
-    fanout = np.zeros(spike_size, np.int64)
-    for i, fan in fanout_parts.items():
-        offset = int(node_table[i, N_SPIKE])
-        fanout[offset : offset + int(node_table[i, N_SIZE])] = fan
-    if fanout.size and fanout.max() > np.iinfo(np.int32).max:
-        raise LoweringError("a neuron reaches more than 2^31 synapses")
-
-    if csr_parts:
-        indptr = np.concatenate([p[0] for p in csr_parts]).astype(np.int64)
-        cols = np.concatenate([p[1] for p in csr_parts]).astype(np.int32)
-        vals = np.concatenate([p[2] for p in csr_parts]).astype(np.float32)
-    else:
-        indptr, cols, vals = np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    out_index = index[outputs[0]]
-    output_order = _inverse(orders[outputs[0]]).astype(np.int32)
-    ann_macs = sum(macs(graph, n) for n in graph.nodes)
+            projections.add_path(src, chain, i)
+    packed = projections.pack(layout)
     return LoweredGraph(
         graph=graph,
-        mode=mode,
-        phases=phases,
-        names=names,
-        node_table=node_table,
-        node_threshold=threshold,
-        node_v0=v0,
-        initial_potential=settings.pop() if settings else "zero",
-        ceiling=ceiling,
-        proj_table=proj_table,
-        weights=np.concatenate(weights).astype(np.float32) if weights else np.zeros(0, np.float32),
-        csr_indptr=indptr,
-        csr_cols=cols,
-        csr_vals=vals,
-        gate_table=np.array(gate_rows, np.int32).reshape(-1, GATE_FIELDS),
-        fanout=fanout.astype(np.int32),
-        bias=bias,
-        state_size=state_size,
-        spike_size=spike_size,
-        candidate_size=candidate_size,
-        emitted_size=emitted_size,
-        drive_size=drive_size,
-        output=out_index,
-        output_order=output_order,
-        input_name=input_name,
-        input_shape=tuple(ir.shape_of(graph, input_name)),
-        input_targets=input_targets,
-        drive_subgraphs=drive_subgraphs,
-        shapes=shapes,
-        orders=orders,
-        ann_macs=int(ann_macs),
-        input_macs=int(input_macs),
+        mode=nodes.mode,
+        phases=nodes.phases,
+        names=nodes.names,
+        node_table=layout.node_table,
+        node_threshold=layout.threshold,
+        node_v0=layout.v0,
+        initial_potential=layout.initial_potential,
+        ceiling=layout.ceiling,
+        gate_table=np.array(layout.gate_rows, np.int32).reshape(-1, GATE_FIELDS),
+        bias=currents.bias,
+        state_size=layout.state_size,
+        spike_size=layout.spike_size,
+        candidate_size=layout.candidate_size,
+        emitted_size=layout.emitted_size,
+        drive_size=currents.drive_size,
+        output=nodes.index[nodes.output_name],
+        output_order=_inverse(nodes.orders[nodes.output_name]).astype(np.int32),
+        input_name=nodes.input_name,
+        input_shape=tuple(ir.shape_of(graph, nodes.input_name)),
+        input_targets=currents.input_targets,
+        drive_subgraphs=currents.drive_subgraphs,
+        shapes=nodes.shapes,
+        orders=nodes.orders,
+        ann_macs=int(sum(macs(graph, n) for n in graph.nodes)),
+        input_macs=int(projections.input_macs),
+        **packed,
     )
 
 

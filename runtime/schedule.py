@@ -12,7 +12,10 @@ Time: step ``t``, period ``p = t // K``, phase ``k = t % K``, phase weight
   (:func:`integrates`) and fires in periods ``p >= s`` with ``p - s`` even
   (:func:`fires`); its m-th fire period is ``s + 2m``
   (:func:`fire_period`). ``phase`` and ``if-rate`` integrate and fire every
-  step.
+  step (:func:`is_bistable` tells the two families apart). A spike at phase
+  k carries ``theta 2^-(k+1)`` (theta in ``if-rate``, :func:`spike_value`);
+  a ceiling bounds V before the first phase of a fire period
+  (:func:`ceiling_applies`).
 - **First full output**: at the end of period L, ``T_first = (L + 1) K``
   (:func:`first_output_step`).
 - **Initial potential** ("rounding, not truncation"): every spiking
@@ -21,7 +24,11 @@ Time: step ``t``, period ``p = t // K``, phase ``k = t % K``, phase weight
 - **Light cone** (:func:`light_cone`): with T known, a fire of node n in
   period p matters only if its spikes can still change the output by the
   last period ``P - 1``; populations fire (and integrate) only in the
-  periods that matter.
+  periods that matter: :func:`fires_in_cone`, :func:`integrate_matters`,
+  :func:`reaches_in_cone` (whether a spike into a population still counts).
+
+The Numba-compiled rules (``@njit``) take the mode as its number
+(:data:`MODE_CODES`); the kernels call them, so each rule is written once.
 """
 
 from __future__ import annotations
@@ -40,15 +47,21 @@ __all__ = [
     "MODE_NOSN",
     "MODE_PHASE",
     "SCHEDULES",
+    "ceiling_applies",
     "fire_period",
     "fires",
+    "fires_in_cone",
     "first_fire_from",
     "first_output_step",
     "initial_potential",
+    "integrate_matters",
     "integrates",
+    "is_bistable",
     "light_cone",
     "periods_of",
     "phase_weight",
+    "reaches_in_cone",
+    "spike_value",
 ]
 
 #: mode numbers of the kernels
@@ -67,6 +80,18 @@ SCHEDULES = ("light-cone", "full")
 def phase_weight(k):
     """Value of a spike at phase k (threshold 1): ``2^-(k+1)``, float32."""
     return np.float32(1.0) / np.float32(1 << (k + 1))
+
+
+@njit(cache=True)
+def spike_value(mode, threshold, k):
+    """Value a spike of a neuron with ``threshold`` carries at phase k: theta in ``if-rate``, else ``theta 2^-(k+1)``."""
+    return threshold if mode == MODE_IF_RATE else threshold * phase_weight(k)
+
+
+@njit(cache=True)
+def is_bistable(mode):
+    """Whether ``mode`` follows the bistable schedule (``bsnn``, ``bsnn-nosn``) rather than every step."""
+    return mode <= MODE_NOSN
 
 
 @njit(cache=True)
@@ -90,6 +115,45 @@ def first_fire_from(stage, p):
     """The first bistable fire period ``>= p`` of a node of ``stage``."""
     f = max(p, stage)
     return f + (f - stage) % 2
+
+
+@njit(cache=True)
+def fires_in_cone(mode, stage, p, last_fire):
+    """Whether a node of ``stage`` fires in period p within its light-cone limit ``last_fire`` (:func:`light_cone`)."""
+    return p <= last_fire and fires(mode, stage, p)
+
+
+@njit(cache=True)
+def integrate_matters(mode, stage, p, last_fire):
+    """Whether a population takes its constant current in period p and that can still matter.
+
+    It integrates in p (:func:`integrates`), and in the bistable modes an
+    integrate period matters only for the fire period after it, ``p + 1``,
+    which must be within the light-cone limit ``last_fire``.
+    """
+    return integrates(mode, stage, p) and (mode >= MODE_PHASE or p + 1 <= last_fire)
+
+
+@njit(cache=True)
+def reaches_in_cone(mode, stage, p, last_fire):
+    """Whether a spike of period p into a population of ``stage`` can still matter (light cone).
+
+    Bistable modes: iff the population's first fire period from p
+    (:func:`first_fire_from`: the same period in ``bsnn-nosn`` when it fires
+    in p, else the next) is within its limit ``last_fire``; every spike
+    matters in ``phase`` and ``if-rate``.
+    """
+    return mode >= MODE_PHASE or first_fire_from(stage, p) <= last_fire
+
+
+@njit(cache=True)
+def ceiling_applies(mode, k):
+    """Whether V is bounded by its ceiling before the fire at phase k (BSNN_SPEC.md, Clip / ReLU6).
+
+    Bistable modes: once, at phase 0 of a fire period (the integrate period
+    before it is over); ``phase`` and ``if-rate``: every step.
+    """
+    return mode >= MODE_PHASE or k == 0
 
 
 def fire_period(stage, wave):

@@ -8,6 +8,7 @@ BSNN_SPEC.md and :mod:`runtime.kernels` for the schedules).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -196,35 +197,20 @@ def simulate(
         or a graph the runtime cannot lower.
     """
     lowered = graph if isinstance(graph, LoweredGraph) else lower(graph)
-    x = _check_input(lowered, x)
-    # the analog input is normalised by its lambda (Input.scale, 1 unless configured at conversion)
-    input_scale = np.float32(np.asarray(lowered.graph.nodes[lowered.input_name]["op"].scale))
-    if input_scale != 1:
-        x = x / input_scale
-    if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
-        raise BsnnError(f"timesteps must be an integer >= 1, got {timesteps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise BsnnError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if per_neuron_counts not in (False, True, "batches"):
-        raise BsnnError(f"per_neuron_counts must be False, True or 'batches', got {per_neuron_counts!r}")
+    x = _scaled_input(lowered, x)
+    _check_settings(timesteps, batch_size, per_neuron_counts, threads)
     timesteps = int(timesteps)
     record_flags, wanted = _record_plan(lowered, record, record_samples, x.shape[0])
-
-    available = numba.config.NUMBA_NUM_THREADS
-    if threads is not None and (isinstance(threads, bool) or not 1 <= int(threads) <= available):
-        raise BsnnError(f"threads must be between 1 and {available}, got {threads!r}")
-    previous = numba.get_num_threads()
-    numba.set_num_threads(available if threads is None else int(threads))
-    plan = _Plan(
-        lowered=lowered,
-        net=kernel_tables(lowered),
-        timesteps=timesteps,
-        last_fire=lowered.last_fire(timesteps, full_dynamics),
-        schedule="full" if full_dynamics else "light-cone",
-        one_sample=one_sample_threads(threads),
-        per_neuron=per_neuron_counts is not False,
-    )
-    try:
+    with _numba_threads(threads):
+        plan = _Plan(
+            lowered=lowered,
+            net=kernel_tables(lowered),
+            timesteps=timesteps,
+            last_fire=lowered.last_fire(timesteps, full_dynamics),
+            schedule="full" if full_dynamics else "light-cone",
+            one_sample=one_sample_threads(threads),
+            per_neuron=per_neuron_counts is not False,
+        )
         parts = []
         for start in range(0, x.shape[0], batch_size):
             stop = min(start + batch_size, x.shape[0])
@@ -234,11 +220,43 @@ def simulate(
             if per_neuron_counts == "batches":
                 part.spike_counts = {k: _per_sample(v) for k, v in part.spike_counts.items()}
             parts.append(part)
-    finally:
-        numba.set_num_threads(previous)
     result = concatenate_results(parts)
     result.extra["bytes_per_sample"] = lowered.bytes_per_sample(timesteps, per_neuron_counts is True)
     return result
+
+
+def _scaled_input(lowered: LoweredGraph, x) -> np.ndarray:
+    """``x`` checked against the graph input (:func:`_check_input`) and divided by the input's lambda
+    (``Input.scale``, 1 unless configured at conversion)."""
+    x = _check_input(lowered, x)
+    input_scale = np.float32(np.asarray(lowered.graph.nodes[lowered.input_name]["op"].scale))
+    if input_scale != 1:
+        x = x / input_scale
+    return x
+
+
+def _check_settings(timesteps, batch_size, per_neuron_counts, threads) -> None:
+    """Refuse a bad ``timesteps``, ``batch_size``, ``per_neuron_counts`` or ``threads`` of :func:`simulate`."""
+    if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
+        raise BsnnError(f"timesteps must be an integer >= 1, got {timesteps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise BsnnError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if per_neuron_counts not in (False, True, "batches"):
+        raise BsnnError(f"per_neuron_counts must be False, True or 'batches', got {per_neuron_counts!r}")
+    available = numba.config.NUMBA_NUM_THREADS
+    if threads is not None and (isinstance(threads, bool) or not 1 <= int(threads) <= available):
+        raise BsnnError(f"threads must be between 1 and {available}, got {threads!r}")
+
+
+@contextlib.contextmanager
+def _numba_threads(threads: int | None):
+    """Numba's thread count set to ``threads`` (None: all) for the block, then restored."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if threads is None else int(threads))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def _per_sample(counts: np.ndarray) -> np.ndarray:
@@ -366,7 +384,7 @@ def _new_run(plan: _Plan, drive: np.ndarray, per_neuron: bool, record: np.ndarra
 _STATE_LOCK = threading.Lock()
 
 
-def _working_state(lowered: LoweredGraph, net: kernels.Net, period: bool, slots: int):
+def _working_state(lowered: LoweredGraph, net: kernels.Net, slots: int):
     """The kernels' working state for ``slots`` threads, kept on the lowered graph for the next call.
 
     Allocating and first touching it costs as much as simulating a large
@@ -374,11 +392,11 @@ def _working_state(lowered: LoweredGraph, net: kernels.Net, period: bool, slots:
     once per lowered graph, path and thread count and reused; a concurrent
     call on the same lowered graph gets its own.
     """
-    key = ("_period_state" if period else "_step_state", slots)
+    key = ("_period_state" if kernels.uses_period_path(net) else "_step_state", slots)
     with _STATE_LOCK:
         cached = lowered.__dict__.setdefault("_kernel_states", {}).pop(key, None)
     if cached is None:
-        cached = (kernels.new_period_state if period else kernels.new_step_state)(net, slots)
+        cached = kernels.new_state(net, slots)
     return key, cached
 
 
@@ -388,22 +406,17 @@ def _release_state(lowered: LoweredGraph, key, state) -> None:
 
 
 def _launch(plan: _Plan, run: kernels.Run) -> None:
-    """One path per mode: ``bsnn`` period by period, the others step by step; samples in parallel, or one split."""
-    samples = run.drive.shape[0]
+    """Run one batch (:func:`runtime.kernels.run_batch`) on a working state borrowed from the lowered graph."""
     threads = numba.get_num_threads()
-    period = plan.lowered.mode == "bsnn" and kernels._COALESCE
-    key, state = _working_state(plan.lowered, plan.net, period, 1 if samples == 1 else threads)
+    key, state = _working_state(plan.lowered, plan.net, 1 if run.drive.shape[0] == 1 else threads)
     try:
-        if samples == 1:
-            split = np.int64(min(plan.one_sample, threads))
-            (kernels._bsnn_samples if period else kernels._step_samples)(plan.net, run, state, 0, 0, 1, split)
-        else:
-            (kernels._bsnn_batch if period else kernels._step_batch)(plan.net, run, state, np.int64(4 * threads))
+        kernels.run_batch(plan.net, run, state, threads, plan.one_sample)
     finally:
         _release_state(plan.lowered, key, state)
 
 
 def _run_batch(plan: _Plan, xb: np.ndarray, start: int, record_flags: np.ndarray, wanted: np.ndarray) -> SimulationResult:
+    """One batch: its input drive, the kernels, the recording pass if any, the named results."""
     lo = plan.lowered
     b = xb.shape[0]
     count_nodes = len(lo.names)
@@ -411,50 +424,8 @@ def _run_batch(plan: _Plan, xb: np.ndarray, start: int, record_flags: np.ndarray
     run = _new_run(plan, drive, plan.per_neuron, np.zeros(count_nodes, np.uint8), np.zeros(b + 1, np.int64),
                    np.zeros((0, 3), np.int32))
     _launch(plan, run)
-
-    events_by_name: dict[str, np.ndarray] = {}
-    recorded = [i for i in range(count_nodes) if record_flags[i]]
-    if recorded and wanted.any():
-        # second pass over the recorded samples, with an event buffer of exactly the right size
-        rows = np.nonzero(wanted)[0]
-        per_sample = run.node_counts[rows][:, recorded].sum(axis=1)
-        event_start = np.zeros(rows.size + 1, np.int64)
-        np.cumsum(per_sample, out=event_start[1:])
-        events = np.zeros((int(event_start[-1]), 3), np.int32)
-        again = _new_run(plan, np.ascontiguousarray(drive[rows]), False, record_flags, event_start, events)
-        _launch(plan, again)
-        if not (np.array_equal(again.event_stop, event_start[1:]) and np.array_equal(again.node_counts,
-                                                                                      run.node_counts[rows])):
-            bad = int(rows[np.argmax((again.event_stop != event_start[1:]) | (again.node_counts != run.node_counts[rows]).any(1))])
-            raise BsnnError(
-                f"internal error: the recording pass of sample {start + bad} gave other spikes than the first pass "
-                "(events would not match the spike counts); please report this with the model"
-            )
-        sample_of = np.repeat(rows + start, per_sample).astype(np.int32)
-        for i in recorded:
-            name = lo.names[i]
-            mask = events[:, 1] == i
-            flat = lo.orders[name][events[mask, 2]]
-            events_by_name[name] = np.stack([sample_of[mask], events[mask, 0], flat.astype(np.int32)], axis=1)
-    for i in recorded:
-        events_by_name.setdefault(lo.names[i], np.zeros((0, 3), np.int32))
-
-    spike_counts, sops_per = {}, {}
-    for i, name in enumerate(lo.names):
-        if lo.node_table[i, N_KIND] == KIND_OUTPUT:
-            continue
-        if plan.per_neuron:
-            off, size = int(lo.node_table[i, N_SPIKE]), int(lo.node_table[i, N_SIZE])
-            block = run.neuron_counts[:, off : off + size]
-            shape = lo.shapes[name]
-            if len(shape) >= 2:  # internal layout = channels last (lowering.internal_order)
-                natural = np.moveaxis(block.reshape((b,) + shape[1:] + shape[:1]), -1, 1)
-                spike_counts[name] = np.ascontiguousarray(natural)
-            else:
-                spike_counts[name] = block.copy().reshape((b,) + shape)
-        else:
-            spike_counts[name] = run.node_counts[:, i].astype(np.int32)
-        sops_per[name] = run.sops[:, i].copy()
+    events_by_name = _recorded_events(plan, run, drive, start, record_flags, wanted)
+    spike_counts, sops_per = _named_counts(lo, run, plan.per_neuron)
     return SimulationResult(
         predictions=run.predictions,
         logits=run.logits,
@@ -472,6 +443,70 @@ def _run_batch(plan: _Plan, xb: np.ndarray, start: int, record_flags: np.ndarray
         initial_potential=lo.initial_potential,
         extra={"deliveries": run.deliveries, "sops_per_period": run.period_sops},
     )
+
+
+def _recorded_events(plan: _Plan, run: kernels.Run, drive: np.ndarray, start: int, record_flags: np.ndarray,
+                     wanted: np.ndarray) -> dict[str, np.ndarray]:
+    """The events of the recorded nodes and samples of a batch (rows: global sample, step, natural index).
+
+    A second pass over the recorded samples, with an event buffer of exactly
+    the size the first pass (``run``) counted; it must give the same spikes.
+    """
+    lo = plan.lowered
+    events_by_name: dict[str, np.ndarray] = {}
+    recorded = [i for i in range(len(lo.names)) if record_flags[i]]
+    if recorded and wanted.any():
+        rows = np.nonzero(wanted)[0]
+        per_sample = run.node_counts[rows][:, recorded].sum(axis=1)
+        event_start = np.zeros(rows.size + 1, np.int64)
+        np.cumsum(per_sample, out=event_start[1:])
+        events = np.zeros((int(event_start[-1]), 3), np.int32)
+        again = _new_run(plan, np.ascontiguousarray(drive[rows]), False, record_flags, event_start, events)
+        _launch(plan, again)
+        _check_recording_pass(run, again, rows, event_start, start)
+        sample_of = np.repeat(rows + start, per_sample).astype(np.int32)
+        for i in recorded:
+            name = lo.names[i]
+            mask = events[:, 1] == i
+            flat = lo.orders[name][events[mask, 2]]
+            events_by_name[name] = np.stack([sample_of[mask], events[mask, 0], flat.astype(np.int32)], axis=1)
+    for i in recorded:
+        events_by_name.setdefault(lo.names[i], np.zeros((0, 3), np.int32))
+    return events_by_name
+
+
+def _check_recording_pass(run: kernels.Run, again: kernels.Run, rows: np.ndarray, event_start: np.ndarray,
+                          start: int) -> None:
+    """Refuse a recording pass whose spikes differ from the first pass's (the events would not match the counts)."""
+    if np.array_equal(again.event_stop, event_start[1:]) and np.array_equal(again.node_counts, run.node_counts[rows]):
+        return
+    bad = int(rows[np.argmax((again.event_stop != event_start[1:]) | (again.node_counts != run.node_counts[rows]).any(1))])
+    raise BsnnError(
+        f"internal error: the recording pass of sample {start + bad} gave other spikes than the first pass "
+        "(events would not match the spike counts); please report this with the model"
+    )
+
+
+def _named_counts(lo: LoweredGraph, run: kernels.Run, per_neuron: bool) -> tuple[dict, dict]:
+    """(spike counts, SOPs) per spiking node name: int32 (B,) or per neuron (B, *shape) natural layout; int64 (B,)."""
+    b = run.drive.shape[0]
+    spike_counts, sops_per = {}, {}
+    for i, name in enumerate(lo.names):
+        if lo.node_table[i, N_KIND] == KIND_OUTPUT:
+            continue
+        if per_neuron:
+            off, size = int(lo.node_table[i, N_SPIKE]), int(lo.node_table[i, N_SIZE])
+            block = run.neuron_counts[:, off : off + size]
+            shape = lo.shapes[name]
+            if len(shape) >= 2:  # internal layout = channels last (lowering.internal_order)
+                natural = np.moveaxis(block.reshape((b,) + shape[1:] + shape[:1]), -1, 1)
+                spike_counts[name] = np.ascontiguousarray(natural)
+            else:
+                spike_counts[name] = block.copy().reshape((b,) + shape)
+        else:
+            spike_counts[name] = run.node_counts[:, i].astype(np.int32)
+        sops_per[name] = run.sops[:, i].copy()
+    return spike_counts, sops_per
 
 
 def concatenate_results(parts: list[SimulationResult]) -> SimulationResult:

@@ -63,6 +63,7 @@ __all__ = [
     "TraceWriter",
     "file_sha256",
     "open_trace",
+    "utc_now",
     "write_trace",
 ]
 
@@ -91,7 +92,8 @@ def _version() -> str:
         return bsnn_graph.__version__
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (the ``created`` attribute of a trace)."""
     # datetime.UTC needs Python 3.11; the package supports 3.10
     return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
@@ -225,33 +227,14 @@ class TraceWriter:
         self._file = None
         self._publish_early = not self.path.exists()
         self._closed = False
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        if self.path.is_dir():
-            raise TraceError(f"{self.path}: is a folder, not a trace file name")
-        if self.path.exists() and not overwrite:
-            raise TraceError(f"{self.path}: file exists (use --overwrite to replace it)")
-        if not folder.is_dir():
-            raise TraceError(f"{self.path}: folder {folder} does not exist")
-        names = [str(p["name"]) for p in populations]
-        if len(set(names)) != len(names):
-            raise TraceError(f"{self.path}: population names are not unique: {names}")
-        self.record = [str(r) for r in record]
-        unknown = [r for r in self.record if r not in names]
-        if unknown:
-            raise TraceError(
-                f"cannot record {', '.join(unknown)}: no such population (have {', '.join(names) or 'none'})"
-            )
+        folder = self._check_target()
+        self.record = self._check_record(populations, record)
         if labels is not None:
             labels = np.asarray(labels).reshape(-1)
             if len(labels) != self.samples_total:
                 raise TraceError(f"{self.path}: {len(labels)} labels for {self.samples_total} samples")
         model_sha = file_sha256(model_path) if model_path is not None else ""
-
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._live = self._tmp  # where the file being written is: the target once named
-        os.chmod(self._tmp, _new_file_mode())  # mkstemp makes 0600; give the usual rw-r--r-- (umask)
+        self._open_temporary(folder)
         try:
             self._create(
                 populations=populations,
@@ -273,6 +256,38 @@ class TraceWriter:
             self._discard()
             raise
 
+    def _check_target(self) -> Path:
+        """Refuse a target that is a folder, exists (without ``overwrite``) or has no folder; returns the folder."""
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if self.path.is_dir():
+            raise TraceError(f"{self.path}: is a folder, not a trace file name")
+        if self.path.exists() and not self.overwrite:
+            raise TraceError(f"{self.path}: file exists (use --overwrite to replace it)")
+        if not folder.is_dir():
+            raise TraceError(f"{self.path}: folder {folder} does not exist")
+        return folder
+
+    def _check_record(self, populations: Sequence[Mapping[str, Any]], record: Iterable[str]) -> list[str]:
+        """The recorded population names, checked: population names unique, every recorded one known."""
+        names = [str(p["name"]) for p in populations]
+        if len(set(names)) != len(names):
+            raise TraceError(f"{self.path}: population names are not unique: {names}")
+        chosen = [str(r) for r in record]
+        unknown = [r for r in chosen if r not in names]
+        if unknown:
+            raise TraceError(
+                f"cannot record {', '.join(unknown)}: no such population (have {', '.join(names) or 'none'})"
+            )
+        return chosen
+
+    def _open_temporary(self, folder: Path) -> None:
+        """The temporary file beside the target (``.NAME.XXXX.tmp``) with an ordinary new file's permissions."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._live = self._tmp  # where the file being written is: the target once named
+        os.chmod(self._tmp, _new_file_mode())  # mkstemp makes 0600; give the usual rw-r--r-- (umask)
+
     # ------------------------------------------------------------------ layout
 
     def _create(
@@ -293,6 +308,7 @@ class TraceWriter:
         record_samples,
         attributes,
     ) -> None:
+        """Lay out the file: root attributes, per-sample datasets, what is recorded, one group per population."""
         h5py = _h5py()
         # libver "latest" allows SWMR: a file whose writer is killed stays readable
         f = self._file = h5py.File(self._tmp, "w", libver="latest")
@@ -301,7 +317,7 @@ class TraceWriter:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "generated_by": f"bsnn-graph {_version()}",
-            "created": _utc_now(),
+            "created": utc_now(),
             "model_sha256": model_sha,
             "model_file": Path(model_path).name if model_path is not None else "",
             "input_file": Path(input_path).name if input_path is not None else "",
@@ -324,7 +340,16 @@ class TraceWriter:
                 raise TraceError(f"{self.path}: extra attribute {key!r} clashes with a format attribute")
             root[key] = value
         f.attrs.update({key: _text(value) if isinstance(value, str) else value for key, value in root.items()})
+        self._create_sample_datasets(f, timesteps, periods, classes, labels)
+        self._write_record_selection(f, record_samples)
+        self._create_populations(f, populations, timesteps)
+        self._progress = f.create_dataset("samples_written", data=np.zeros(1, np.int64), maxshape=(1,), chunks=(1,))
+        self._progress.attrs["description"] = _text("samples the file holds, written after each batch's data")
+        f.flush()
+        f.swmr_mode = True  # from here on the file on disk is consistent after every flush
 
+    def _create_sample_datasets(self, f, timesteps: int, periods: int, classes: int, labels) -> None:
+        """The root datasets with one row per sample: predictions, logits, SOPs (growing) and the labels."""
         self._predictions = _growing(f, "predictions", (timesteps,), _prediction_dtype(classes))
         self._predictions.attrs["description"] = _text("argmax of the output potential after every step")
         self._logits = _growing(f, "logits", (periods, classes), np.float32)
@@ -335,11 +360,12 @@ class TraceWriter:
             dset = f.create_dataset("labels", data=labels.astype(np.int32), chunks=True, **_COMPRESSION)
             dset.attrs["description"] = _text("true class of every sample (all samples_total of them)")
 
+    def _write_record_selection(self, f, record_samples) -> None:
+        """Which populations and samples have their events stored (root attributes, ``recorded_samples``)."""
         if record_samples is None:
             self._record_filter = None
         else:
-            chosen = np.unique(np.asarray(list(record_samples), dtype=np.int64))
-            self._record_filter = chosen
+            self._record_filter = np.unique(np.asarray(list(record_samples), dtype=np.int64))
         f.attrs["record_populations"] = _texts(self.record)
         if self.record:
             if self._record_filter is None:
@@ -348,6 +374,8 @@ class TraceWriter:
                 f.attrs["record_all_samples"] = False
                 f.create_dataset("recorded_samples", data=self._record_filter.astype(np.int32))
 
+    def _create_populations(self, f, populations, timesteps: int) -> None:
+        """A group ``populations/NNN`` per population: its attributes, spike counts, SOPs and events (recorded)."""
         groups = f.create_group("populations")
         self._groups = {}
         count_dtype = _spike_count_dtype(timesteps)
@@ -375,10 +403,6 @@ class TraceWriter:
                 events.attrs["columns"] = _texts(["sample", "step", "neuron"])
                 entry["events"] = events
             self._groups[name] = entry
-        self._progress = f.create_dataset("samples_written", data=np.zeros(1, np.int64), maxshape=(1,), chunks=(1,))
-        self._progress.attrs["description"] = _text("samples the file holds, written after each batch's data")
-        f.flush()
-        f.swmr_mode = True  # from here on the file on disk is consistent after every flush
 
     # ------------------------------------------------------------------ streaming
 
@@ -676,7 +700,32 @@ class Trace:
     def __init__(self, path: Path, file: Any) -> None:
         self.path = path
         self._file = file
-        h5py = _h5py()
+        self._read_root_attributes()
+        _check_virtual_sources(path, file)
+        lengths, written = self._check_sample_datasets()
+        recorded = None
+        if "recorded_samples" in file:
+            recorded = _read(path, _dataset(path, file, "recorded_samples", 1, "iu")).astype(np.int64)
+        self.populations: list[PopulationTrace] = []
+        for key, group in _population_groups(path, file):
+            pop = _population_of(path, key, group, recorded)
+            lengths += _check_population_datasets(path, group, pop)
+            self.populations.append(pop)
+        if written > self.samples_total:
+            raise TraceError(
+                f"{path}: malformed trace: {written} samples written of samples_total = {self.samples_total}"
+            )
+        held = min(lengths)
+        if self.complete and written > held:
+            raise TraceError(f"{path}: malformed trace: says {written} samples but holds {held}")
+        # a run killed mid-batch may leave datasets of different lengths: use what all of them hold
+        self.samples = min(written, held)
+        for pop in self.populations:
+            pop._samples = self.samples
+
+    def _read_root_attributes(self) -> None:
+        """``attrs`` and the run's T, K, P, mode and ``complete``, checked."""
+        path, file = self.path, self._file
         try:
             self.attrs: dict[str, Any] = {k: _plain(file.attrs[k]) for k in file.attrs}
         except Exception as exc:  # an attribute of a type h5py cannot read  # noqa: BLE001
@@ -694,7 +743,16 @@ class Trace:
         if not isinstance(self.attrs["complete"], (bool, np.bool_, int, np.integer)):
             raise TraceError(f"{path}: malformed trace: root attribute 'complete' is {self.attrs['complete']!r}")
         self.complete = bool(self.attrs["complete"])
-        _check_virtual_sources(path, file)
+
+    def _check_sample_datasets(self) -> tuple[list[int], int]:
+        """Check the per-sample root datasets; returns (their lengths, samples written).
+
+        Also sets ``classes`` and the optional counts (``ann_macs``,
+        ``input_macs``, ``output_stage``). The samples written come from the
+        ``samples_written`` dataset when it is there (written after each
+        batch's data: right even if the writer was killed).
+        """
+        path, file = self.path, self._file
         predictions = _dataset(path, file, "predictions", 2, "iu")
         logits = _dataset(path, file, "logits", 3, "f")
         sops = _dataset(path, file, "sops", 1, "iu")
@@ -711,78 +769,11 @@ class Trace:
         written = _int_attr(path, self.attrs, "samples_written", 0)
         progress = _dataset(path, file, "samples_written", 1, "iu", required=False)
         if progress is not None and len(progress) == 1:
-            # the count written after each batch's data: right even if the writer was killed
             written = max(written, int(_read(path, progress)[0]))
         lengths = [predictions.shape[0], logits.shape[0], sops.shape[0]]
         if labels is not None:
             lengths.append(labels.shape[0])
-        recorded = None
-        if "recorded_samples" in file:
-            recorded = _read(path, _dataset(path, file, "recorded_samples", 1, "iu")).astype(np.int64)
-        try:
-            groups = file["populations"]
-        except KeyError:
-            raise TraceError(f"{path}: malformed trace: 'populations' is missing") from None
-        except Exception as exc:  # noqa: BLE001
-            raise TraceError(f"{path}: damaged trace: cannot open 'populations' ({exc})") from None
-        if not isinstance(groups, h5py.Group):
-            raise TraceError(f"{path}: malformed trace: 'populations' is a {type(groups).__name__}, expected a group")
-        self.populations: list[PopulationTrace] = []
-        for key in sorted(groups):
-            try:
-                group = groups[key]
-            except Exception as exc:  # noqa: BLE001
-                raise TraceError(f"{path}: damaged trace: cannot open population group {key} ({exc})") from None
-            if not isinstance(group, h5py.Group):
-                raise TraceError(f"{path}: malformed trace: populations/{key} is a {type(group).__name__}, not a group")
-            try:
-                attrs = {k: _plain(group.attrs[k]) for k in group.attrs}
-                name = attrs["name"]
-                shape = tuple(int(d) for d in np.asarray(attrs["shape"]).reshape(-1))
-                pop = PopulationTrace(
-                    name=str(name),
-                    index=int(attrs["index"]),
-                    op_type=str(attrs["op_type"]),
-                    shape=shape,
-                    stage=int(attrs["stage"]),
-                    scale=np.asarray(attrs["scale"], dtype=np.float32),
-                    _group=group,
-                    _samples=0,
-                    _recorded_samples=recorded,
-                    _path=path,
-                    source=str(attrs["source"]) if attrs.get("source") else None,
-                )
-            except KeyError as exc:
-                raise TraceError(f"{path}: malformed trace: population group {key} lacks {exc}") from None
-            except Exception as exc:  # attributes of the wrong type  # noqa: BLE001
-                raise TraceError(
-                    f"{path}: malformed trace: population group {key} ({type(exc).__name__}: {exc})"
-                ) from None
-            if any(d < 0 for d in shape):
-                raise TraceError(f"{path}: malformed trace: population {pop.name!r} has shape {shape}")
-            counts = _dataset(path, group, "spike_counts", 2, "iu")
-            pop_sops = _dataset(path, group, "sops", 1, "iu")
-            events = _dataset(path, group, "events", 2, "iu", required=False)
-            if counts.shape[1] != pop.neurons:
-                raise TraceError(
-                    f"{path}: malformed trace: population {pop.name!r}: spike_counts {counts.shape} "
-                    f"for {pop.neurons} neurons"
-                )
-            if events is not None and events.shape[1] != 3:
-                raise TraceError(f"{path}: malformed trace: population {pop.name!r}: events of shape {events.shape}")
-            lengths += [counts.shape[0], pop_sops.shape[0]]
-            self.populations.append(pop)
-        if written > self.samples_total:
-            raise TraceError(
-                f"{path}: malformed trace: {written} samples written of samples_total = {self.samples_total}"
-            )
-        held = min(lengths)
-        if self.complete and written > held:
-            raise TraceError(f"{path}: malformed trace: says {written} samples but holds {held}")
-        # a run killed mid-batch may leave datasets of different lengths: use what all of them hold
-        self.samples = min(written, held)
-        for pop in self.populations:
-            pop._samples = self.samples
+        return lengths, written
 
     @property
     def first_output_step(self) -> int | None:
@@ -843,6 +834,71 @@ class Trace:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _population_groups(path: Path, file: Any) -> list[tuple[str, Any]]:
+    """The groups under ``populations``, in key order, each checked to be a group."""
+    h5py = _h5py()
+    try:
+        groups = file["populations"]
+    except KeyError:
+        raise TraceError(f"{path}: malformed trace: 'populations' is missing") from None
+    except Exception as exc:  # noqa: BLE001
+        raise TraceError(f"{path}: damaged trace: cannot open 'populations' ({exc})") from None
+    if not isinstance(groups, h5py.Group):
+        raise TraceError(f"{path}: malformed trace: 'populations' is a {type(groups).__name__}, expected a group")
+    out = []
+    for key in sorted(groups):
+        try:
+            group = groups[key]
+        except Exception as exc:  # noqa: BLE001
+            raise TraceError(f"{path}: damaged trace: cannot open population group {key} ({exc})") from None
+        if not isinstance(group, h5py.Group):
+            raise TraceError(f"{path}: malformed trace: populations/{key} is a {type(group).__name__}, not a group")
+        out.append((key, group))
+    return out
+
+
+def _population_of(path: Path, key: str, group: Any, recorded: np.ndarray | None) -> PopulationTrace:
+    """The :class:`PopulationTrace` of group ``populations/key`` from its attributes (no samples yet)."""
+    try:
+        attrs = {k: _plain(group.attrs[k]) for k in group.attrs}
+        name = attrs["name"]
+        shape = tuple(int(d) for d in np.asarray(attrs["shape"]).reshape(-1))
+        pop = PopulationTrace(
+            name=str(name),
+            index=int(attrs["index"]),
+            op_type=str(attrs["op_type"]),
+            shape=shape,
+            stage=int(attrs["stage"]),
+            scale=np.asarray(attrs["scale"], dtype=np.float32),
+            _group=group,
+            _samples=0,
+            _recorded_samples=recorded,
+            _path=path,
+            source=str(attrs["source"]) if attrs.get("source") else None,
+        )
+    except KeyError as exc:
+        raise TraceError(f"{path}: malformed trace: population group {key} lacks {exc}") from None
+    except Exception as exc:  # attributes of the wrong type  # noqa: BLE001
+        raise TraceError(f"{path}: malformed trace: population group {key} ({type(exc).__name__}: {exc})") from None
+    if any(d < 0 for d in shape):
+        raise TraceError(f"{path}: malformed trace: population {pop.name!r} has shape {shape}")
+    return pop
+
+
+def _check_population_datasets(path: Path, group: Any, pop: PopulationTrace) -> list[int]:
+    """Check a population's datasets (spike counts per neuron, SOPs, events); returns their per-sample lengths."""
+    counts = _dataset(path, group, "spike_counts", 2, "iu")
+    pop_sops = _dataset(path, group, "sops", 1, "iu")
+    events = _dataset(path, group, "events", 2, "iu", required=False)
+    if counts.shape[1] != pop.neurons:
+        raise TraceError(
+            f"{path}: malformed trace: population {pop.name!r}: spike_counts {counts.shape} for {pop.neurons} neurons"
+        )
+    if events is not None and events.shape[1] != 3:
+        raise TraceError(f"{path}: malformed trace: population {pop.name!r}: events of shape {events.shape}")
+    return [counts.shape[0], pop_sops.shape[0]]
 
 
 def _check_virtual_sources(path: Path, file: Any) -> None:

@@ -38,7 +38,7 @@ from bsnn_graph.errors import TraceError
 from bsnn_graph.fileutil import atomic_output
 
 from .simulate import SimulationResult
-from .trace import FORMAT, _utc_now, open_trace
+from .trace import FORMAT, open_trace, utc_now
 
 __all__ = [
     "PARTS_SUFFIX",
@@ -218,14 +218,10 @@ def combine_parts(
     target = Path(target)
     if target.exists() and not overwrite and not is_resumable(target):
         raise TraceError(f"{target}: file exists (use --overwrite to replace it)")
-    ordered, done = [], 0
-    for first, last, path in sorted((int(a), int(b), Path(p)) for a, b, p in parts):
-        if first != done:
-            break  # the first gap: later shards are not held
-        ordered.append((first, last, path))
-        done = last
+    ordered = _leading_parts(parts)
     if not ordered:
         raise TraceError(f"{target}: no finished part from sample 0 to combine")
+    done = ordered[-1][1]
     folder = target.parent if str(target.parent) else Path(".")
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(h5py.File(path, "r")) for _, _, path in ordered]
@@ -235,7 +231,7 @@ def combine_parts(
             attrs = {k: v for k, v in first_file.attrs.items() if k not in SHARD_ATTRIBUTES}
             attrs.update(
                 format=FORMAT,
-                created=_utc_now(),
+                created=utc_now(),
                 samples_total=int(samples_total),
                 samples_written=int(done),
                 complete=bool(done == samples_total),
@@ -244,19 +240,37 @@ def combine_parts(
             )
             attrs.update(attributes or {})
             out.attrs.update(attrs)
-            for name in ("predictions", "logits", "sops"):
-                _virtual(out, name, [(n, f[name]) for n, f in zip(names, sources)], folder)
-            if labels is not None:
-                dset = out.create_dataset("labels", data=np.asarray(labels, np.int32).reshape(-1), chunks=True,
-                                          **_COMPRESSION)
-                dset.attrs["description"] = "true class of every sample (all samples_total of them)"
-            if "recorded_samples" in first_file and record_samples is not None:
-                out.create_dataset("recorded_samples", data=np.unique(np.asarray(record_samples, np.int32)))
-            groups = out.create_group("populations")
-            for key in sorted(first_file["populations"]):
-                group = groups.create_group(key)
-                group.attrs.update(dict(first_file["populations"][key].attrs))
-                for name in first_file["populations"][key]:
-                    members = [(n, f["populations"][key][name]) for n, f in zip(names, sources)]
-                    _virtual(group, name, members, folder)
+            _combine_datasets(out, names, sources, folder, labels, record_samples)
     return target
+
+
+def _leading_parts(parts: Sequence[tuple[int, int, str | os.PathLike]]) -> list[tuple[int, int, Path]]:
+    """The parts (first, last, path) that follow each other from sample 0, in order, up to the first gap."""
+    ordered, done = [], 0
+    for first, last, path in sorted((int(a), int(b), Path(p)) for a, b, p in parts):
+        if first != done:
+            break  # the first gap: later shards are not held
+        ordered.append((first, last, path))
+        done = last
+    return ordered
+
+
+def _combine_datasets(out, names: list[str], sources: list, folder: Path, labels, record_samples) -> None:
+    """The combined file's datasets: the root ones and every population's, virtual over the parts' rows; the
+    labels and the recorded samples written in full."""
+    first_file = sources[0]
+    for name in ("predictions", "logits", "sops"):
+        _virtual(out, name, [(n, f[name]) for n, f in zip(names, sources)], folder)
+    if labels is not None:
+        dset = out.create_dataset("labels", data=np.asarray(labels, np.int32).reshape(-1), chunks=True,
+                                  **_COMPRESSION)
+        dset.attrs["description"] = "true class of every sample (all samples_total of them)"
+    if "recorded_samples" in first_file and record_samples is not None:
+        out.create_dataset("recorded_samples", data=np.unique(np.asarray(record_samples, np.int32)))
+    groups = out.create_group("populations")
+    for key in sorted(first_file["populations"]):
+        group = groups.create_group(key)
+        group.attrs.update(dict(first_file["populations"][key].attrs))
+        for name in first_file["populations"][key]:
+            members = [(n, f["populations"][key][name]) for n, f in zip(names, sources)]
+            _virtual(group, name, members, folder)

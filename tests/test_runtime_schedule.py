@@ -86,6 +86,35 @@ def test_light_cone_rule_matches_the_spec_in_bsnn():
         assert np.all(lowered.last_fire(periods * K, full_dynamics=True) == periods - 1)
 
 
+def test_schedule_rules_by_name():
+    """The named rules the kernels call, against the spec's wording: integrate in p >= s - 1 with p - s + 1 even,
+    fire in p >= s with p - s even, the next fire after an integrate period is p + 1, spike values theta 2^-(k+1)."""
+    bistable = (schedule.MODE_BSNN, schedule.MODE_NOSN)
+    every_step = (schedule.MODE_PHASE, schedule.MODE_IF_RATE)
+    assert all(schedule.is_bistable(m) for m in bistable) and not any(schedule.is_bistable(m) for m in every_step)
+    for stage in range(1, 6):
+        for p in range(12):
+            for last in range(-1, 12):
+                for mode in bistable:
+                    fires = p >= stage and (p - stage) % 2 == 0
+                    integrates = p >= stage - 1 and (p - stage + 1) % 2 == 0
+                    assert schedule.fires_in_cone(mode, stage, p, last) == (fires and p <= last)
+                    assert schedule.integrate_matters(mode, stage, p, last) == (integrates and p + 1 <= last)
+                    first = min(f for f in range(p, max(p, stage) + 2) if f >= stage and (f - stage) % 2 == 0)
+                    assert schedule.first_fire_from(stage, p) == first
+                    assert schedule.reaches_in_cone(mode, stage, p, last) == (first <= last)
+                for mode in every_step:
+                    assert schedule.fires_in_cone(mode, stage, p, last) == (p <= last)
+                    assert schedule.integrate_matters(mode, stage, p, last)
+                    assert schedule.reaches_in_cone(mode, stage, p, last)
+    for k in range(8):
+        assert schedule.ceiling_applies(schedule.MODE_BSNN, k) == (k == 0)
+        assert schedule.ceiling_applies(schedule.MODE_IF_RATE, k)
+        theta = np.float32(0.75)
+        assert schedule.spike_value(schedule.MODE_BSNN, theta, k) == theta * np.float32(2.0 ** -(k + 1))
+        assert schedule.spike_value(schedule.MODE_IF_RATE, theta, k) == theta
+
+
 # --------------------------------------------------------------------------- initial potential
 
 
@@ -184,6 +213,37 @@ def test_events_that_disagree_with_the_counts_are_an_error(monkeypatch):
     monkeypatch.setattr(module, "_launch", drifting)
     with pytest.raises(BsnnError, match="recording pass of sample"):
         runtime.simulate(lowered, x, 8 * K, record="all")
+
+
+def test_the_kernel_entry_refuses_packed_arguments_that_do_not_fit():
+    """kernels.run_batch checks the packed tuples once per call before any kernel reads them."""
+    module = sys.modules["runtime.simulate"]
+    lowered = runtime.lower(vgg_graph(mode="bsnn", phases=K))
+    net = kernel_tables(lowered)
+    x = np.random.default_rng(4).random((2,) + lowered.input_shape).astype(np.float32)
+    plan = module._Plan(lowered=lowered, net=net, timesteps=3 * K, last_fire=lowered.last_fire(3 * K),
+                        schedule="light-cone", one_sample=1, per_neuron=False)
+    drive = lowered.input_drive(x)
+    nodes = len(lowered.names)
+
+    def run(**changes):
+        good = module._new_run(plan, drive, False, np.zeros(nodes, np.uint8), np.zeros(3, np.int64),
+                               np.zeros((0, 3), np.int32))
+        return good._replace(**changes)
+
+    state = kernels.new_state(net, 2)
+    assert isinstance(state, kernels.PeriodState) and kernels.uses_period_path(net)
+    with pytest.raises(ValueError, match="Run.drive must be a float32 array"):
+        kernels.run_batch(net, run(drive=drive.astype(np.float64)), state, 1, 1)
+    with pytest.raises(ValueError, match="Run.predictions"):
+        kernels.run_batch(net, run(predictions=np.zeros((3 * K + 1, 2), np.int32)), state, 1, 1)
+    with pytest.raises(ValueError, match="Run.last_fire"):
+        kernels.run_batch(net, run(last_fire=np.zeros(nodes + 1, np.int32)), state, 1, 1)
+    with pytest.raises(ValueError, match="step path"):
+        kernels.run_batch(net._replace(mode=np.int64(schedule.MODE_NOSN)), run(), state, 1, 1)
+    with pytest.raises(ValueError, match="input_dense"):
+        kernels.input_dense(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32), np.zeros(5, np.float32),
+                            np.zeros((2, 5), np.float32))
 
 
 def test_kernel_tables_are_packed_once():

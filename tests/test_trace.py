@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from bsnn_graph.errors import TraceError
-from runtime.trace import FORMAT, FORMAT_VERSION, TraceWriter, file_sha256, open_trace, write_trace
+from runtime.trace import (
+    FORMAT,
+    FORMAT_VERSION,
+    TraceWriter,
+    file_sha256,
+    open_trace,
+    write_trace,
+)
 
 T, K, CLASSES = 20, 4, 5
 POPULATIONS = [
