@@ -64,7 +64,8 @@ from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
 from runtime import schedule
-from runtime.reference import constant_current_fraction, spike_value
+from runtime.reference import spike_value
+from runtime.schedule import constant_current_fraction
 
 __all__ = ["LINEAR_OPS", "DenseResult", "DenseSimulator"]
 

@@ -41,7 +41,13 @@ from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError
 from bsnn_graph.executor import apply_op, evaluate, macs, pool_nd, sliding_windows
 
-from .schedule import MODE_CODES, initial_potential, light_cone, periods_of
+from .schedule import (
+    MODE_CODES,
+    constant_current_fraction,
+    initial_potential,
+    light_cone,
+    periods_of,
+)
 
 __all__ = [
     "LINEAR_OPS",
@@ -681,7 +687,7 @@ class LoweredGraph:
         """
         n = x.shape[0]
         drive = np.zeros((n, max(self.drive_size, 1)), np.float32)
-        step = np.float32(1.0 if self.mode == "if-rate" else 1.0 / self.phases)
+        step = constant_current_fraction(self.mode, self.phases)
         for node, name in self.input_targets:
             sub = self.drive_subgraphs[name]
             offset = int(self.node_table[node, N_DRIVE])

@@ -64,14 +64,15 @@ from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
 from bsnn_graph.executor import apply_op, conv_nd, sliding_windows
 
+from . import schedule
 from .schedule import (
     MODE_CODES,
+    constant_current_fraction,
     fires,
     initial_potential,
     integrates,
     light_cone,
     periods_of,
-    phase_weight,
 )
 
 __all__ = [
@@ -111,15 +112,9 @@ class ReferenceResult:
 
 
 def spike_value(mode: str, threshold: float, phase: int) -> np.float32:
-    """Value of a spike at phase k: ``theta 2^-(k+1)`` (weighted spikes), ``theta`` in ``if-rate``; float32."""
-    if mode == "if-rate":
-        return np.float32(threshold)
-    return np.float32(threshold) * phase_weight(phase)
-
-
-def constant_current_fraction(mode: str, phases: int) -> np.float32:
-    """Share of ``W' x + b'`` a node takes per step: ``1 / K`` (one period adds it once), 1 in ``if-rate``."""
-    return np.float32(1.0 if mode == "if-rate" else 1.0 / phases)
+    """Value of a spike at phase k (``schedule.spike_value``, by mode name): ``theta 2^-(k+1)``, ``theta`` in
+    ``if-rate``; float32."""
+    return np.float32(schedule.spike_value(schedule.MODE_CODES[mode], np.float32(threshold), phase))
 
 
 def fire(potential: np.ndarray, value: np.float32) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,7 @@ __all__ = [
     "MODE_PHASE",
     "SCHEDULES",
     "ceiling_applies",
+    "constant_current_fraction",
     "fire_period",
     "fires",
     "fires_in_cone",
@@ -86,6 +87,12 @@ def phase_weight(k):
 def spike_value(mode, threshold, k):
     """Value a spike of a neuron with ``threshold`` carries at phase k: theta in ``if-rate``, else ``theta 2^-(k+1)``."""
     return threshold if mode == MODE_IF_RATE else threshold * phase_weight(k)
+
+
+def constant_current_fraction(mode: str, phases: int) -> np.float32:
+    """Share of a node's constant current ``W' x + b'`` it takes per step: ``1 / K`` (a period adds it once),
+    1 in ``if-rate``; float32."""
+    return np.float32(1.0 if mode == "if-rate" else 1.0 / phases)
 
 
 @njit(cache=True)
