@@ -134,7 +134,7 @@ def compare(graph, mode: str, x, y, timesteps: int, batch: int, latency_images: 
     runtime.simulate(lowered, x[:1], timesteps, batch_size=1, threads=threads[0])
     record["compile_s"] = {"batch": batch_compile, "one_sample": time.perf_counter() - start}
     dense = {"dense": DenseSimulator(graph, mode=mode)}
-    if scheduled and mode in ("bsnn", "bsnn-nosn"):
+    if scheduled and mode in O.BISTABLE_MODES:
         dense["dense-scheduled"] = DenseSimulator(graph, mode=mode, skip_silent=True)
     start = time.perf_counter()
     dense["dense"].simulate(x[:2], timesteps, batch_size=2, threads=threads[0])

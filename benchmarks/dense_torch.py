@@ -65,7 +65,7 @@ from bsnn_graph import ops as O
 from bsnn_graph.errors import BsnnError, DataError, ModelError
 from runtime import schedule
 from runtime.reference import spike_value
-from runtime.schedule import constant_current_fraction
+from runtime.schedule import BISTABLE_MODES, constant_current_fraction
 
 __all__ = ["LINEAR_OPS", "DenseResult", "DenseSimulator"]
 
@@ -158,7 +158,7 @@ class DenseSimulator:
         self.phases = phases.pop()
         if not 1 <= self.phases <= 16:
             raise ModelError(f"phases K = {self.phases} is outside 1..16")
-        self.skip_silent = bool(skip_silent) and mode in ("bsnn", "bsnn-nosn")
+        self.skip_silent = bool(skip_silent) and mode in BISTABLE_MODES
         self.input_name = inputs[0]
         self.output_name = outputs[0]
         self.input_shape = tuple(ir.shape_of(graph, self.input_name))
@@ -201,7 +201,7 @@ class DenseSimulator:
             src_shape = tuple(ir.shape_of(graph, srcs[0]))
             if len(src_shape) != 3 or len(op.kernel_shape) != 2:
                 raise ModelError(f"node {name!r} (MaxGate): only 2-d max gates on (C, H, W) inputs, got {src_shape}")
-            if self.mode in ("bsnn", "bsnn-nosn") and op.stage != src_op.stage:
+            if self.mode in BISTABLE_MODES and op.stage != src_op.stage:
                 raise ModelError(f"node {name!r} (MaxGate): stage {op.stage} differs from its source {srcs[0]!r} "
                                  f"(stage {src_op.stage})")  # fmt: skip
             params = {"window": self._window(op, src_shape), "source_shape": src_shape}

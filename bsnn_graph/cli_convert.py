@@ -87,7 +87,9 @@ def conversion_summary(graph: nx.DiGraph, model: str, output: str, seconds: floa
     max_stage = max(stages, default=0) if output_stage is not None else None
     mode = meta.get("bsnn.mode")
     phases = int(meta["bsnn.phases"]) if "bsnn.phases" in meta else None
-    first = (max_stage + 1) * phases if mode in ("bsnn", "bsnn-nosn") and max_stage is not None else None
+    from runtime.schedule import BISTABLE_MODES, first_output_step
+
+    first = first_output_step(max_stage, phases) if mode in BISTABLE_MODES and max_stage is not None else None
     return {
         "model": model,
         "output": output,

@@ -69,6 +69,8 @@ __all__ = [
 
 BSNN_DOMAIN = "ai.bsnn"
 MODES = ("bsnn", "bsnn-nosn", "phase", "if-rate")
+#: the modes that follow the bistable schedule (a first full output at (L + 1) K; runtime.schedule)
+BISTABLE_MODES = ("bsnn", "bsnn-nosn")
 #: where a spiking population's V starts (BSNN_SPEC.md, "Initial potential"; runtime.schedule)
 INITIAL_POTENTIALS = ("half", "zero")
 

@@ -126,7 +126,7 @@ def _preflight(graph: nx.DiGraph, settings: ConversionOptions) -> None:
     """Refuse what to_spiking would refuse before spending time on calibration."""
     mode, phases, initial_potential = settings.mode, settings.phases, settings.initial_potential
     try:
-        if mode not in ("bsnn", "bsnn-nosn", "phase", "if-rate"):
+        if mode not in O.MODES:
             raise NodeRefusal(None, None, f"mode {mode!r} is not one of bsnn, bsnn-nosn, phase, if-rate")
         if not (isinstance(phases, int) and 1 <= phases <= 16):
             raise NodeRefusal(None, None, f"phases (K) must be an integer in 1..16, got {phases!r}")

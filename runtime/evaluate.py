@@ -33,13 +33,12 @@ from bsnn_graph.errors import DataError
 from .distributed import DEFAULT_SHARD_SIZE, Cluster, ShardedRun
 from .energy import energy_estimate
 from .lowering import LoweredGraph
-from .schedule import first_output_step
+from .schedule import BISTABLE_MODES, first_output_step
 from .simulate import SimulationResult, simulate
 
 __all__ = ["Evaluation", "evaluate_snn", "evaluation_of", "first_output_of"]
 
 #: the modes with a bistable schedule, whose output is first full at ``T_first``
-_BISTABLE_MODES = ("bsnn", "bsnn-nosn")
 
 
 @dataclass
@@ -95,7 +94,7 @@ def first_output_of(graph: nx.DiGraph | LoweredGraph) -> int | None:
     """
     graph = graph.graph if isinstance(graph, LoweredGraph) else graph
     found = [graph.nodes[n]["op"] for n in graph.nodes if isinstance(graph.nodes[n]["op"], O.OutputAccumulator)]
-    if len(found) != 1 or found[0].mode not in _BISTABLE_MODES:
+    if len(found) != 1 or found[0].mode not in BISTABLE_MODES:
         return None
     return first_output_step(int(found[0].stage) - 1, int(found[0].phases))
 

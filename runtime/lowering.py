@@ -42,6 +42,7 @@ from bsnn_graph.errors import BsnnError
 from bsnn_graph.executor import apply_op, evaluate, macs, pool_nd, sliding_windows
 
 from .schedule import (
+    BISTABLE_MODES,
     MODE_CODES,
     constant_current_fraction,
     initial_potential,
@@ -933,7 +934,7 @@ def _lay_out_gate(graph: nx.DiGraph, nodes: _Nodes, layout: _Layout, i: int, nam
                              layout.candidate_size])  # fmt: skip
     layout.candidate_size += int(table[i, N_SIZE]) * kh * kw
     table[i, N_GATE] = len(layout.gate_rows) - 1
-    if op.stage != src_op.stage and nodes.mode in ("bsnn", "bsnn-nosn"):
+    if op.stage != src_op.stage and nodes.mode in BISTABLE_MODES:
         raise _refuse(name, op, f"stage {op.stage} differs from its source {src!r} (stage {src_op.stage})")
     return src
 
@@ -979,7 +980,7 @@ def _target_paths(graph: nx.DiGraph, nodes: _Nodes, name: str) -> list[tuple[str
                 f"(expected {op.stage - 1}); mode bsnn needs the synchronisation pass (or use bsnn-nosn)",
             )
     largest = nodes.largest_stage
-    if isinstance(op, O.OutputAccumulator) and nodes.mode in ("bsnn", "bsnn-nosn") and op.stage != largest + 1:
+    if isinstance(op, O.OutputAccumulator) and nodes.mode in BISTABLE_MODES and op.stage != largest + 1:
         raise _refuse(name, op, f"stage {op.stage} but the largest population stage is {largest}")
     return paths
 

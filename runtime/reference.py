@@ -89,7 +89,7 @@ __all__ = [
     "without_constants",
 ]
 
-BISTABLE_MODES = ("bsnn", "bsnn-nosn")
+BISTABLE_MODES = schedule.BISTABLE_MODES
 
 
 @dataclass

@@ -36,9 +36,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from bsnn_graph.ops import INITIAL_POTENTIALS, MODES
+from bsnn_graph.ops import BISTABLE_MODES, INITIAL_POTENTIALS, MODES
 
 __all__ = [
+    "BISTABLE_MODES",
     "INITIAL_POTENTIALS",
     "MODES",
     "MODE_BSNN",
@@ -233,7 +234,7 @@ def light_cone(
     """
     count = len(stages)
     last = np.full(count, periods - 1, np.int32)
-    if full_dynamics or mode not in ("bsnn", "bsnn-nosn"):
+    if full_dynamics or mode not in BISTABLE_MODES:
         return last
     last[:] = -1
     last[output] = periods - 1

@@ -48,6 +48,7 @@ import numpy as np
 
 from bsnn_graph.errors import TraceError
 
+from .schedule import BISTABLE_MODES, first_output_step
 from .simulate import E_AC_PJ, E_MAC_PJ
 
 if TYPE_CHECKING:
@@ -778,9 +779,9 @@ class Trace:
     @property
     def first_output_step(self) -> int | None:
         """Step (L + 1) K of the first full output in the ``bsnn`` modes; None for other modes or if unknown."""
-        if self.output_stage is None or self.mode not in ("bsnn", "bsnn-nosn"):
+        if self.output_stage is None or self.mode not in BISTABLE_MODES:
             return None
-        return self.output_stage * self.phases
+        return first_output_step(self.output_stage - 1, self.phases)
 
     @property
     def predictions(self) -> np.ndarray:
