@@ -125,15 +125,20 @@ def ann_accuracy(graph, x, y, batch=500) -> float:
     return 100.0 * correct / len(x)
 
 
+#: accuracies are percentages of whole images, rounded to 3 decimals: "within 1 point" includes a difference of
+#: exactly 1.00 point (100 of 10,000 images), which float subtraction may put an ulp either side of the bound
+_TIE = 1e-6
+
+
 def first_within(acc: np.ndarray, target: float, points: float, readouts: np.ndarray | None = None) -> int | None:
-    """First T (1-based) from which accuracy stays within ``points`` of ``target`` up to T_max.
+    """First T (1-based) from which accuracy stays within ``points`` of ``target`` (inclusive) up to T_max.
 
     ``readouts``: the steps (1-based) at which the output is read, ascending (default every step); bsnn's are
     the ends of its periods from the first full output on, (L + 1 + j) K, and the last step.
     """
     acc = np.asarray(acc)
     steps = np.arange(1, len(acc) + 1) if readouts is None else np.asarray(readouts)
-    outside = np.nonzero(acc[steps - 1] < target - points)[0]
+    outside = np.nonzero(acc[steps - 1] < target - points - _TIE)[0]
     if len(outside) == 0:
         return int(steps[0])
     if outside[-1] == len(steps) - 1:

@@ -220,8 +220,12 @@ def test_resume_after_an_interruption_computes_only_the_missing_shards(cluster, 
     cluster.client.wait_for_workers(2)
     # a shard already running when the run was interrupted still finishes (cancel does not stop a running
     # task; its part is renamed into place whole): wait for it before looking at what is there
+    # (a cancelled task leaves the scheduler's books at once, so ask the workers what their threads still run)
     deadline = time.monotonic() + 60
-    while any(cluster.client.processing().values()) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+        any(cluster.client.processing().values())
+        or any(cluster.client.run(lambda dask_worker: len(dask_worker.active_threads)).values())
+    ):
         time.sleep(0.05)
     present = {p.name: p.stat().st_mtime_ns for p in parts_folder(target).glob("*.h5")}
     again = ShardedRun(cluster, graph, x, T, shard_size=SHARD, batch_size=SHARD, trace=TracePlan(**plan.__dict__))

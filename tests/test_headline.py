@@ -25,6 +25,10 @@ def test_first_within_means_from_then_on():
     assert headline.first_within(acc, 92.0, 0.1) == 5
     assert headline.first_within(acc, 93.5, 1.0) is None  # the last step is outside
     assert headline.first_within(np.full(3, 92.0), 92.0, 0.1) == 1
+    # exactly 1.00 point below (100 of 10,000 images) is within, whatever the float subtraction gives
+    assert headline.first_within(np.array([90.0, 91.07, 91.07]), 100.0 * 9207 / 10000, 1.0) == 2
+    assert headline.first_within(np.array([90.0, 91.97, 91.97]), 100.0 * 9207 / 10000, 0.1) == 2
+    assert headline.first_within(np.array([90.0, 91.96, 91.97]), 100.0 * 9207 / 10000, 0.1) == 3
     # read only at some steps (bsnn: its period ends): the dip at T = 3 is not a readout
     assert headline.first_within(acc, 92.0, 1.0, readouts=np.array([2, 4, 6])) == 2
     entry = {"mode": "bsnn", "timesteps": 30, "t_first_output": 12, "phases": 4}
