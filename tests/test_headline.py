@@ -141,3 +141,21 @@ def test_parts_on_a_two_worker_dask_cluster_are_the_parts_of_one_process(tiny, t
     stamps = {p: p.stat().st_mtime_ns for p in dask.glob("*.json")}
     headline.main(_argv(data, tmp_path / "dask", tmp_path, *extra, "--workers", "2"))  # all cached: no rewrite
     assert {p: p.stat().st_mtime_ns for p in dask.glob("*.json")} == stamps
+
+
+def test_cached_only_reports_the_finished_runs_and_lists_the_others(tiny, tmp_path, monkeypatch):
+    model, x, y, data = tiny
+    docs, cache = tmp_path / "docs", tmp_path / "cache"
+    docs.mkdir()
+    monkeypatch.setattr(headline, "LEFT_OUT", [])
+    base = _argv(data, cache, docs, "--settings", "percentile.half", "--ks", "8", "--chunk", "2")
+    headline.main([*base, "--modes", "bsnn", "--measure-only"])
+    parts = sorted(cache.rglob("*.parts/*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+    headline.main([*base, "--modes", "bsnn", "if-rate", "--cached-only"])
+    assert sorted(cache.rglob("*.parts/*.json")) == parts  # nothing was measured
+    assert {p: p.stat().st_mtime_ns for p in parts} == stamps
+    report = json.loads((docs / "headline.json").read_text())
+    assert set(report["results"][0]["runs"]) == {"bsnn@K8.percentile.half"}
+    assert report["meta"]["left_out"] == ["tiny if-rate@K8.percentile.half (3 parts to measure)"]
+    assert "Not measured yet" in (docs / "benchmarks.md").read_text()
