@@ -144,7 +144,7 @@ def test_parts_on_a_two_worker_dask_cluster_are_the_parts_of_one_process(tiny, t
 
 
 def test_cached_only_reports_the_finished_runs_and_lists_the_others(tiny, tmp_path, monkeypatch):
-    model, x, y, data = tiny
+    *_, data = tiny
     docs, cache = tmp_path / "docs", tmp_path / "cache"
     docs.mkdir()
     monkeypatch.setattr(headline, "LEFT_OUT", [])
