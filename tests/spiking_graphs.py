@@ -8,13 +8,15 @@ spiking graph contract.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from bsnn_graph import ir
 from bsnn_graph import ops as O
 from bsnn_graph.executor import evaluate
 
-__all__ = ["Builder", "chain_graph", "resnet_graph", "vgg_graph"]
+__all__ = ["Builder", "chain_graph", "resnet_graph", "vgg_graph", "with_mode"]
 
 
 class Builder:
@@ -164,3 +166,13 @@ def chain_graph(weights, biases, mode="bsnn", phases=8, stages=None, threshold=1
     graph.graph["outputs"] = ["out"]
     ir.verify(graph)
     return graph
+
+
+def with_mode(graph, mode):
+    """A copy of ``graph`` whose spiking ops carry ``mode``."""
+    out = graph.copy()
+    for name in out.nodes:
+        op = out.nodes[name]["op"]
+        if isinstance(op, (O.Population, O.MaxGate, O.OutputAccumulator)):
+            out.nodes[name]["op"] = dataclasses.replace(op, mode=mode)
+    return out

@@ -27,7 +27,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spiking_graphs import Builder
+from spiking_graphs import Builder, with_mode
 
 from bsnn_graph import ir
 from bsnn_graph import ops as O
@@ -102,16 +102,6 @@ def resnet_like(mode="bsnn", seed=1):
     gap = b.op("gap", O.GlobalAveragePool(), [p5])
     flat = b.op("flat", O.Flatten(axis=1), [gap])
     return b.output(b.gemm(flat, 10), 6)
-
-
-def with_mode(graph, mode):
-    """A copy of ``graph`` whose spiking ops carry ``mode``."""
-    out = graph.copy()
-    for name in out.nodes:
-        op = out.nodes[name]["op"]
-        if isinstance(op, (O.Population, O.MaxGate, O.OutputAccumulator)):
-            out.nodes[name]["op"] = dataclasses.replace(op, mode=mode)
-    return out
 
 
 # --------------------------------------------------------------------------- numpy oracle

@@ -12,12 +12,11 @@ this needs torch.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
-from spiking_graphs import Builder, resnet_graph, vgg_graph
+from spiking_graphs import Builder, resnet_graph, vgg_graph, with_mode
 
 import runtime
 from bsnn_graph import ir
@@ -28,16 +27,6 @@ from runtime.reference import reference_simulate
 K = 4
 MODES = ("bsnn", "bsnn-nosn", "phase", "if-rate")
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def with_mode(graph, mode):
-    """A copy of ``graph`` whose spiking ops carry ``mode``."""
-    out = graph.copy()
-    for name in out.nodes:
-        op = out.nodes[name]["op"]
-        if isinstance(op, (O.Population, O.MaxGate, O.OutputAccumulator)):
-            out.nodes[name]["op"] = dataclasses.replace(op, mode=mode)
-    return out
 
 
 def odd_ops_graph(mode="bsnn"):
