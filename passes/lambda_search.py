@@ -65,7 +65,9 @@ refuses.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import networkx as nx
 import numba
@@ -189,25 +191,32 @@ def search_passes(graph: nx.DiGraph) -> int:
 
 def _dual_forward(
     graph: nx.DiGraph, x: np.ndarray, order: list[str], quantised: dict[str, np.ndarray], settings: tuple[int, str],
-    targets: Iterable[str],
+    targets: Iterable[str], values: tuple[dict, dict] | None = None, keep: frozenset = frozenset(),
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Evaluate ``order`` (topological, closed under inputs) as the float ANN and as the K-bit network.
+    """Evaluate ``order`` (topological) as the float ANN and as the K-bit network.
 
     Populations in ``quantised`` (name -> lambda) emit :func:`fake_quantise`
     in the K-bit network; a node downstream of none of them has one value
     for both. Yields ``(target, z_quantised, z_float)``, the pre-activations
     of each population in ``targets`` (which is not itself evaluated).
+
+    ``values = (exact, low_bit)``: the values of nodes outside ``order`` that
+    it reads (a frontier of an earlier pass; the graph input is ``x``), updated
+    in place. A value is dropped after its last reader in ``order`` unless
+    its node is in ``keep``; without ``values`` ``order`` must be closed
+    under inputs.
     """
     targets = set(targets)
-    needed = set(order)
-    remaining = {n: sum(1 for c in ir.consumers(graph, n) if c in needed) for n in order}
-    exact: dict[str, np.ndarray] = {}
-    low_bit: dict[str, np.ndarray] = {}  # K-bit values where they differ from the float ones
+    exact, low_bit = values if values is not None else ({}, {})  # low_bit: K-bit values where they differ
+    exact[graph.graph["inputs"][0]] = x
+    remaining = {}
+    for name in order:
+        for s in ir.inputs_of(graph, name):
+            remaining[s] = remaining.get(s, 0) + 1
     for name in order:
         op = ir.op_of(graph, name)
         srcs = ir.inputs_of(graph, name)
         if isinstance(op, O.Input):
-            exact[name] = x
             continue
         if name in targets:
             yield name, low_bit.get(srcs[0], exact[srcs[0]]), exact[srcs[0]]
@@ -219,8 +228,8 @@ def _dual_forward(
             elif any(s in low_bit for s in srcs):
                 low_bit[name] = np.asarray(apply_op(op, [low_bit.get(s, exact[s]) for s in srcs]), np.float32)
         for s in set(srcs):
-            remaining[s] -= 1
-            if remaining[s] == 0:
+            remaining[s] -= srcs.count(s)
+            if remaining[s] == 0 and s not in keep:
                 exact.pop(s, None)
                 low_bit.pop(s, None)
 
@@ -310,16 +319,78 @@ def _candidates(graph, statistics: dict[str, StreamingPercentile], percentile: f
     return tables
 
 
-def _search_level(graph, calibration, batch_size, level: list[str], chosen, tables, settings, progress):
-    """One pass over the calibration data: the chosen lambda of every population of ``level``."""
+class _Frontier:
+    """Per calibration batch, the values of both networks that later passes read (see :func:`search_scales`).
+
+    Held in memory up to ``budget`` bytes in all; beyond that a batch's
+    arrays go to ``.npy`` files in ``folder`` (read back and deleted when
+    taken), so memory stays bounded whatever the size of the calibration data.
+    """
+
+    def __init__(self, budget: int, folder: str):
+        self.budget = budget
+        self.folder = Path(folder)
+        self.used = 0
+        self.batches: dict[int, list[tuple[int, str, np.ndarray | Path]]] = {}
+        self.files = 0
+
+    def put(self, batch: int, exact: dict[str, np.ndarray], low_bit: dict[str, np.ndarray]) -> None:
+        entries = []
+        for kind, values in enumerate((exact, low_bit)):
+            for name, value in values.items():
+                if self.used + value.nbytes <= self.budget:
+                    self.used += value.nbytes
+                    entries.append((kind, name, value))
+                    continue
+                path = self.folder / f"{self.files}.npy"
+                self.files += 1
+                np.save(path, value)
+                entries.append((kind, name, path))
+        self.batches[batch] = entries
+
+    def take(self, batch: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        values: tuple[dict, dict] = ({}, {})
+        for kind, name, value in self.batches.pop(batch, []):
+            if isinstance(value, Path):
+                values[kind][name] = np.load(value)
+                value.unlink()
+            else:
+                self.used -= value.nbytes
+                values[kind][name] = value
+        return values
+
+
+def _level_plan(graph, level: list[str], evaluated: set[str]) -> tuple[list[str], frozenset]:
+    """The nodes the pass of ``level`` evaluates (its targets included), and those whose values it keeps.
+
+    A pass evaluates the ancestors of its populations' inputs that no earlier
+    pass evaluated (``evaluated``, updated here); it keeps every evaluated
+    value a node not yet evaluated reads (later passes start from these).
+    """
     inputs = {ir.inputs_of(graph, p)[0] for p in level}
     needed = set(level) | inputs | set().union(*(nx.ancestors(graph, n) for n in inputs))
-    order = [n for n in ir.topological_order(graph) if n in needed]
+    source = graph.graph["inputs"][0]
+    order = [n for n in ir.topological_order(graph) if n in needed and n not in evaluated and n != source]
+    evaluated.update(n for n in order if n not in level)
+    keep = frozenset(n for n in evaluated if any(c not in evaluated for c in ir.consumers(graph, n)))
+    return order, keep
+
+
+def _search_level(graph, calibration, batch_size, level: list[str], chosen, tables, settings, progress, plan,
+                  frontier: _Frontier):
+    """One pass over the calibration data: the chosen lambda of every population of ``level``.
+
+    ``plan``: :func:`_level_plan` of the level; each batch starts from the
+    values ``frontier`` holds for it and leaves there the ones ``plan`` keeps.
+    """
+    order, keep = plan
     errors = {p: np.zeros((ir.shape_of(graph, p)[0], tables[p].shape[1])) for p in level}
-    for x in calibration_inputs(graph, calibration, batch_size):
-        for name, z, z_float in _dual_forward(graph, x, order, chosen, settings, level):
+    for b, x in enumerate(calibration_inputs(graph, calibration, batch_size)):
+        values = frontier.take(b)
+        for name, z, z_float in _dual_forward(graph, x, order, chosen, settings, level, values, keep):
             ceiling = _ceiling(ir.op_of(graph, name))
             _accumulate(errors[name], z, z_float, tables[name], ceiling, settings)
+        frontier.put(b, *({n: v for n, v in part.items() if n in keep} for part in values))
         if progress is not None:
             progress(len(x))
     picked = {}
@@ -341,12 +412,16 @@ def search_scales(
     channelwise: bool = False,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    frontier_bytes: int | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Lambdas by search of every ReLU (and Clip(0, c)) of the folded ANN ``graph`` (see the module docstring).
 
     Returns ``(lambdas, samples)`` like :func:`passes.calibration.population_scales`:
     name -> float64 array of shape () or (C,). ``progress(n)`` is called after
     each batch of ``n`` samples of every pass (:func:`search_passes` passes).
+    ``frontier_bytes``: the memory the values kept between passes may take
+    (default half of :data:`passes.calibration.CALIBRATION_MEMORY_BYTES`);
+    the rest goes to temporary files.
     """
     if not (isinstance(phases, int) and 1 <= phases <= 16):
         raise DataError(f"phases (K) must be an integer in 1..16, got {phases!r}")
@@ -363,8 +438,13 @@ def search_scales(
     tables = _candidates(graph, statistics, percentile, *settings)
     levels = population_levels(graph)
     chosen: dict[str, np.ndarray] = {}
-    for level in range(1, max(levels.values(), default=0) + 1):
-        members = [p for p, lv in levels.items() if lv == level]
-        chosen.update(_search_level(graph, calibration, batch_size, members, chosen, tables, settings, progress))
+    evaluated: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="bsnn-search-") as folder:
+        frontier = _Frontier(CALIBRATION_MEMORY_BYTES // 2 if frontier_bytes is None else frontier_bytes, folder)
+        for level in range(1, max(levels.values(), default=0) + 1):
+            members = [p for p, lv in levels.items() if lv == level]
+            plan = _level_plan(graph, members, evaluated)
+            chosen.update(_search_level(graph, calibration, batch_size, members, chosen, tables, settings, progress,
+                                        plan, frontier))
     return {p: chosen[p] for p in levels}, samples
 

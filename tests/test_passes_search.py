@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import pytest
 from test_passes_graphs import Builder, random_input, resnet, vgg
@@ -15,6 +16,7 @@ from bsnn_graph.errors import DataError
 from passes import PassError, calibration_passes, convert, copy_graph, normalise
 from passes.calibration import population_scales
 from passes.lambda_search import (
+    _level_plan,
     candidate_lambdas,
     fake_quantise,
     population_levels,
@@ -194,25 +196,52 @@ def test_progress_covers_every_pass_over_the_calibration_data():
     assert sum(seen) == 20 * passes and calibration_passes(graph) == 1
 
 
-def test_search_memory_is_independent_of_the_number_of_batches():
+def test_search_memory_is_bounded_by_the_frontier_budget_not_the_number_of_batches():
+    """The values kept between passes take at most ``frontier_bytes`` of memory; the rest goes to files."""
     import tracemalloc
 
     folded = _folded(vgg("max"))
     rng = np.random.default_rng(3)
+    batches = {n: [rng.random((16, 1, 8, 8), dtype=np.float32) for _ in range(n)] for n in (1, 4, 60)}
 
-    def peak(batches: int) -> int:
-        data = [rng.random((16, 1, 8, 8), dtype=np.float32) for _ in range(batches)]  # re-readable: a list
+    def peak(n: int, budget: int) -> tuple[int, dict]:
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
-        search_scales(folded, data, phases=4)
+        lambdas, _ = search_scales(folded, batches[n], phases=4, frontier_bytes=budget)
         top = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
-        return top
+        return top, lambdas
 
-    peak(1)  # compile the kernel first
-    few, many = peak(4), peak(60)
-    assert many < 1.3 * few + 200_000
+    peak(1, 0)  # compile the kernel first
+    few, _ = peak(4, 0)
+    many, spilled = peak(60, 0)
+    assert many < 1.3 * few + 200_000  # everything on disk: independent of the number of batches
+    budget = 400_000
+    bounded, in_memory = peak(60, budget)
+    everything, held = peak(60, 1 << 30)
+    assert bounded < 1.3 * few + 200_000 + budget < everything  # the budget is what grows, and it binds
+    for name in spilled:  # where the values were kept changes nothing
+        assert np.array_equal(spilled[name], in_memory[name]) and np.array_equal(spilled[name], held[name])
+
+
+def test_each_node_is_evaluated_in_one_pass_only():
+    """Later passes start from the values kept by earlier ones: every ancestor of a population's input is
+    evaluated in exactly one pass (P node evaluations in all, not one per level each)."""
+    graph = _folded(resnet())
+    levels = population_levels(graph)
+    source = graph.graph["inputs"][0]
+    evaluated: set[str] = set()
+    seen: list[str] = []
+    for level in range(1, max(levels.values()) + 1):
+        members = [p for p, lv in levels.items() if lv == level]
+        order, keep = _level_plan(graph, members, evaluated)
+        assert set(members) <= set(order) and not keep & set(members)
+        assert all(any(c not in evaluated for c in ir.consumers(graph, n)) for n in keep)
+        seen += [n for n in order if n not in members]
+    wanted = set().union(*(nx.ancestors(graph, ir.inputs_of(graph, p)[0]) | {ir.inputs_of(graph, p)[0]}
+                           for p in levels)) - {source}
+    assert sorted(seen) == sorted(wanted)  # each once
 
 
 def test_refusals_are_one_line():
