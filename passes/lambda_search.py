@@ -38,13 +38,20 @@ Search (:func:`search_scales`), for the populations of the BN-folded ANN:
    the squared error ``sum (q(z) - a)^2`` is accumulated; the argmin over
    the whole calibration data is the population's lambda.
 
-Cost: ``1 + levels`` passes over the calibration data; a chain of P
-populations has P levels, and pass ``l`` evaluates the first ``l`` layers
-twice, so about ``P^2`` layer evaluations against ``P`` for the
-percentile. Memory: one batch of both networks' activations (the default
-batch is half of :func:`passes.calibration.calibration_batch_size`) and the
-error sums, ``candidates x channels`` float64 per population of the level;
-no activation outlives its batch.
+Cost: ``1 + levels`` passes over the calibration data, but each node of
+the ANN is evaluated (as both networks) in one pass only: pass ``l``
+evaluates the ancestors no earlier pass did, starting from the values the
+earlier passes kept (:func:`_level_plan`: per batch, every evaluated value
+that a node not yet evaluated reads; in a chain, one tensor per network).
+So the search costs about two forward passes plus the error sums, not the
+``P^2`` layer evaluations of re-running the first ``l`` layers in pass
+``l``. Memory: one batch of both networks' activations (the default batch
+is half of :func:`passes.calibration.calibration_batch_size`), the error
+sums (``candidates x channels`` float64 per population of the level) and
+the kept values, held in memory up to ``frontier_bytes`` (default half of
+:data:`passes.calibration.CALIBRATION_MEMORY_BYTES`) and beyond that in
+temporary ``.npy`` files, read back batch by batch: bounded whatever the
+size of the calibration data.
 
 ``channelwise``: one lambda per channel (axis 1), each channel with its own
 candidates and error sums. A ``Clip(0, c)`` population has one lambda (its
