@@ -516,6 +516,7 @@ def _mode_report(evaluation, steps: list[int], ann_accuracy: float) -> dict:
         "accuracy_per_step": per_step.tolist(),
         "first_step_within_1_point": _first_step_within(per_step, ann_accuracy),
         "sops_per_sample": evaluation.sops_per_sample,
+        "energy": evaluation.energy,
         "schedule": evaluation.schedule,
         "initial_potential": evaluation.initial_potential,
         "bytes_per_sample": evaluation.bytes_per_sample,
@@ -533,8 +534,12 @@ def _print_eval(document: dict) -> None:
     rows.append(["first full output"] + [str(r["first_output_step"] or "-") for r in results.values()])
     rows.append(["first T within 1 pt"] + [str(r["first_step_within_1_point"] or "-") for r in results.values()])
     rows.append([f"SOPs/sample (T={steps[-1]})"] + [f"{r['sops_per_sample']:,.0f}" for r in results.values()])
+    rows.append(["energy uJ/sample (estimate)"]
+                + [f"{r['energy']['snn_energy_pj_per_sample'] / 1e6:.4f}" for r in results.values()])
     rows.append(["schedule"] + [r["schedule"] for r in results.values()])
     _print_table(header, rows)
+    if results:
+        click.echo(f"energy: {next(iter(results.values()))['energy']['label']}")
 
 
 @click.command("eval")

@@ -362,6 +362,12 @@ def test_eval_converts_an_ann(tmp_path, data_dir):
     for result in doc["modes"].values():
         assert len(result["accuracy"]) == 2 and len(result["accuracy_per_step"]) == 32
         assert result["accuracy"][1] == result["accuracy_per_step"][31]
+        energy = result["energy"]  # an estimate of this mode's own SOPs (and the analog input layer's MACs)
+        assert energy["estimate"] and energy["sops_per_sample"] == result["sops_per_sample"] > 0
+        assert energy["snn_energy_pj_per_sample"] == pytest.approx(
+            energy["e_ac_pj"] * result["sops_per_sample"] + energy["e_mac_pj"] * energy["input_macs_per_sample"])
+    table = invoke("eval", model, "--data", data, "--calib", data, "--modes", "bsnn,if-rate", "-T", "8,32", "--phases", 4)
+    assert "energy uJ/sample (estimate)" in table.output and "estimate" in table.output.splitlines()[-1]
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, x=samples["x"])
     assert "eval needs labels" in one_error_line(invoke("eval", model, "--data", unlabelled, "--calib", data))
