@@ -170,7 +170,7 @@ def convert_command(
     phases: int,
     percentile: float,
     channelwise: bool,
-    calibrate: str,
+    calibrate: str | None,
     initial_potential: str,
     until: str | None,
     input_scale: float | None,
@@ -196,6 +196,7 @@ def convert_command(
     x = fit_to_input(x, shape_of(graph, graph.graph["inputs"][0]), source=str(calib_path))
     if len(x) == 0:
         raise DataError(f"{calib_path}: no samples")
+    calibrate = calibrate or passes.default_calibration(mode)
     reads = passes.calibration_passes(graph, calibrate)
     explanations: list[passes.Explanation] = []
     started = time.perf_counter()

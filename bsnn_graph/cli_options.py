@@ -29,16 +29,15 @@ input_lambda_option = click.option(
     "--input-lambda", type=click.FloatRange(0, min_open=True), help="Lambda of the analog input (1)."
 )
 
-def calibrate_option(default: str | None = "percentile"):
-    """``--calibrate``: how the lambdas are chosen (conversion of an ANN)."""
+def calibrate_option():
+    """``--calibrate``: how the lambdas are chosen (conversion of an ANN; None: passes.default_calibration)."""
     return click.option(
         "--calibrate",
         type=click.Choice(["percentile", "search"]),
-        default=default,
-        show_default=default is not None,
+        default=None,
         help="Lambda per population: the --percentile of the activations, or the search for the lambda that "
-        "minimises the K-bit network's error layer by layer (1 + levels passes over the calibration data)"
-        + ("." if default is not None else "; default percentile."),
+        "minimises the K-bit network's error layer by layer (1 + levels passes over the calibration data); "
+        "default search for bsnn and bsnn-nosn, percentile for phase and if-rate.",
     )
 
 

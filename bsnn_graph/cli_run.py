@@ -492,17 +492,18 @@ def _converted(graph, model: str, wanted: list[str], conversion: dict, calib_pat
 
     calib, _ = _load_data(calib_path, graph, input_scale, None)
     options = {"channelwise": conversion["channelwise"], "input_lambda": conversion["input_lambda"],
-               "initial_potential": conversion["initial_potential"] or "half",
-               "calibrate": conversion["calibrate"] or "percentile"}
+               "initial_potential": conversion["initial_potential"] or "half"}
     for key in ("phases", "percentile"):
         if conversion[key] is not None:
             options[key] = conversion[key]
     snns = {}
-    reads = passes.calibration_passes(graph, options["calibrate"])
     for mode in wanted:
-        label = calibration_label(options["calibrate"], reads, mode)
+        calibrate = conversion["calibrate"] or passes.default_calibration(mode)
+        reads = passes.calibration_passes(graph, calibrate)
+        label = calibration_label(calibrate, reads, mode)
         with click.progressbar(length=len(calib) * reads, label=label, file=_stderr()) as bar:
-            snns[mode] = passes.convert(graph, calib, mode=mode, batch_size=batch_size, progress=bar.update, **options)
+            snns[mode] = passes.convert(graph, calib, mode=mode, batch_size=batch_size, progress=bar.update,
+                                        calibrate=calibrate, **options)
     return snns
 
 
@@ -557,7 +558,7 @@ def _print_eval(document: dict) -> None:
     help="Normalisation percentile (ANN models; default 99.99).",
 )
 @channelwise_option
-@calibrate_option(default=None)
+@calibrate_option()
 @input_lambda_option
 @initial_potential_option(default=None)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test samples.")

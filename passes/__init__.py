@@ -21,7 +21,7 @@ from __future__ import annotations
 from ._infra import Pass, PassError, PassResult, copy_graph
 from .canonicalise import canonicalise
 from .fold_batchnorm import fold_batchnorm
-from .normalise import normalise
+from .normalise import default_calibration, normalise
 from .percentile import StreamingPercentile
 from .pipeline import (
     PIPELINE,
@@ -44,6 +44,7 @@ __all__ = [
     "Rule",
     "StreamingPercentile",
     "calibration_passes",
+    "default_calibration",
     "canonicalise",
     "convert",
     "copy_graph",

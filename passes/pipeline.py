@@ -20,7 +20,7 @@ from ._infra import NodeRefusal, Pass, PassError, copy_graph, passes_applied
 from .canonicalise import canonicalise
 from .fold_batchnorm import fold_batchnorm
 from .lambda_search import search_passes
-from .normalise import check_calibrate, normalise
+from .normalise import check_calibrate, default_calibration, normalise
 from .rules import Explain
 from .synchronise import synchronise
 from .to_spiking import check_convertible, to_spiking
@@ -52,8 +52,9 @@ class ConversionOptions:
     # where V starts: "half" (theta 2^-(K+1), theta / 2 in if-rate: a fire period rounds to K bits) or "zero"
     initial_potential: str = "half"
     # how normalise chooses the lambdas: "percentile" (one pass over the data) or "search"
-    # (passes.lambda_search: least K-bit activation error, layer by layer; calibration_passes passes)
-    calibrate: str = "percentile"
+    # (passes.lambda_search: least K-bit activation error, layer by layer; calibration_passes passes);
+    # None: passes.normalise.default_calibration(mode) (search for bsnn and bsnn-nosn, percentile otherwise)
+    calibrate: str | None = None
 
 
 def convert(
@@ -87,6 +88,7 @@ def convert(
     ``calibrate``; TypeError for an unknown option.
     """
     settings = ConversionOptions(**options)
+    settings = dataclasses.replace(settings, calibrate=settings.calibrate or default_calibration(settings.mode))
     check_calibrate(settings.calibrate)
     last = _last_pass(graph, until)
     graph = copy_graph(graph)

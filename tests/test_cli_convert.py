@@ -97,7 +97,13 @@ def test_convert_with_lambda_by_search_reports_it(tmp_path):
         if population["op"] == "Population":
             assert population["scale"] == pytest.approx(float(ir.op_of(searched, population["name"]).scale))
     plain = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json").stdout)
-    assert plain["calibrate"] == "percentile" and plain["calibration_seconds"] >= 0
+    assert plain["calibrate"] == "search"  # the default for bsnn
+    percentile = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json",
+                                    "--calibrate", "percentile").stdout)
+    assert percentile["calibrate"] == "percentile" and percentile["calibration_seconds"] >= 0
+    rate = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json",
+                              "--mode", "if-rate").stdout)
+    assert rate["calibrate"] == "percentile"  # the default for the rate modes
     refused = CliRunner().invoke(main, [str(a) for a in ("convert", model, "--calib", calib, "-o", out, "--calibrate", "grid")])
     assert refused.exit_code == 2 and "'grid' is not one of 'percentile', 'search'" in refused.output
 

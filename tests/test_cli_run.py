@@ -404,8 +404,10 @@ def test_eval_passes_calibrate_search_to_the_conversion(tmp_path, data_dir):
     np.savez(data, x=samples["x"], y=labels)
     model = data_dir / "vgg_tiny_legacy.onnx"
     args = ["eval", model, "--data", data, "--calib", data, "-T", "6,24", "--phases", 3, "--json"]
-    plain = json.loads(invoke(*args).stdout)["modes"]["bsnn"]
+    plain = json.loads(invoke(*args, "--calibrate", "percentile").stdout)["modes"]["bsnn"]
     searched = json.loads(invoke(*args, "--calibrate", "search").stdout)["modes"]["bsnn"]
+    default = json.loads(invoke(*args).stdout)["modes"]["bsnn"]
+    assert default["sops_per_sample"] == searched["sops_per_sample"]  # search is bsnn's default
     x = samples["x"].astype(np.float32)
     snn = passes.convert(load_onnx(model), x, phases=3, calibrate="search")
     assert searched["sops_per_sample"] == pytest.approx(runtime.simulate(snn, x, 24).sops.mean())

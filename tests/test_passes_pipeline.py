@@ -128,7 +128,7 @@ def test_until_stops_after_the_named_pass_and_progress_counts_samples():
     graph = vgg("max")
     x = random_input(graph, n=21)
     seen = []
-    partial = convert(graph, x, until="normalise", batch_size=8, progress=seen.append)
+    partial = convert(graph, x, until="normalise", batch_size=8, progress=seen.append, calibrate="percentile")
     assert seen == [8, 8, 5]
     assert partial.graph["metadata"]["bsnn.passes"] == "canonicalise,fold_batchnorm,normalise"
     assert not any(ir.op_of(partial, n).domain for n in partial.nodes)

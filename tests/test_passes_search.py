@@ -244,6 +244,20 @@ def test_each_node_is_evaluated_in_one_pass_only():
     assert sorted(seen) == sorted(wanted)  # each once
 
 
+@pytest.mark.parametrize("mode, expected",
+                         [("bsnn", "search"), ("bsnn-nosn", "search"), ("phase", "percentile"), ("if-rate", "percentile")])
+def test_default_calibration_is_search_for_the_bistable_modes_and_the_percentile_for_the_rate_modes(mode, expected):
+    graph = vgg("max")
+    x = random_input(graph, n=16)
+    default = convert(graph, x, mode=mode, phases=3)
+    chosen = convert(graph, x, mode=mode, phases=3, calibrate=expected)
+    other = convert(graph, x, mode=mode, phases=3, calibrate=({"search", "percentile"} - {expected}).pop())
+    assert default.graph["metadata"]["bsnn.calibrate"] == expected
+    assert default.graph["metadata"]["bsnn.scales"] == chosen.graph["metadata"]["bsnn.scales"]
+    assert default.graph["metadata"]["bsnn.scales"] != other.graph["metadata"]["bsnn.scales"]
+    assert calibration_passes(graph, expected) == (1 if expected == "percentile" else search_passes(_folded(graph)))
+
+
 def test_refusals_are_one_line():
     graph = _clipped_vgg()
     x = random_input(graph, n=8)
