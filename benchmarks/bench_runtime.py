@@ -40,7 +40,7 @@ def _convert(folder: Path) -> Path:
     out = folder / "vgg_bsnn.onnx"
     subprocess.run(
         ["bsnn", "convert", str(ROOT / "data/vgg_max.onnx"), "--calib", str(ROOT / "data/fmnist_calib.npz"),
-         "-o", str(out), "--percentile", "99.9"],
+         "-o", str(out), "--percentile", "99.9", "--calibrate", "percentile"],
         check=True, capture_output=True,
     )  # fmt: skip
     return out

@@ -53,7 +53,7 @@ def main() -> None:
             out = os.path.join(folder, f"out{count}.onnx")
             command = [
                 shutil.which("bsnn") or "bsnn", "convert", args.model, "--calib", args.calib,
-                "--calib-limit", str(count), "-o", out,
+                "--calib-limit", str(count), "-o", out, "--calibrate", "percentile",
             ] + (["--channelwise"] if args.channelwise else [])  # fmt: skip
             mb, seconds = peak_rss_mb(command)
             rows.append({"calibration_images": count, "peak_rss_mb": round(mb, 1), "seconds": round(seconds, 1)})

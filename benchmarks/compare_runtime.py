@@ -96,7 +96,8 @@ def spiking_graphs(model: Path, modes: list[str] | None, calib: Path | None, pha
         raise BsnnError(f"{model}: an ANN model needs --calib to be converted")
     x, _ = load_dataset(calib)
     x = fit_to_input(x, ir.shape_of(graph, graph.graph["inputs"][0]), source=str(calib))
-    return {m: passes.convert(graph, x, mode=m, phases=phases, percentile=percentile) for m in modes or ["bsnn"]}
+    return {m: passes.convert(graph, x, mode=m, phases=phases, percentile=percentile,
+                                 calibrate="percentile") for m in modes or ["bsnn"]}
 
 
 def _best(repeats: int, fn):

@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = _arguments(argv)
     x, _ = load_dataset(ROOT / "data" / "fmnist_test.npz", limit=args.images)
     calib, _ = load_dataset(ROOT / "data" / "fmnist_calib.npz")
-    snn = passes.convert(load_onnx(ROOT / "data" / "vgg_max.onnx"), calib, mode="bsnn", phases=8, percentile=99.9)
+    snn = passes.convert(load_onnx(ROOT / "data" / "vgg_max.onnx"), calib, mode="bsnn", phases=8, percentile=99.9,
+                         calibrate="percentile")
     lowered = runtime.lower(snn)
     runtime.simulate(lowered, x[:64], args.timesteps, threads=args.threads)  # compile
     t_local, local = _timed(lambda: runtime.simulate(lowered, x, args.timesteps, batch_size=args.batch_size,

@@ -64,7 +64,8 @@ def measure(args) -> dict[str, np.ndarray]:
         ann = load_onnx(ROOT / "data" / models[model]["exports"]["legacy"]["file"])
         for label, mode, potential in runs(args):
             started = time.perf_counter()
-            snn = passes.convert(ann, calib, mode=mode, phases=args.phases, initial_potential=potential)
+            snn = passes.convert(ann, calib, mode=mode, phases=args.phases, initial_potential=potential,
+                                 calibrate="percentile")
             depth = max(snn.nodes[n]["op"].stage for n in snn.nodes
                         if isinstance(snn.nodes[n]["op"], ops.Population))
             t = (depth + 3) * args.phases if mode.startswith("bsnn") else args.rate_timesteps

@@ -221,9 +221,8 @@ def converted(args, run: Run):
     _, _, calib = _inputs(args)
     ann = load_onnx(ROOT / "data" / _onnx_file(MODELS[run.model]))
     started = time.perf_counter()
-    options = {} if run.calibrate == "percentile" else {"calibrate": run.calibrate}
     snn = passes.convert(ann, calib, mode=run.mode, phases=run.k, percentile=args.percentile,
-                         initial_potential=run.potential, **options)
+                         initial_potential=run.potential, calibrate=run.calibrate)
     seconds = time.perf_counter() - started
     depth = deepest_stage(snn)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ def main() -> None:
     calib, _ = load_dataset(ROOT / "data" / "fmnist_calib.npz")
     x, _ = load_dataset(ROOT / "data" / "fmnist_test.npz", limit=IMAGES)
     for model, timesteps in (("vgg_max", 56), ("resnet14", 112)):
-        snn = passes.convert(load_onnx(ROOT / "data" / f"{model}.onnx"), calib, phases=8, percentile=99.9)
+        snn = passes.convert(load_onnx(ROOT / "data" / f"{model}.onnx"), calib, phases=8, percentile=99.9,
+                             calibrate="percentile")
         lowered = runtime.lower(snn)
         cells = []
         for threads in (1, 2):

@@ -37,7 +37,7 @@ def recheck(model: str, key: str, part: str, args) -> bool:
     s = cached["settings"]
     x, y = load_dataset(args.data, limit=s["last"])
     calib, _ = load_dataset(args.calib)
-    options = {} if s.get("calibrate", "percentile") == "percentile" else {"calibrate": s["calibrate"]}
+    options = {"calibrate": s.get("calibrate", "percentile")}
     snn = passes.convert(load_onnx(ROOT / "data" / s["onnx"]), calib, mode=s["mode"], phases=s["phases"],
                          percentile=s["percentile"], initial_potential=s.get("initial_potential", "zero"), **options)
     evaluation = evaluate_snn(snn, x[s["first"]:], y[s["first"]:], s["timesteps"], threads=args.threads)

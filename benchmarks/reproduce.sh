@@ -25,7 +25,7 @@ fi
 # 2. runtime speed: bsnn at its first full output (L + 1) K, the step-by-step modes at T = 256
 for model in vgg_max resnet14; do
     for mode in bsnn bsnn-nosn phase if-rate; do
-        bsnn convert "data/$model.onnx" --calib data/fmnist_calib.npz --percentile 99.9 --mode "$mode" \
+        bsnn convert "data/$model.onnx" --calib data/fmnist_calib.npz --percentile 99.9 --calibrate percentile --mode "$mode" \
             -o "$TMP/${model}_$mode.onnx" > /dev/null
     done
 done

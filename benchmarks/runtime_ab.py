@@ -35,7 +35,8 @@ from bsnn_graph.data import load_dataset
 root, model, mode, images, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 x, _ = load_dataset(f"{root}/data/fmnist_test.npz", limit=images)
 calib, _ = load_dataset(f"{root}/data/fmnist_calib.npz")
-snn = passes.convert(load_onnx(f"{root}/data/{model}.onnx"), calib, mode=mode, phases=8, percentile=99.9)
+snn = passes.convert(load_onnx(f"{root}/data/{model}.onnx"), calib, mode=mode, phases=8, percentile=99.9,
+                     calibrate="percentile")
 depth = max(snn.nodes[n]["op"].stage for n in snn.nodes if isinstance(snn.nodes[n]["op"], ops.Population))
 t = (depth + 1) * 8
 lowered = runtime.lower(snn)

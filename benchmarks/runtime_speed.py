@@ -142,7 +142,8 @@ def worker(spec: dict) -> dict:
         calib, x, labels = _data(spec)
         ann = bsnn_graph.load_onnx(ann_path)
         started = time.perf_counter()
-        snn = passes.convert(ann, calib, mode="bsnn", phases=8, percentile=99.9, batch_size=4)
+        snn = passes.convert(ann, calib, mode="bsnn", phases=8, percentile=99.9, batch_size=4,
+                             calibrate="percentile")
         convert_s = time.perf_counter() - started
         started = time.perf_counter()
         lowered = runtime.lower(snn)

@@ -36,7 +36,7 @@ def main() -> None:
     calib, _ = load_dataset(ROOT / "data" / "fmnist_calib.npz")
     x, y = load_dataset(ROOT / "data" / "fmnist_test.npz", limit=args.images)
     snn = passes.convert(load_onnx(ROOT / "data" / f"{args.model}.onnx"), calib, mode=args.mode, phases=8,
-                         percentile=99.9)
+                         percentile=99.9, calibrate="percentile")
     runtime.simulate(snn, x[:2], 8, per_neuron_counts=False)  # compile
     start = time.perf_counter()
     result = runtime.simulate(snn, x, args.timesteps, batch_size=256, threads=args.threads, per_neuron_counts=False)
