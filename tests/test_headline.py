@@ -81,7 +81,8 @@ def test_tiny_run_measures_what_the_runtime_gives_and_resumes(tiny, tmp_path):
     assert ranks[f"{chosen}.n3"] == min(ranks.values())
     # the recorded accuracy per step is the runtime's on the same conversion
     for potential in ("half", "zero"):
-        snn = passes.convert(load_onnx(model), x, mode="bsnn", phases=8, percentile=99.9, initial_potential=potential)
+        snn = passes.convert(load_onnx(model), x, mode="bsnn", phases=8, percentile=99.9, initial_potential=potential,
+                             calibrate="percentile")
         depth = runs["bsnn@K8.percentile.half"]["deepest_stage"]
         result = runtime.simulate(snn, x, (depth + 2) * 8)
         run = runs[f"bsnn@K8.percentile.{potential}"]
