@@ -106,8 +106,9 @@ def default_calibration(mode: str) -> str:
     """The calibration used when none is asked for: ``search`` for the bistable modes, ``percentile`` otherwise.
 
     On the full Fashion-MNIST test set search beat the percentile at K = 3 on all four reference models and at
-    K = 4 on three, and was level (within 0.15 point either way) at K = 5..8 (docs/benchmarks.md, the headline); under search
-    ``if-rate`` came within 1 point 2 to 3 times later (three models, 1,000 images; ``phase`` not measured).
+    K = 4 on three, and was level (within 0.15 point either way) at K = 5..8 (docs/benchmarks.md, the
+    headline); under search ``if-rate`` came within 1 point 2 to 3 times later (three models, 1,000 images;
+    ``phase`` not measured).
     """
     return "search" if mode in O.BISTABLE_MODES else "percentile"
 

@@ -96,14 +96,13 @@ def test_convert_with_lambda_by_search_reports_it(tmp_path):
     for population in summary["populations"]:
         if population["op"] == "Population":
             assert population["scale"] == pytest.approx(float(ir.op_of(searched, population["name"]).scale))
-    plain = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json").stdout)
-    assert plain["calibrate"] == "search"  # the default for bsnn
-    percentile = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json",
-                                    "--calibrate", "percentile").stdout)
+    def summary_of(*extra):
+        return json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json", *extra).stdout)
+
+    assert summary_of()["calibrate"] == "search"  # the default for bsnn
+    percentile = summary_of("--calibrate", "percentile")
     assert percentile["calibrate"] == "percentile" and percentile["calibration_seconds"] >= 0
-    rate = json.loads(_invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "--json",
-                              "--mode", "if-rate").stdout)
-    assert rate["calibrate"] == "percentile"  # the default for the rate modes
+    assert summary_of("--mode", "if-rate")["calibrate"] == "percentile"  # the default for the rate modes
     refused = CliRunner().invoke(main, [str(a) for a in ("convert", model, "--calib", calib, "-o", out, "--calibrate", "grid")])
     assert refused.exit_code == 2 and "'grid' is not one of 'percentile', 'search'" in refused.output
 

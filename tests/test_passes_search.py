@@ -244,8 +244,9 @@ def test_each_node_is_evaluated_in_one_pass_only():
     assert sorted(seen) == sorted(wanted)  # each once
 
 
-@pytest.mark.parametrize("mode, expected",
-                         [("bsnn", "search"), ("bsnn-nosn", "search"), ("phase", "percentile"), ("if-rate", "percentile")])
+@pytest.mark.parametrize(
+    "mode, expected", [("bsnn", "search"), ("bsnn-nosn", "search"), ("phase", "percentile"), ("if-rate", "percentile")]
+)
 def test_default_calibration_is_search_for_the_bistable_modes_and_the_percentile_for_the_rate_modes(mode, expected):
     graph = vgg("max")
     x = random_input(graph, n=16)
