@@ -229,6 +229,9 @@ def converted(args, run: Run):
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.onnx")
     save_onnx(snn, tmp)
     tmp.replace(path)
+    if info is not None and info["deepest_stage"] == depth:
+        # Only the .onnx was missing (it is not in git): the record keeps the calibration time it measured.
+        return snn, depth, info["calibration_seconds"]
     _write_json(info_path, {"settings": settings, "deepest_stage": depth, "calibration_seconds": seconds,
                             "commit": _commit()})
     return snn, depth, seconds
