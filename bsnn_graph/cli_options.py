@@ -37,7 +37,7 @@ def calibrate_option():
         default=None,
         help="Lambda per population: the --percentile of the activations, or the search for the lambda that "
         "minimises the K-bit network's error layer by layer (1 + levels passes over the calibration data); "
-        "default search for bsnn and bsnn-nosn, percentile for phase and if-rate.",
+        "default search for bsnn, bsnn-nosn and phase, percentile for if-rate.",
     )
 
 

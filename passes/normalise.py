@@ -11,8 +11,8 @@ branches are the Add's inputs.
    :mod:`passes.calibration`), as ``calibrate`` says:
 
    - ``"percentile"`` (the default of this pass called alone; :func:`passes.convert`
-     defaults to :func:`default_calibration` of its mode: search for the bistable
-     modes): run the ANN
+     defaults to :func:`default_calibration` of its mode: search for the K-bit
+     codes, bsnn, bsnn-nosn and phase): run the ANN
      (:func:`bsnn_graph.executor.iterate_activations`) on the calibration
      batches and feed every population's activation to a
      :class:`~passes.percentile.StreamingPercentile` (bounded memory,
@@ -103,14 +103,16 @@ CALIBRATIONS = ("percentile", "search")
 
 
 def default_calibration(mode: str) -> str:
-    """The calibration used when none is asked for: ``search`` for the bistable modes, ``percentile`` otherwise.
+    """The calibration used when none is asked for: ``search`` for the K-bit codes (``bsnn``, ``bsnn-nosn``,
+    ``phase``), ``percentile`` for ``if-rate``.
 
     On the full Fashion-MNIST test set search beat the percentile at K = 3 on all four reference models and at
     K = 4 on three, and was level (within 0.15 point either way) at K = 5..8 (docs/benchmarks.md, the
-    headline); under search ``if-rate`` came within 1 point 2 to 3 times later (three models, 1,000 images;
-    ``phase`` not measured).
+    headline). ``phase`` under search had the higher mean accuracy over T on three of the four models (1,000
+    images) and came within 1 point sooner or as soon on the full set; ``if-rate`` (not a K-bit code) came
+    within 1 point 2 to 3 times later under search and had the lower mean on all four.
     """
-    return "search" if mode in O.BISTABLE_MODES else "percentile"
+    return "search" if mode in O.BISTABLE_MODES or mode == "phase" else "percentile"
 
 
 _TRANSPARENT = (O.MaxPool, O.AveragePool, O.GlobalAveragePool, O.Dropout, O.Identity, O.Pad)

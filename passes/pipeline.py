@@ -53,7 +53,7 @@ class ConversionOptions:
     initial_potential: str = "half"
     # how normalise chooses the lambdas: "percentile" (one pass over the data) or "search"
     # (passes.lambda_search: least K-bit activation error, layer by layer; calibration_passes passes);
-    # None: passes.normalise.default_calibration(mode) (search for bsnn and bsnn-nosn, percentile otherwise)
+    # None: passes.normalise.default_calibration(mode) (search for bsnn, bsnn-nosn and phase; percentile for if-rate)
     calibrate: str | None = None
 
 

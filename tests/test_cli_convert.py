@@ -102,7 +102,8 @@ def test_convert_with_lambda_by_search_reports_it(tmp_path):
     assert summary_of()["calibrate"] == "search"  # the default for bsnn
     percentile = summary_of("--calibrate", "percentile")
     assert percentile["calibrate"] == "percentile" and percentile["calibration_seconds"] >= 0
-    assert summary_of("--mode", "if-rate")["calibrate"] == "percentile"  # the default for the rate modes
+    assert summary_of("--mode", "phase")["calibrate"] == "search"  # and for phase (K-bit weighted spikes)
+    assert summary_of("--mode", "if-rate")["calibrate"] == "percentile"  # the default for rate coding
     refused = CliRunner().invoke(main, [str(a) for a in ("convert", model, "--calib", calib, "-o", out, "--calibrate", "grid")])
     assert refused.exit_code == 2 and "'grid' is not one of 'percentile', 'search'" in refused.output
 

@@ -245,9 +245,9 @@ def test_each_node_is_evaluated_in_one_pass_only():
 
 
 @pytest.mark.parametrize(
-    "mode, expected", [("bsnn", "search"), ("bsnn-nosn", "search"), ("phase", "percentile"), ("if-rate", "percentile")]
+    "mode, expected", [("bsnn", "search"), ("bsnn-nosn", "search"), ("phase", "search"), ("if-rate", "percentile")]
 )
-def test_default_calibration_is_search_for_the_bistable_modes_and_the_percentile_for_the_rate_modes(mode, expected):
+def test_default_calibration_is_search_for_the_k_bit_codes_and_the_percentile_for_if_rate(mode, expected):
     graph = vgg("max")
     x = random_input(graph, n=16)
     default = convert(graph, x, mode=mode, phases=3)
