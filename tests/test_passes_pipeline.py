@@ -11,7 +11,15 @@ from test_passes_graphs import random_input, resnet, vgg
 
 from bsnn_graph import evaluate, ir, load_onnx, save_onnx
 from bsnn_graph import ops as O
-from passes import PIPELINE, PassError, PassResult, convert, copy_graph, pass_names
+from passes import (
+    PIPELINE,
+    PassError,
+    PassResult,
+    convert,
+    copy_graph,
+    default_calibration,
+    pass_names,
+)
 
 SPIKING_SOURCES = (O.Input, O.Population, O.MaxGate)
 LINEAR = (O.Conv, O.Gemm, O.AveragePool, O.GlobalAveragePool, O.Flatten, O.Reshape, O.Add, O.Sum, O.Mul, O.Concat)
@@ -117,8 +125,9 @@ def test_passes_run_alone_in_order_give_what_convert_gives():
     graph = resnet()
     x = random_input(graph)
     step = copy_graph(graph)  # the passes change the graph they are given
+    # normalise alone defaults to the percentile; convert resolves the mode's default (search for phase)
     for pass_ in PIPELINE:
-        result = pass_(step, calibration=x, mode="phase", phases=3)
+        result = pass_(step, calibration=x, mode="phase", phases=3, calibrate=default_calibration("phase"))
         assert isinstance(result, PassResult) and result.graph is step
         step = result.graph
     assert ir.graphs_equal(step, convert(graph, x, mode="phase", phases=3))
