@@ -61,6 +61,9 @@ python benchmarks/calib_memory.py --counts 500 10000
 
 # 6. the onnx wheel's zoo graphs at 224x224: conversion and one image at the first full output, with the oracles
 python benchmarks/zoo_convert.py --images 64 --record-limit 3e8 --json "$RESULTS/zoo_run.json" --markdown docs/benchmarks.md
+# and their conversion under both calibrations, back to back (search is bsnn's default)
+python benchmarks/zoo_convert.py --images 64 --no-run --calibrate percentile search --json "$RESULTS/zoo_calibration.json" \
+    --markdown docs/benchmarks.md
 
 # 7. distributed: one process against a 2-worker Dask cluster (needs pip install -e '.[distributed]')
 python benchmarks/distributed_speed.py --images 2000 --json "$RESULTS/distributed_speed.json"

@@ -18,11 +18,18 @@ light-cone schedule: lowering and run seconds (the run after a warm-up
 one), its peak RSS, SOPs against the ANN's MACs, and the event-driven
 logits against the dense oracle (runtime.oracle.dense_bsnn, one wave).
 
+``--calibrate percentile search`` converts each graph under both, back to
+back, and ``--markdown`` then writes the side-by-side table (calibration
+seconds and peak RSS) between ``<!-- zoo-calibration:start -->`` and
+``<!-- zoo-calibration:end -->``.
+
 Usage::
 
     python benchmarks/zoo_convert.py --images 512 --models resnet50
     python benchmarks/zoo_convert.py --images 16          # every zoo graph
     python benchmarks/zoo_convert.py --images 64 --json benchmarks/results/zoo_run.json --markdown docs/benchmarks.md
+    python benchmarks/zoo_convert.py --images 64 --no-run --calibrate percentile search \\
+        --json benchmarks/results/zoo_calibration.json --markdown docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from onnx import numpy_helper
 import bsnn_graph, passes
 from bsnn_graph.errors import BsnnError
 
-path, images, seed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+path, images, seed, out, calibrate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 rng = np.random.default_rng(seed)
 model = onnx.load(path)
 
@@ -71,14 +78,15 @@ for init in model.graph.initializer:
         init.CopyFrom(numpy_helper.from_array(random_weight(tuple(init.dims)), init.name))
 random_path = out + ".random.onnx"
 onnx.save(model, random_path)
-row = {"model": path.rsplit("/", 1)[-1].removeprefix("light_").removesuffix(".onnx"), "images": images}
+row = {"model": path.rsplit("/", 1)[-1].removeprefix("light_").removesuffix(".onnx"), "images": images,
+       "calibrate": calibrate}
 try:
     graph = bsnn_graph.load_onnx(random_path)
     (name,) = graph.graph["inputs"]
     shape = graph.nodes[name]["shape"]
     x = rng.random((images,) + tuple(shape), dtype=np.float32)
     started = time.perf_counter()
-    spiking = passes.convert(graph, x, calibrate="percentile")  # as measured in docs/benchmarks.md
+    spiking = passes.convert(graph, x, calibrate=calibrate)
     row["seconds"] = round(time.perf_counter() - started, 1)
     row["input_shape"] = list(shape)
     row["populations"] = sum(1 for n in spiking.nodes if spiking.nodes[n]["op"].op_type == "Population")
@@ -185,11 +193,85 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def calibration_markdown(rows: list[dict], command: str) -> str:
+    """The table of docs/benchmarks.md that sets each graph's conversion under every calibration side by side."""
+    import time
+
+    from headline import machine
+
+    names = sorted({row["model"] for row in rows})
+    ways = sorted({row["calibrate"] for row in rows})
+    by = {(row["model"], row["calibrate"]): row for row in rows}
+    lines = [
+        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {machine()}). Each graph converted under every calibration back to back, each in a "
+         "fresh process (its peak RSS): seeded random weights, uniform random images, K = 8, rounding."),
+        "",
+        "| graph | " + " | ".join(f"{w} s" for w in ways) + " | " + " | ".join(f"{w} peak RSS MB" for w in ways)
+        + (f" | {ways[-1]} / {ways[0]} seconds |" if len(ways) == 2 else " |"),
+        "|---" * (1 + 2 * len(ways) + (len(ways) == 2)) + "|",
+    ]
+    for name in names:
+        got = [by.get((name, w), {}) for w in ways]
+        if any("refused" in row for row in got):
+            lines.append(f"| {name} | refused: {next(r for r in got if 'refused' in r)['refused']} |"
+                         + " |" * (2 * len(ways) - 1 + (len(ways) == 2)))
+            continue
+        cells = [str(row.get("seconds", "")) for row in got] + [f"{row.get('peak_rss_mb', 0):.0f}" for row in got]
+        if len(ways) == 2:
+            cells.append(f"{got[1]['seconds'] / got[0]['seconds']:.2f}" if all("seconds" in r for r in got) else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _measure(path: Path, calibrate: str, args) -> dict:
+    """Convert one zoo graph in a fresh process (and run one image in another, unless --no-run); its row."""
+    name = path.stem.removeprefix("light_")
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"zoo_{name}_{os.getpid()}.json"
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), str(args.images), str(args.seed), str(out), calibrate], check=True
+    )
+    row = json.loads(out.read_text())
+    spiking = Path(str(out) + ".spiking.onnx")
+    if "refused" not in row and args.run:
+        subprocess.run([sys.executable, "-c", _RUN, str(spiking), str(args.seed), str(out), str(args.record_limit)],
+                       check=True)
+        row.update(json.loads(out.read_text()))
+    for leftover in (out, Path(str(out) + ".random.onnx"), spiking, Path(str(spiking) + ".data")):
+        leftover.unlink(missing_ok=True)
+    return row
+
+
+def _report(name: str, row: dict) -> None:
+    if "refused" in row:
+        print(f"{name:>14}: refused: {row['refused']}", flush=True)
+        return
+    print(
+        f"{name:>14}: {row['images']} images {row['input_shape']}, {row['calibrate']}: {row['seconds']:7.1f} s, "
+        f"peak RSS {row['peak_rss_mb']:7.1f} MB, {row['populations']} populations, "
+        f"{row['synchronous_neurons']} SN",
+        flush=True,
+    )
+    if "run_seconds" in row:
+        print(
+            f"{'':>14}  one image at T = {row['t_first']}: lower {row['lower_seconds']:.1f} s, run "
+            f"{row['run_seconds']:.3f} s, peak RSS {row['run_peak_rss_mb']:.0f} MB, SOPs {row['sops']:.3g} "
+            f"vs ANN MACs {row['ann_macs']:.3g} ({row['sops'] / row['ann_macs']:.2f}x); oracle: same "
+            f"prediction {row['oracle_same_prediction']}, max |logit difference| "
+            f"{row['oracle_max_abs_logit_difference']:.2e} of {row['oracle_max_abs_logit']:.2e}; "
+            f"teacher-forced: {_forced(row)}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=512, help="calibration images per graph")
     parser.add_argument("--models", nargs="*", default=None, help="names (e.g. resnet50 squeezenet); default all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibrate", nargs="+", choices=("percentile", "search"), default=["percentile"],
+                        help="how the lambdas are chosen (default percentile, as the zoo table was measured; search "
+                        "is bsnn's default in passes.convert and the CLI); several: each graph under each, back to "
+                        "back, and --markdown writes the side-by-side table (zoo-calibration) instead")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the table into this file between <!-- zoo:start --> and <!-- zoo:end -->")
@@ -203,51 +285,27 @@ def main() -> None:
         name = path.stem.removeprefix("light_")
         if args.models and name not in args.models:
             continue
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"zoo_{name}_{os.getpid()}.json"
-        subprocess.run(
-            [sys.executable, "-c", _CHILD, str(path), str(args.images), str(args.seed), str(out)], check=True
-        )
-        row = json.loads(out.read_text())
-        spiking = Path(str(out) + ".spiking.onnx")
-        if "refused" not in row and args.run:
-            subprocess.run([sys.executable, "-c", _RUN, str(spiking), str(args.seed), str(out), str(args.record_limit)],
-                           check=True)
-            row.update(json.loads(out.read_text()))
-        for leftover in (out, Path(str(out) + ".random.onnx"), spiking, Path(str(spiking) + ".data")):
-            leftover.unlink(missing_ok=True)
-        rows.append(row)
-        if "refused" in row:
-            print(f"{name:>14}: refused: {row['refused']}", flush=True)
-        else:
-            print(
-                f"{name:>14}: {row['images']} images {row['input_shape']}: {row['seconds']:7.1f} s, "
-                f"peak RSS {row['peak_rss_mb']:7.1f} MB, {row['populations']} populations, "
-                f"{row['synchronous_neurons']} SN",
-                flush=True,
-            )
-            if "run_seconds" in row:
-                print(
-                    f"{'':>14}  one image at T = {row['t_first']}: lower {row['lower_seconds']:.1f} s, run "
-                    f"{row['run_seconds']:.3f} s, peak RSS {row['run_peak_rss_mb']:.0f} MB, SOPs {row['sops']:.3g} "
-                    f"vs ANN MACs {row['ann_macs']:.3g} ({row['sops'] / row['ann_macs']:.2f}x); oracle: same "
-                    f"prediction {row['oracle_same_prediction']}, max |logit difference| "
-                    f"{row['oracle_max_abs_logit_difference']:.2e} of {row['oracle_max_abs_logit']:.2e}; "
-                    f"teacher-forced: {_forced(row)}",
-                    flush=True,
-                )
+        for calibrate in args.calibrate:
+            rows.append(_measure(path, calibrate, args))
+            _report(name, rows[-1])
     if args.json is not None:
-        if args.json.exists():  # rows of other graphs measured before are kept
-            names = {row["model"] for row in rows}
-            rows = sorted([r for r in json.loads(args.json.read_text()) if r["model"] not in names] + rows,
-                          key=lambda r: r["model"])
+        if args.json.exists():  # rows of other graphs (or calibrations) measured before are kept
+            keys = {(row["model"], row["calibrate"]) for row in rows}
+            before = [r for r in json.loads(args.json.read_text()) if (r["model"], r.get("calibrate", "percentile"))
+                      not in keys]
+            rows = sorted(before + rows, key=lambda r: (r["model"], r.get("calibrate", "percentile")))
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
         tmp.replace(args.json)
     if args.markdown is not None:
         from headline import insert_section
 
-        insert_section(args.markdown, markdown(rows, "python benchmarks/zoo_convert.py " + " ".join(sys.argv[1:])),
-                       "zoo")
+        command = "python benchmarks/zoo_convert.py " + " ".join(sys.argv[1:])
+        if len(args.calibrate) > 1:
+            insert_section(args.markdown, calibration_markdown(rows, command), "zoo-calibration")
+        else:
+            insert_section(args.markdown, markdown([r for r in rows if r.get("calibrate", "percentile")
+                                                    == args.calibrate[0]], command), "zoo")
 
 
 if __name__ == "__main__":
