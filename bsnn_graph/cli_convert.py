@@ -244,6 +244,11 @@ def _print_summary(summary: dict, output: str) -> None:
             f"L = {summary['max_stage']}, output stage {summary['output_stage']}, "
             f"initial potential {summary['initial_potential']}"
         )
+    if summary["calibration_seconds"] is not None:
+        click.echo(
+            f"lambda by {summary['calibrate']} on {summary['calibration_samples']} calibration samples in "
+            f"{summary['calibration_seconds']:.2f} s"
+        )
     if summary["first_output_step"] is not None:
         click.echo(f"first full output at T = {summary['first_output_step']}")
     if summary["removed_output_op"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -104,6 +105,9 @@ def test_convert_with_lambda_by_search_reports_it(tmp_path):
     assert percentile["calibrate"] == "percentile" and percentile["calibration_seconds"] >= 0
     assert summary_of("--mode", "phase")["calibrate"] == "search"  # and for phase (K-bit weighted spikes)
     assert summary_of("--mode", "if-rate")["calibrate"] == "percentile"  # the default for rate coding
+    plain = _invoke("convert", model, "--calib", calib, "-o", out, "--overwrite", "-K", 4).stdout
+    (line,) = [line for line in plain.splitlines() if line.startswith("lambda by ")]
+    assert re.fullmatch(r"lambda by search on 24 calibration samples in \d+\.\d\d s", line), line
     refused = CliRunner().invoke(main, [str(a) for a in ("convert", model, "--calib", calib, "-o", out, "--calibrate", "grid")])
     assert refused.exit_code == 2 and "'grid' is not one of 'percentile', 'search'" in refused.output
 
