@@ -237,6 +237,16 @@ def converted(args, run: Run):
     return snn, depth, seconds
 
 
+def conversion_info(args, run: Run) -> tuple[int, float]:
+    """(L, calibration seconds) of ``run``'s conversion: from its record when that matches ``run``'s settings (the
+    .onnx, not in git, is not needed: a report from the cache converts nothing), else by converting."""
+    info = _cached((_folder(args, run.model) / "models" / f"{run.key}.json"), _conversion_settings(args, run))
+    if info is not None:
+        return info["deepest_stage"], info["calibration_seconds"]
+    _, depth, seconds = converted(args, run)
+    return depth, seconds
+
+
 def run_settings(args, run: Run, depth: int) -> dict:
     """What a cached result of ``run`` must have been measured with to be reused."""
     x, _, _ = _inputs(args)
@@ -268,12 +278,13 @@ def part_job(job: tuple[Run, int, int], args) -> dict:
     runtime.evaluate.evaluate_snn gives them, cached as <model>/<key>.parts/<first>-<last>.json."""
     run, first, last = job
     x, y, _ = _inputs(args)
-    snn, depth, _ = converted(args, run)
+    depth, _ = conversion_info(args, run)
     settings = _part_settings(run_settings(args, run, depth), first, last)
     path = _part_path(args, run, first, last)
     cached = _cached(path, settings)
     if cached is not None:
         return cached
+    snn, _, _ = converted(args, run)
     evaluation = evaluate_snn(snn, x[first:last], y[first:last], settings["timesteps"], batch_size=args.batch_size,
                               threads=args.threads)
     correct, seconds = evaluation.correct_per_step, evaluation.seconds
@@ -295,7 +306,7 @@ def part_job(job: tuple[Run, int, int], args) -> dict:
 
 def pending_parts(run: Run, args) -> list[tuple[Run, int, int]]:
     """The parts of ``run`` still to measure (none if the merged run is cached)."""
-    _, depth, _ = converted(args, run)
+    depth, _ = conversion_info(args, run)
     settings = run_settings(args, run, depth)
     if _cached(_folder(args, run.model) / f"{run.name}.json", settings) is not None:
         return []
@@ -307,7 +318,7 @@ def merged(run: Run, args) -> dict:
     """``run`` merged from its parts (measuring any that are missing), cached as <model>/<name>.json."""
     for part in pending_parts(run, args):
         part_job(part, args)
-    _, depth, calibration_seconds = converted(args, run)
+    depth, calibration_seconds = conversion_info(args, run)
     settings = run_settings(args, run, depth)
     path = _folder(args, run.model) / f"{run.name}.json"
     cached = _cached(path, settings)
@@ -436,7 +447,6 @@ def cost(args, run: Run, t: int) -> dict:
     Each figure is runtime.evaluate.evaluate_snn's: its seconds are those of the simulation call alone (batch 1:
     summed over the images)."""
     x, y, _ = _inputs(args)
-    snn, _, _ = converted(args, run)
     n, n1 = min(len(x), args.cost_images), min(len(x), args.latency_images)
     settings = {**_conversion_settings(args, run), "data": Path(args.data).name, "timesteps": t, "images": n,
                 "latency_images": n1, "batch_size": args.batch_size, "threads": args.threads}
@@ -444,6 +454,7 @@ def cost(args, run: Run, t: int) -> dict:
     cached = _cached(path, settings)
     if cached is not None:
         return cached
+    snn, _, _ = converted(args, run)
     lowered = runtime.lower(snn)
     runtime.simulate(lowered, x[:2], t, batch_size=2, threads=1)  # compiled and warm
     batch = evaluate_snn(lowered, x[:n], y[:n], t, batch_size=args.batch_size, threads=args.threads)
