@@ -210,9 +210,14 @@ def _conversion_settings(args, run: Run) -> dict:
             "calibrate": run.calibrate, "initial_potential": run.potential, "mode": run.mode, "phases": run.k}
 
 
+def _model_path(args, run: Run) -> Path:
+    """Where ``run``'s converted model is cached (<model>/models/<key>.onnx; its record beside it, .json)."""
+    return _folder(args, run.model) / "models" / f"{run.key}.onnx"
+
+
 def converted(args, run: Run):
     """(spiking graph, L, calibration seconds) of ``run``'s conversion, cached as <model>/models/<key>.onnx."""
-    path = _folder(args, run.model) / "models" / f"{run.key}.onnx"
+    path = _model_path(args, run)
     info_path = path.with_suffix(".json")
     settings = _conversion_settings(args, run)
     info = _cached(info_path, settings)
@@ -240,7 +245,7 @@ def converted(args, run: Run):
 def conversion_info(args, run: Run) -> tuple[int, float]:
     """(L, calibration seconds) of ``run``'s conversion: from its record when that matches ``run``'s settings (the
     .onnx, not in git, is not needed: a report from the cache converts nothing), else by converting."""
-    info = _cached((_folder(args, run.model) / "models" / f"{run.key}.json"), _conversion_settings(args, run))
+    info = _cached(_model_path(args, run).with_suffix(".json"), _conversion_settings(args, run))
     if info is not None:
         return info["deepest_stage"], info["calibration_seconds"]
     _, depth, seconds = converted(args, run)

@@ -193,33 +193,36 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _calibration(row: dict) -> str:
+    """How a row's lambdas were chosen (rows measured before --calibrate existed used the percentile)."""
+    return row.get("calibrate", "percentile")
+
+
 def calibration_markdown(rows: list[dict], command: str) -> str:
-    """The table of docs/benchmarks.md that sets each graph's conversion under every calibration side by side."""
+    """The table of docs/benchmarks.md that sets each graph's conversion under the percentile and under search
+    side by side."""
     import time
 
     from headline import machine
 
-    names = sorted({row["model"] for row in rows})
-    ways = sorted({row["calibrate"] for row in rows})
-    by = {(row["model"], row["calibrate"]): row for row in rows}
+    by = {(row["model"], _calibration(row)): row for row in rows}
     lines = [
-        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {machine()}). Each graph converted under every calibration back to back, each in a "
-         "fresh process (its peak RSS): seeded random weights, uniform random images, K = 8, rounding."),
+        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {machine()}). Each graph converted under both calibrations "
+         "back to back, each in a fresh process (its peak RSS): seeded random weights, uniform random images, "
+         "K = 8, rounding."),
         "",
-        "| graph | " + " | ".join(f"{w} s" for w in ways) + " | " + " | ".join(f"{w} peak RSS MB" for w in ways)
-        + (f" | {ways[-1]} / {ways[0]} seconds |" if len(ways) == 2 else " |"),
-        "|---" * (1 + 2 * len(ways) + (len(ways) == 2)) + "|",
+        "| graph | percentile s | search s | percentile peak RSS MB | search peak RSS MB | search / percentile seconds |",
+        "|---" * 6 + "|",
     ]
-    for name in names:
-        got = [by.get((name, w), {}) for w in ways]
-        if any("refused" in row for row in got):
-            lines.append(f"| {name} | refused: {next(r for r in got if 'refused' in r)['refused']} |"
-                         + " |" * (2 * len(ways) - 1 + (len(ways) == 2)))
+    for name in sorted({row["model"] for row in rows}):
+        percentile, search = by[(name, "percentile")], by[(name, "search")]
+        if "refused" in percentile:
+            lines.append(f"| {name} | refused: {percentile['refused']} |" + " |" * 4)
             continue
-        cells = [str(row.get("seconds", "")) for row in got] + [f"{row.get('peak_rss_mb', 0):.0f}" for row in got]
-        if len(ways) == 2:
-            cells.append(f"{got[1]['seconds'] / got[0]['seconds']:.2f}" if all("seconds" in r for r in got) else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {percentile['seconds']} | {search['seconds']} | {percentile['peak_rss_mb']:.0f} | "
+            f"{search['peak_rss_mb']:.0f} | {search['seconds'] / percentile['seconds']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -270,7 +273,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibrate", nargs="+", choices=("percentile", "search"), default=["percentile"],
                         help="how the lambdas are chosen (default percentile, as the zoo table was measured; search "
-                        "is bsnn's default in passes.convert and the CLI); several: each graph under each, back to "
+                        "is bsnn's default in passes.convert and the CLI); both: each graph under each, back to "
                         "back, and --markdown writes the side-by-side table (zoo-calibration) instead")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument("--markdown", type=Path, default=None,
@@ -290,10 +293,9 @@ def main() -> None:
             _report(name, rows[-1])
     if args.json is not None:
         if args.json.exists():  # rows of other graphs (or calibrations) measured before are kept
-            keys = {(row["model"], row["calibrate"]) for row in rows}
-            before = [r for r in json.loads(args.json.read_text()) if (r["model"], r.get("calibrate", "percentile"))
-                      not in keys]
-            rows = sorted(before + rows, key=lambda r: (r["model"], r.get("calibrate", "percentile")))
+            keys = {(row["model"], _calibration(row)) for row in rows}
+            before = [r for r in json.loads(args.json.read_text()) if (r["model"], _calibration(r)) not in keys]
+            rows = sorted(before + rows, key=lambda r: (r["model"], _calibration(r)))
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
         tmp.replace(args.json)
@@ -301,11 +303,11 @@ def main() -> None:
         from headline import insert_section
 
         command = "python benchmarks/zoo_convert.py " + " ".join(sys.argv[1:])
-        if len(args.calibrate) > 1:
+        if set(args.calibrate) == {"percentile", "search"}:
             insert_section(args.markdown, calibration_markdown(rows, command), "zoo-calibration")
         else:
-            insert_section(args.markdown, markdown([r for r in rows if r.get("calibrate", "percentile")
-                                                    == args.calibrate[0]], command), "zoo")
+            insert_section(args.markdown, markdown([r for r in rows if _calibration(r) == args.calibrate[0]], command),
+                           "zoo")
 
 
 if __name__ == "__main__":

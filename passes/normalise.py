@@ -110,7 +110,7 @@ def default_calibration(mode: str) -> str:
     K = 4 on three, and was level (within 0.15 point either way) at K = 5..8 (docs/benchmarks.md, the
     headline). ``phase`` under search had the higher mean accuracy over T on three of the four models (1,000
     images) and came within 1 point sooner or as soon on the full set; ``if-rate`` (not a K-bit code) came
-    within 1 point 2 to 3 times later under search and had the lower mean on all four.
+    within 1 point 1.4 to 2.5 times later under search and had the lower mean on all four.
     """
     return "search" if mode in O.BISTABLE_MODES or mode == "phase" else "percentile"
 
